@@ -1,0 +1,4 @@
+from pm_arb.cli import main
+
+if __name__ == "__main__":
+    main()

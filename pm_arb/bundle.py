@@ -1,0 +1,55 @@
+"""Names of the files in a run bundle (MASTER.md section 1), in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from pm_arb.errors import UserError
+
+MANIFEST = "manifest.json"
+RUNLOG = "runlog.ndjson"
+CAPTURE_DIR = "capture"
+METRICS_DIR = "metrics"
+GLOBAL_METRICS = "global.ndjson"
+LATENCY_JSON = "latency_report.json"
+LATENCY_TXT = "latency_report.txt"
+FATAL_JSON = "fatal.json"
+MISSING_TOKENS_JSON = "missing_tokens.json"
+
+
+def runs_root(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "runs"
+
+
+def shard_metrics_name(shard: int) -> str:
+    return f"shard_{shard:02d}.ndjson"
+
+
+def last_frames_name(shard: int) -> str:
+    return f"last_frames_shard_{shard:02d}.bin"
+
+
+def require_run_dir(run_dir: Path) -> Path:
+    """A run dir the user named must exist and be a directory; say what to do when it is not."""
+    if not run_dir.exists():
+        raise UserError(f"run dir {run_dir} does not exist: pass the dir that `pm_arb capture` printed (data/runs/<run_id>)", 2)
+    if not run_dir.is_dir():
+        raise UserError(f"run dir {run_dir} is not a directory: pass the dir that `pm_arb capture` printed", 2)
+    return run_dir
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not readable JSON ({exc}); the frames can still be checked with capture-verify", 1) from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def write_json(path: Path, doc) -> None:
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")

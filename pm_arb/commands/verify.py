@@ -1,0 +1,225 @@
+"""capture-verify: every record's checksum, seq continuity, idx agreement and torn tails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pm_arb.bundle import CAPTURE_DIR, require_run_dir
+from pm_arb.errors import UserError
+from pm_arb.progress import Progress
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_MAGIC, HeaderProblem, parse_file_header
+from pm_arb.store.scan import ScanSummary, scan
+from pm_arb.store.shard_files import (
+    frames_path,
+    idx_entry_for,
+    idx_path,
+    map_file,
+    read_idx_entries,
+    repair_shard,
+    shard_numbers,
+)
+
+MAX_LISTED_DEFECTS = 50
+
+MISSING_FRAMES_HINT = (
+    "no capture/*.frames in {run_dir}: confirm the run dir path (the one `pm_arb capture` printed) "
+    "and that capture/*.frames exists"
+)
+
+
+def _close(buf) -> None:
+    if hasattr(buf, "close"):
+        buf.close()
+
+
+def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None) -> dict[str, Any]:
+    fpath = frames_path(capture_dir, shard)
+    result: dict[str, Any] = {
+        "shard": shard,
+        "frames": 0,
+        "bytes": 0,
+        "crc_mismatch": 0,
+        "seq_gaps": 0,
+        "idx_mismatch": 0,
+        "idx_entries": 0,
+        "torn_tail_bytes": 0,
+        "first_seq": None,
+        "last_seq": None,
+        "file_error": None,
+        "defects": [],
+    }
+    defects: list[dict[str, Any]] = result["defects"]
+
+    def defect(**kw: Any) -> None:
+        if len(defects) < MAX_LISTED_DEFECTS:
+            defects.append(kw)
+
+    try:
+        buf = map_file(fpath)
+    except OSError as exc:
+        result["file_error"] = f"cannot read {fpath.name}: {exc.strerror}"
+        return result
+    try:
+        try:
+            parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, fpath.name)
+        except HeaderProblem as exc:
+            result["file_error"] = str(exc)
+            return result
+        idx_entries, idx_problem = _load_idx(capture_dir, shard)
+        by_offset = {e.offset: e for e in idx_entries}
+        summary = ScanSummary()
+        records = []
+        prev_seq = None
+        last_offset_done = FILE_HEADER_SIZE
+        for rec in scan(buf, summary):
+            records.append(idx_entry_for(rec))
+            if progress is not None:
+                progress.update(rec.offset - last_offset_done + 44 + len(rec.payload))
+                last_offset_done = rec.offset + 44 + len(rec.payload)
+            prev_seq = rec.seq
+        if progress is not None:
+            progress.update(len(buf) - last_offset_done)
+        result["frames"] = summary.records
+        result["bytes"] = summary.payload_bytes
+        result["torn_tail_bytes"] = summary.torn_tail_bytes
+        if summary.torn_tail_bytes:
+            defect(kind="torn_tail", offset=summary.end_of_valid, bytes=summary.torn_tail_bytes)
+        # A damaged record is reported once, as a checksum mismatch, at the seq the idx or its
+        # neighbours say it had; the hole it leaves is not counted again as a seq gap.
+        corrupt_at = sorted(summary.corrupt, key=lambda c: c.offset)
+        for region in corrupt_at:
+            result["crc_mismatch"] += 1
+            entry = by_offset.get(region.offset)
+            seq = entry.seq if entry is not None else region.seq
+            if seq is None:
+                before = [r for r in records if r.offset < region.offset]
+                seq = before[-1].seq + 1 if before else (records[0].seq - 1 if records else 0)
+            defect(kind="crc_mismatch", offset=region.offset, bytes=region.length, seq=seq, reason=region.reason)
+        if records:
+            result["first_seq"] = records[0].seq
+            result["last_seq"] = records[-1].seq
+        ci = 0
+        for a, b in zip(records, records[1:]):
+            while ci < len(corrupt_at) and corrupt_at[ci].offset < a.offset:
+                ci += 1
+            explained = ci < len(corrupt_at) and a.offset < corrupt_at[ci].offset < b.offset
+            if b.seq != a.seq + 1 and not explained:
+                result["seq_gaps"] += 1
+                defect(kind="seq_gap", after_seq=a.seq, next_seq=b.seq)
+        result["idx_entries"] = len(idx_entries)
+        if idx_problem:
+            result["idx_mismatch"] += max(1, len(records))
+            defect(kind="idx_unreadable", reason=idx_problem)
+        else:
+            # Matched by offset, so one damaged record does not make every later entry "wrong".
+            mismatched = 0
+            for expected in records:
+                if by_offset.get(expected.offset) != expected:
+                    mismatched += 1
+                    if mismatched == 1:
+                        defect(kind="idx_mismatch", seq=expected.seq, offset=expected.offset)
+            known = {r.offset for r in records} | {c.offset for c in corrupt_at}
+            extra = sum(1 for e in idx_entries if e.offset not in known)
+            if extra:
+                defect(kind="idx_extra_entries", entries=extra)
+            result["idx_mismatch"] = mismatched + extra
+    finally:
+        _close(buf)
+    return result
+
+
+def _load_idx(capture_dir: Path, shard: int):
+    ipath = idx_path(capture_dir, shard)
+    if not ipath.exists():
+        return [], f"{ipath.name} is missing"
+    try:
+        ibuf = map_file(ipath)
+    except OSError as exc:
+        return [], f"cannot read {ipath.name}: {exc.strerror}"
+    try:
+        parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, ipath.name)
+        entries = read_idx_entries(ibuf)
+        if (len(ibuf) - FILE_HEADER_SIZE) % 40:
+            return entries, f"{ipath.name} ends with a partial entry"
+        return entries, None
+    except HeaderProblem as exc:
+        return [], str(exc)
+    finally:
+        _close(ibuf)
+
+
+def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
+    require_run_dir(run_dir)
+    capture_dir = run_dir / CAPTURE_DIR
+    shards = shard_numbers(capture_dir) if capture_dir.is_dir() else []
+    if not shards:
+        raise UserError(MISSING_FRAMES_HINT.format(run_dir=run_dir), 2)
+    repairs = []
+    if repair:
+        for shard in shards:
+            try:
+                rep = repair_shard(frames_path(capture_dir, shard), idx_path(capture_dir, shard), shard)
+            except HeaderProblem as exc:
+                repairs.append({"shard": shard, "error": str(exc)})
+                continue
+            repairs.append(
+                {
+                    "shard": shard,
+                    "torn_tail_bytes_truncated": rep.torn_tail_bytes_truncated,
+                    "idx_entries_rebuilt": rep.idx_entries_rebuilt,
+                    "idx_bytes_truncated": rep.idx_bytes_truncated,
+                    "corrupt_regions_left": rep.corrupt_regions,
+                }
+            )
+    total_bytes = sum(frames_path(capture_dir, s).stat().st_size for s in shards)
+    progress = Progress(total_bytes, "verify", enabled=show_progress)
+    per_shard = [verify_shard(capture_dir, s, progress) for s in shards]
+    progress.close()
+    totals = {
+        "shards": len(per_shard),
+        "frames": sum(r["frames"] for r in per_shard),
+        "bytes": sum(r["bytes"] for r in per_shard),
+        "crc_mismatch": sum(r["crc_mismatch"] for r in per_shard),
+        "seq_gaps": sum(r["seq_gaps"] for r in per_shard),
+        "idx_mismatch": sum(r["idx_mismatch"] for r in per_shard),
+        "torn_tail_bytes": sum(r["torn_tail_bytes"] for r in per_shard),
+        "file_errors": sum(1 for r in per_shard if r["file_error"]),
+    }
+    ok = not any(totals[k] for k in ("crc_mismatch", "seq_gaps", "idx_mismatch", "torn_tail_bytes", "file_errors"))
+    out = {"run_dir": str(run_dir), "ok": ok, "totals": totals, "shards": per_shard}
+    if repair:
+        out["repairs"] = repairs
+    return out
+
+
+def render_verify(result: dict[str, Any], summary_only: bool) -> str:
+    t = result["totals"]
+    lines = []
+    if not summary_only:
+        for r in result["shards"]:
+            if r["file_error"]:
+                lines.append(f"shard {r['shard']:02d}: ERROR {r['file_error']}")
+                continue
+            status = "ok" if not (r["crc_mismatch"] or r["seq_gaps"] or r["idx_mismatch"] or r["torn_tail_bytes"]) else "DEFECTS"
+            seqs = f"seq {r['first_seq']}..{r['last_seq']}" if r["first_seq"] is not None else "no frames"
+            lines.append(
+                f"shard {r['shard']:02d}: {status:7s} {r['frames']:>10,} frames {r['bytes']:>14,} B  {seqs}  "
+                f"crc_mismatch={r['crc_mismatch']} seq_gaps={r['seq_gaps']} idx_mismatch={r['idx_mismatch']} "
+                f"torn_tail={r['torn_tail_bytes']} B"
+            )
+            for d in r["defects"][:5]:
+                lines.append("    " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    for rep in result.get("repairs", []):
+        lines.append("repair shard {shard:02d}: ".format(shard=rep["shard"]) + ", ".join(f"{k}={v}" for k, v in rep.items() if k != "shard"))
+    verdict = "OK" if result["ok"] else "FAIL"
+    lines.append(
+        f"{verdict}: {t['shards']} shards, {t['frames']:,} frames, {t['bytes']:,} B payload; "
+        f"crc_mismatch={t['crc_mismatch']} seq_gaps={t['seq_gaps']} idx_mismatch={t['idx_mismatch']} "
+        f"torn_tail_bytes={t['torn_tail_bytes']} file_errors={t['file_errors']}"
+    )
+    if not result["ok"] and t["torn_tail_bytes"] and "repairs" not in result:
+        lines.append("hint: a torn tail is what a crash leaves; `pm_arb capture-verify --repair` truncates it and rebuilds the idx")
+    elif not result["ok"] and t["idx_mismatch"] and not t["crc_mismatch"] and "repairs" not in result:
+        lines.append("hint: the idx disagrees with the frames; `pm_arb capture-verify --repair` rebuilds it from the frames")
+    return "\n".join(lines)

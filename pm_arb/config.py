@@ -1,0 +1,199 @@
+"""The effective configuration of a run: defaults < CLI flags < environment variables.
+
+The spec (MASTER.md section 3) fixes the names, the defaults and the precedence. Environment
+variables win over flags on purpose: an operator's environment (systemd unit, tmux profile)
+is the last word on a long-running capture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from pm_arb.errors import ConfigError
+
+ENV_PREFIX = "PM_ARB_"
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def _setting(default: Any, help: str, check: str, group: str = "capture") -> Any:
+    return field(default=default, metadata={"help": help, "check": check, "group": group})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- the spec's key settings -------------------------------------------------------------
+    ws_shards: int = _setting(8, "WebSocket connections (shards) to spread tokens over.", "int>=1")
+    ws_ping_interval_seconds: float = _setting(10.0, "Seconds between text PINGs on each shard.", ">0")
+    ws_ping_timeout_seconds: float = _setting(10.0, "Seconds to wait for PONG before the connection counts as dead.", ">0")
+    ws_data_idle_reconnect_seconds: float = _setting(
+        120.0, "Reconnect a shard when no market data arrived for this many seconds (silent-stall watchdog).", ">0"
+    )
+    capture_confirm_timeout_seconds: float = _setting(
+        45.0, "Every shard must see market events within this many seconds of start, or the run is fatal.", ">0"
+    )
+    capture_confirm_min_events: int = _setting(1, "Market events a shard must see to be confirmed.", "int>=1")
+    capture_universe_refresh_enable: bool = _setting(True, "Refetch Gamma periodically and follow universe changes.", "bool")
+    capture_universe_refresh_interval_seconds: float = _setting(60.0, "Base universe refresh cadence.", ">0")
+    capture_max_markets: int = _setting(2000, "Upper bound on the active-binary universe.", "int>=1")
+    data_dir: str = _setting("./data", "Run bundles go under DATA_DIR/runs/<run_id>/.", "path")
+    # --- universe refresh tuning ---------------------------------------------------------------
+    capture_universe_refresh_timeout_seconds: float = _setting(30.0, "Deadline for one refresh's Gamma fetch.", ">0", "refresh")
+    capture_universe_refresh_stagger_seconds: float = _setting(0.25, "Delay between shard reconnects during a refresh.", ">=0", "refresh")
+    capture_universe_refresh_grace_seconds: float = _setting(
+        30.0, "New tokens are left out of coverage until this many seconds have passed.", ">=0", "refresh"
+    )
+    capture_universe_refresh_min_delta_tokens: int = _setting(2, "Token changes below this are ignored.", "int>=0", "refresh")
+    capture_universe_refresh_max_churn_pct: float = _setting(10.0, "Churn above this percentage trips the churn guard.", "pct", "refresh")
+    capture_universe_refresh_max_interval_seconds: float = _setting(
+        600.0, "Longest refresh interval the churn guard backs off to.", ">0", "refresh"
+    )
+    capture_universe_refresh_churn_guard_consecutive_fatal: int = _setting(
+        5, "Consecutive churn guards that make the run fatal.", "int>=1", "refresh"
+    )
+    # --- endpoints -----------------------------------------------------------------------------
+    gamma_base_url: str = _setting("https://gamma-api.polymarket.com", "Gamma REST API base URL.", "http-url", "endpoints")
+    clob_ws_url: str = _setting(
+        "wss://ws-subscriptions-clob.polymarket.com/ws/market", "CLOB market WebSocket URL.", "ws-url", "endpoints"
+    )
+    # --- discovery -----------------------------------------------------------------------------
+    gamma_page_limit: int = _setting(100, "Markets per Gamma keyset page.", "int>=1", "discovery")
+    gamma_max_pages: int = _setting(1000, "Pages after which paging is treated as a loop and stopped.", "int>=1", "discovery")
+    gamma_max_retries: int = _setting(4, "Retries of one Gamma request (HTTP errors, timeouts, bad JSON).", "int>=0", "discovery")
+    gamma_retry_backoff_seconds: float = _setting(0.5, "First retry delay; doubles on each retry.", ">=0", "discovery")
+    gamma_request_timeout_seconds: float = _setting(10.0, "Timeout of one Gamma HTTP request.", ">0", "discovery")
+    # --- WebSocket shards ----------------------------------------------------------------------
+    ws_max_tokens_per_shard: int = _setting(
+        500, "Feeds break past ~500 tokens per connection: a shard above this is reported.", "int>=1", "websocket"
+    )
+    ws_subscribe_chunk_size: int = _setting(100, "Token ids per subscribe message (Polymarket: at most 100).", "int>=1", "websocket")
+    ws_connect_timeout_seconds: float = _setting(10.0, "Timeout for one WebSocket connect and handshake.", ">0", "websocket")
+    ws_reconnect_backoff_initial_seconds: float = _setting(0.5, "First reconnect delay; doubles per failed attempt.", ">=0", "websocket")
+    ws_reconnect_backoff_max_seconds: float = _setting(30.0, "Longest reconnect delay.", ">=0", "websocket")
+    # --- pipeline ------------------------------------------------------------------------------
+    heartbeat_interval_seconds: float = _setting(1.0, "Runlog heartbeat cadence (audit flags gaps over 2 s).", ">0", "pipeline")
+    metrics_interval_seconds: float = _setting(1.0, "Metrics record cadence.", ">0", "pipeline")
+    parse_q_capacity: int = _setting(200_000, "Frames a shard may hold between its socket reader and itself before dropping.", "int>=1", "pipeline")
+    write_q_capacity: int = _setting(400_000, "Frames queued for the writer (all shards) before dropping.", "int>=1", "pipeline")
+    batch_max_frames: int = _setting(1024, "Frames per hand-off from a shard's reader.", "int>=1", "pipeline")
+    batch_max_delay_ms: float = _setting(1.0, "Longest a received frame waits in the reader before hand-off.", ">=0", "pipeline")
+    writer_fsync_interval_seconds: float = _setting(5.0, "fsync cadence of frames/idx/runlog files.", ">0", "pipeline")
+    last_frames_per_shard: int = _setting(64, "Frames kept per shard for last_frames_shard_NN.bin on a fatal.", "int>=1", "pipeline")
+    # --- offline -------------------------------------------------------------------------------
+    offline: bool = _setting(False, "Replay a fixture set instead of connecting to Polymarket.", "bool", "offline")
+    fixtures: str = _setting("", "Fixture set directory for --offline (default: the bundled set).", "str", "offline")
+    offline_speed: float = _setting(1.0, "Offline pacing: 1 = as recorded, 10 = ten times faster, 0 = flat out.", ">=0", "offline")
+
+    def snapshot(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _describe(check: str) -> str:
+    return {
+        "int>=1": "an integer >= 1",
+        "int>=0": "an integer >= 0",
+        ">0": "a number > 0",
+        ">=0": "a number >= 0",
+        "pct": "a percentage > 0 and <= 100",
+        "bool": "one of true/false/1/0/yes/no/on/off",
+        "path": "a non-empty path",
+        "str": "a string",
+        "http-url": "an http:// or https:// URL",
+        "ws-url": "a ws:// or wss:// URL",
+    }[check]
+
+
+def parse_value(name: str, raw: Any, source: str) -> Any:
+    """Turn a raw flag/env value into the field's type, or raise ConfigError naming the source."""
+    f = FIELDS[name]
+    check = f.metadata["check"]
+    where = f"{env_name(name)} (environment)" if source == "env" else f"{flag_name(name)} (flag)"
+
+    def bad() -> ConfigError:
+        return ConfigError(f"invalid value {raw!r} for {where}: expected {_describe(check)}")
+
+    if check == "bool":
+        if isinstance(raw, bool):
+            return raw
+        word = str(raw).strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise bad()
+    if check.startswith("int"):
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise bad() from None
+        if value < (1 if check == "int>=1" else 0):
+            raise bad()
+        return value
+    if check in (">0", ">=0", "pct"):
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise bad() from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad()
+        if check == ">0" and value <= 0:
+            raise bad()
+        if check == ">=0" and value < 0:
+            raise bad()
+        if check == "pct" and not (0 < value <= 100):
+            raise bad()
+        return value
+    text = str(raw)
+    if check == "path" and not text.strip():
+        raise bad()
+    if check == "http-url" and (urlparse(text).scheme not in ("http", "https") or not urlparse(text).netloc):
+        raise bad()
+    if check == "ws-url" and (urlparse(text).scheme not in ("ws", "wss") or not urlparse(text).netloc):
+        raise bad()
+    return text
+
+
+def load_config(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """Build the effective Config.
+
+    Returns the config and notes for the user (an env var that overrode a flag given on the
+    command line), so a surprise in precedence is visible instead of silent.
+    """
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in FIELDS:
+        raw_flag = flags.get(name)
+        if raw_flag is not None:
+            values[name] = parse_value(name, raw_flag, "flag")
+        raw_env = environ.get(env_name(name))
+        if raw_env is not None:
+            values[name] = parse_value(name, raw_env, "env")
+            if raw_flag is not None:
+                notes.append(f"{env_name(name)}={raw_env} overrides {flag_name(name)} {raw_flag}")
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in FIELDS)
+    for key in unknown:
+        notes.append(f"ignoring unknown setting {key} (not a pm_arb setting)")
+    return Config(**values), notes
+
+
+def config_from_snapshot(snapshot: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from a manifest snapshot, ignoring keys a newer version may add."""
+    return Config(**{k: v for k, v in snapshot.items() if k in FIELDS})

@@ -1,0 +1,109 @@
+"""Byte layout of `shard_NN.frames` and `shard_NN.idx` (ADR/0001-frames-format.md).
+
+Everything is little-endian. Pure functions only: no file I/O here.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import xxhash
+
+FRAMES_MAGIC = b"PMARBFRM"
+IDX_MAGIC = b"PMARBIDX"
+FORMAT_VERSION = 1
+
+# magic[8] version:u16 shard:u16 header_checksum:u32 (xxh32 of the first 12 bytes)
+FILE_HEADER = struct.Struct("<8sHHI")
+FILE_HEADER_SIZE = FILE_HEADER.size  # 16
+
+RECORD_MARK = 0x314D5246  # b"FRM1" read as a little-endian u32: lets a reader resynchronise
+RECORD_MARK_BYTES = struct.pack("<I", RECORD_MARK)
+# mark:u32 payload_len:u32 seq:u64 rx_mono_ns:i64 rx_wall_ns_utc:i64 flags:u8 opcode:u8 reserved:u16
+RECORD_HEADER = struct.Struct("<IIQqqBBH")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 36
+CHECKSUM = struct.Struct("<Q")  # xxh3_64 of the 36 header bytes followed by the payload
+RECORD_OVERHEAD = RECORD_HEADER_SIZE + CHECKSUM.size  # 44
+
+# offset:u64 payload_len:u32 flags:u8 opcode:u8 reserved:u16 seq:u64 rx_mono_ns:i64 rx_wall_ns_utc:i64
+IDX_ENTRY = struct.Struct("<QIBBHQqq")
+IDX_ENTRY_SIZE = IDX_ENTRY.size  # 40
+
+MAX_PAYLOAD = 64 * 1024 * 1024  # a length above this is corruption, not a frame
+
+# flags
+FLAG_CONTROL = 0x01  # text the server sent that is not market data (PONG, INVALID OPERATION, ...)
+FLAG_NOT_JSON = 0x02  # neither JSON object/array nor known control text: garbage kept as received
+
+# opcodes (RFC 6455 numbering)
+OPCODE_TEXT = 1
+OPCODE_BINARY = 2
+
+_pack_header = RECORD_HEADER.pack
+_pack_checksum = CHECKSUM.pack
+_xxh3 = xxhash.xxh3_64_intdigest
+
+
+class FrameRecord(NamedTuple):
+    seq: int
+    rx_mono_ns: int
+    rx_wall_ns_utc: int
+    flags: int
+    opcode: int
+    payload: bytes
+    offset: int  # byte offset of the record in its frames file
+
+
+class IdxEntry(NamedTuple):
+    offset: int
+    payload_len: int
+    flags: int
+    opcode: int
+    seq: int
+    rx_mono_ns: int
+    rx_wall_ns_utc: int
+
+
+def file_header(magic: bytes, shard: int) -> bytes:
+    head = struct.pack("<8sHH", magic, FORMAT_VERSION, shard)
+    return head + struct.pack("<I", xxhash.xxh32_intdigest(head))
+
+
+class HeaderProblem(Exception):
+    """The file header is not one this version can read; the message says what to do."""
+
+
+def parse_file_header(data: bytes, magic: bytes, what: str) -> tuple[int, int]:
+    """Return (version, shard) or raise HeaderProblem."""
+    if len(data) < FILE_HEADER_SIZE:
+        raise HeaderProblem(f"{what} is {len(data)} bytes, shorter than its {FILE_HEADER_SIZE}-byte header")
+    got_magic, version, shard, checksum = FILE_HEADER.unpack_from(data, 0)
+    if got_magic != magic:
+        raise HeaderProblem(f"{what} is not a pm_arb file (magic {got_magic!r}, expected {magic!r})")
+    if xxhash.xxh32_intdigest(data[:12]) != checksum:
+        raise HeaderProblem(f"{what} has a corrupted header (checksum mismatch)")
+    if version > FORMAT_VERSION:
+        raise HeaderProblem(
+            f"{what} uses format version {version}, newer than this pm_arb reads ({FORMAT_VERSION}): upgrade pm_arb"
+        )
+    return version, shard
+
+
+def encode_record(seq: int, rx_mono_ns: int, rx_wall_ns_utc: int, flags: int, opcode: int, payload: bytes) -> tuple[bytes, bytes]:
+    """Return (header+checksum, payload) so callers can write the payload without copying it."""
+    header = _pack_header(RECORD_MARK, len(payload), seq, rx_mono_ns, rx_wall_ns_utc, flags, opcode, 0)
+    return header + _pack_checksum(_xxh3(header + payload)), payload
+
+
+def record_checksum_ok(header: bytes, payload: bytes, stored: int) -> bool:
+    return _xxh3(header + payload) == stored
+
+
+def encode_idx(e: IdxEntry) -> bytes:
+    return IDX_ENTRY.pack(e.offset, e.payload_len, e.flags, e.opcode, 0, e.seq, e.rx_mono_ns, e.rx_wall_ns_utc)
+
+
+def decode_idx(buf, offset: int) -> IdxEntry:
+    off, length, flags, opcode, _reserved, seq, mono, wall = IDX_ENTRY.unpack_from(buf, offset)
+    return IdxEntry(off, length, flags, opcode, seq, mono, wall)
