@@ -166,3 +166,66 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
 
 def main() -> None:
     cli(prog_name="pm_arb")
+
+
+@cli.command("capture")
+@click.option("--run-id", help="Run id (default: UTC timestamp). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
+@click.option("--duration-seconds", type=click.FloatRange(min=0), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
+@click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
+@click.option("--sim-markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active markets the --sim exchange lists.")
+@click.option("--sim-rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
+@click.option("--offline-repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
+@click.option("--status/--no-status", default=None, help="Live status line on stderr (default: only when stderr is a terminal).")
+@json_option
+@config_options
+@handle_errors
+def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat, status, as_json, **kwargs) -> None:
+    """Capture every frame of every active YES/NO market into a run bundle.
+
+    Online by default (Gamma + CLOB WebSocket); --offline replays a fixture set; --sim runs
+    against a loopback simulated exchange. Stop with SIGINT/SIGTERM (`timeout --signal=INT 10m
+    pm_arb capture`) for a clean stop: sources closed, queues drained, files fsynced. Prints the
+    run dir first; exits 0 on a clean stop, 1 on a fatal run (see fatal.json).
+    """
+    import dataclasses
+
+    from pm_arb.run_capture import run_capture
+
+    config = build_config(kwargs)
+    mode = "offline" if config.offline else "online"
+    sim_exchange = None
+    extra = {}
+    if sim:
+        if config.offline:
+            raise UserError("--sim and --offline are exclusive: --sim captures over loopback sockets, --offline replays fixtures", 2)
+        from pm_arb.sim.exchange import SimExchange
+
+        sim_exchange = SimExchange(markets=sim_markets, rate=sim_rate)
+        sim_exchange.start()
+        config = dataclasses.replace(config, gamma_base_url=sim_exchange.gamma_url, clob_ws_url=sim_exchange.ws_url)
+        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate}
+        mode = "sim"
+
+    def announce(run_dir: Path) -> None:
+        click.echo(str(run_dir))
+        sys.stdout.flush()
+        click.echo(f"capturing ({mode}, {config.ws_shards} shards) into {run_dir}; stop with Ctrl-C", err=True)
+
+    try:
+        code, run_dir, last = run_capture(
+            config, run_id, "online" if mode == "sim" else mode, duration_s=duration_seconds,
+            offline_repeat=offline_repeat, status=status, on_run_dir=announce, extra_manifest=extra,
+        )
+    finally:
+        if sim_exchange is not None:
+            sim_exchange.stop()
+    summary = {"run_dir": str(run_dir), "exit_code": code, **last}
+    if as_json:
+        _emit_json(summary)
+    verdict = "stopped cleanly" if code == 0 else f"FATAL ({last.get('fatal_reason')}): see {run_dir / 'fatal.json'}"
+    click.echo(
+        f"{verdict}: {last.get('frames', 0):,} frames, {last.get('bytes', 0):,} B, drops {last.get('dropped', 0)}, "
+        f"reconnects {last.get('reconnects', 0)}; next: pm_arb capture-check --run-dir {run_dir}",
+        err=True,
+    )
+    sys.exit(code)

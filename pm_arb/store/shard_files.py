@@ -287,3 +287,14 @@ def shard_numbers(capture_dir: Path) -> list[int]:
         if stem.isdigit():
             out.append(int(stem))
     return out
+
+
+def write_frames_file(path: Path, shard: int, records: Iterable[tuple[int, int, int, int, int, bytes]]) -> None:
+    """Write (seq, rx_mono_ns, rx_wall_ns_utc, flags, opcode, payload) records as a standalone frames file."""
+    parts = [file_header(FRAMES_MAGIC, shard)]
+    for seq, mono, wall, flags, opcode, payload in records:
+        parts.extend(encode_record(seq, mono, wall, flags, opcode, payload))
+    with open(path, "wb") as fh:
+        fh.write(b"".join(parts))
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,188 @@
+"""Messages between actors. Actors share nothing else but the queue-depth gauges (ADR/0002)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pm_arb.events.types import Event
+
+# A received frame on its way to the writer: (rx_mono_ns, rx_wall_ns_utc, flags, opcode, payload).
+Frame = tuple[int, int, int, int, bytes]
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Sent by the ticker every heartbeat interval; `scheduled_mono_ns` lets actors measure loop lag."""
+
+    scheduled_mono_ns: int
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A fact for the runlog, stamped where it happened. Goes to the supervisor, the one appender."""
+
+    mono_ns: int
+    wall_ns: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class FatalCondition:
+    """An actor found something the run cannot survive; the supervisor decides and records it."""
+
+    reason: str
+    message: str
+    shard: int = -1
+
+
+# --- shard ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartShard:
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SetTokens:
+    """A refresh changed this shard's tokens: reconnect with them, not before `not_before_mono_ns`."""
+
+    tokens: tuple[str, ...]
+    not_before_mono_ns: int
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    frames: list[Frame]
+
+
+@dataclass(frozen=True)
+class ReaderEvent:
+    """The shard's reader thread saw a lifecycle fact (connect, disconnect, reconnect)."""
+
+    mono_ns: int
+    wall_ns: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class ReaderFinished:
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopShard:
+    pass
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    shard: int
+    connected: bool
+    frames: int
+    bytes: int
+    market_events: int
+    control_frames: int
+    not_json_frames: int
+    dropped: int
+    ws_in_q_depth: int
+    parse_q_depth: int
+    write_q_depth: int
+    loop_lag_ms: float
+
+
+@dataclass(frozen=True)
+class ShardStopped:
+    shard: int
+
+
+@dataclass(frozen=True)
+class SourceExhausted:
+    shard: int
+
+
+# --- writer --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppendFrames:
+    shard: int
+    frames: list[Frame]
+
+
+@dataclass(frozen=True)
+class AppendRunlog:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AppendMetrics:
+    name: str  # file name under metrics/
+    data: bytes
+
+
+@dataclass(frozen=True)
+class WriterInterval:
+    """What the writer applied since its last report, per shard."""
+
+    mono_ns: int
+    wall_ns: int
+    interval_s: float
+    shards: dict[int, dict[str, Any]]  # frames, bytes, hist (latency us buckets), max_us
+    loop_lag_ms: float
+
+
+@dataclass(frozen=True)
+class WriteFatalBundle:
+    fatal: dict[str, Any]
+    missing_tokens: list[str]
+
+
+@dataclass(frozen=True)
+class FlushMetrics:
+    """Report the interval so far to the metrics actor now (at stop, so no interval is lost)."""
+
+
+@dataclass(frozen=True)
+class CloseWriter:
+    pass
+
+
+# --- supervisor ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartRun:
+    shard_tokens: dict[int, list[str]]
+    markets: int
+
+
+@dataclass(frozen=True)
+class RequestStop:
+    reason: str
+
+
+@dataclass(frozen=True)
+class GetStatus:
+    pass
+
+
+@dataclass(frozen=True)
+class ApplyRefresh:
+    """The universe actor's accepted refresh: new token sets for the shards that changed."""
+
+    shard_tokens: dict[int, list[str]]
+    changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (added, removed)
+    added_tokens: list[str] = field(default_factory=list)
+    markets: int = 0
+
+
+# --- universe ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadUniverse:
+    pass

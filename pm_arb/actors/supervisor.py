@@ -1,0 +1,309 @@
+"""SupervisorActor: the run's lifecycle, the one runlog appender, and the decider of fatal.
+
+Its state is `SupervisorState`, changed only by `apply` on the records it appends (it is the
+single appender, so every fact passes through here). Decisions — confirm, fatal, stop — read
+that state and are themselves recorded as events, so a replay of the runlog rebuilds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pykka
+
+from pm_arb import __version__
+from pm_arb.actors import messages as m
+from pm_arb.config import Config
+from pm_arb.events import types as ev
+from pm_arb.events.codec import LogRecord, encode
+from pm_arb.events.folds.supervisor_state import SupervisorState, apply
+
+STOP_GRACE_SECONDS = 15.0
+EXIT_OK = 0
+EXIT_FATAL = 1
+
+
+@dataclass(frozen=True)
+class AttachPeers:
+    writer: Any
+    shards: dict[int, Any]
+    metrics: Any = None
+    universe: Any = None
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.mode = mode
+        self.config = config
+        self.clock = clock
+        self.on_done = on_done
+        self.state = SupervisorState()
+        self._next_seq = 0
+        self.writer = None
+        self.shards: dict[int, Any] = {}
+        self.started_shards: set[int] = set()
+        self.stopped_shards: set[int] = set()
+        self.latest_status: dict[int, m.ShardStatus] = {}
+        self._stop_deadline_ns: int | None = None
+        self._finished = False
+        self.exit_code: int | None = None
+
+    # -- the one appender ------------------------------------------------------------------
+    def _record(self, event: ev.Event, mono_ns: int | None = None, wall_ns: int | None = None) -> LogRecord:
+        rec = LogRecord(
+            self._next_seq,
+            self.clock.mono_ns() if mono_ns is None else mono_ns,
+            self.clock.wall_ns() if wall_ns is None else wall_ns,
+            event,
+        )
+        self._next_seq += 1
+        apply(self.state, rec)
+        if self.writer is not None:
+            self.writer.tell(m.AppendRunlog(encode(rec)))
+        self._decide_after(rec)
+        return rec
+
+    def _decide_after(self, rec: LogRecord) -> None:
+        e = rec.event
+        st = self.state
+        if isinstance(e, ev.ShardConfirmed) and st.phase == "confirming":
+            active = st.active_shards()
+            if active and all(st.shards[s].confirmed for s in active):
+                secs = (rec.mono_ns - (st.started_mono_ns or rec.mono_ns)) / 1e9
+                self._record(ev.RunConfirmed(seconds_after_start=round(secs, 3)))
+        elif isinstance(e, ev.ShardSourceExhausted) and st.phase in ("confirming", "running"):
+            active = st.active_shards()
+            if all(st.shards[s].source_exhausted for s in active):
+                self._begin_stop("source_exhausted")
+
+    # -- messages --------------------------------------------------------------------------
+    def on_receive(self, msg: Any) -> Any:
+        if isinstance(msg, m.Emit):
+            if not self._finished:
+                self._record(msg.event, msg.mono_ns, msg.wall_ns)
+        elif isinstance(msg, m.ShardStatus):
+            self.latest_status[msg.shard] = msg
+        elif isinstance(msg, m.Tick):
+            self._on_tick(msg)
+        elif isinstance(msg, m.FatalCondition):
+            self._fatal(msg.reason, msg.message, msg.shard)
+        elif isinstance(msg, m.RequestStop):
+            self._begin_stop(msg.reason)
+        elif isinstance(msg, m.ShardStopped):
+            self.stopped_shards.add(msg.shard)
+            self._maybe_finish()
+        elif isinstance(msg, m.ApplyRefresh):
+            self._apply_refresh(msg)
+        elif isinstance(msg, m.StartRun):
+            self._start(msg)
+        elif isinstance(msg, AttachPeers):
+            self.writer = msg.writer
+            self.shards = dict(msg.shards)
+        elif isinstance(msg, m.GetStatus):
+            return self.status()
+        return None
+
+    def _start(self, msg: m.StartRun) -> None:
+        cfg = self.config
+        self._record(
+            ev.RunStart(
+                run_id=self.run_id,
+                mode=self.mode,
+                pm_arb_version=__version__,
+                shards=cfg.ws_shards,
+                confirm_timeout_seconds=cfg.capture_confirm_timeout_seconds,
+                confirm_min_events=cfg.capture_confirm_min_events,
+                heartbeat_interval_seconds=cfg.heartbeat_interval_seconds,
+            )
+        )
+        tokens_total = sum(len(t) for t in msg.shard_tokens.values())
+        self._record(
+            ev.UniverseAssigned(
+                reason="start",
+                shard_tokens={str(s): list(t) for s, t in sorted(msg.shard_tokens.items())},
+                markets=msg.markets,
+                tokens=tokens_total,
+            )
+        )
+        for s, toks in sorted(msg.shard_tokens.items()):
+            if len(toks) > cfg.ws_max_tokens_per_shard:
+                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(toks), limit=cfg.ws_max_tokens_per_shard))
+        if tokens_total == 0:
+            self._fatal("universe_empty", "the universe has no active binary markets: nothing to capture (check the Gamma URL and filters)")
+            return
+        now = self.clock.mono_ns()
+        active = self.state.active_shards()
+        self._record(ev.ConfirmBegin(deadline_mono_ns=now + int(cfg.capture_confirm_timeout_seconds * 1e9), shards=active))
+        self._heartbeat()
+        for s in active:
+            self.started_shards.add(s)
+            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens)))
+
+    def _on_tick(self, tick: m.Tick) -> None:
+        now = self.clock.mono_ns()
+        st = self.state
+        if st.phase == "confirming" and st.confirm_deadline_mono_ns is not None and now >= st.confirm_deadline_mono_ns:
+            waiting = [s for s in st.active_shards() if not st.shards[s].confirmed]
+            if waiting:
+                self._fatal(
+                    "confirm_timeout",
+                    f"shard(s) {', '.join(f'{s:02d}' for s in waiting)} saw fewer than "
+                    f"{self.config.capture_confirm_min_events} market event(s) within "
+                    f"{self.config.capture_confirm_timeout_seconds:g} s of start",
+                )
+        if st.phase in ("starting", "confirming", "running", "stopping", "fatal") and not self._finished:
+            self._heartbeat()
+        if self._stop_deadline_ns is not None and now >= self._stop_deadline_ns and not self._finished:
+            self._finish()
+
+    def _heartbeat(self) -> None:
+        shards = {}
+        frames_total = 0
+        dropped_total = 0
+        for s in sorted(self.state.shards):
+            st = self.latest_status.get(s)
+            if st is None:
+                continue
+            shards[str(s)] = {
+                "connected": st.connected,
+                "frames": st.frames,
+                "bytes": st.bytes,
+                "market_events": st.market_events,
+                "control_frames": st.control_frames,
+                "not_json_frames": st.not_json_frames,
+                "dropped": st.dropped,
+                "write_q_depth": st.write_q_depth,
+            }
+            frames_total += st.frames
+            dropped_total += st.dropped
+        self._record(
+            ev.Heartbeat(
+                phase=self.state.phase,
+                shards=shards,
+                frames_total=frames_total,
+                dropped_total=dropped_total,
+                coverage_pct=self.state.coverage_pct(),
+            )
+        )
+
+    def _fatal(self, reason: str, message: str, shard: int = -1) -> None:
+        if self.state.phase in ("fatal", "stopped") or self._finished:
+            return
+        rec = self._record(ev.Fatal(reason=reason, message=message, shard=shard))
+        doc = {
+            "run_id": self.run_id,
+            "reason": reason,
+            "message": message,
+            "shard": shard,
+            "seq": rec.seq,
+            "mono_ns": rec.mono_ns,
+            "wall_ns_utc": rec.wall_ns_utc,
+            "state": self.state.to_dict(),
+            "config": self.config.snapshot(),
+        }
+        missing = []
+        for t in self.state.missing_tokens():
+            owner = next((s for s, v in self.state.shards.items() if t in v.tokens), -1)
+            missing.append({"token": t, "shard": owner})
+        if self.writer is not None:
+            try:
+                self.writer.ask(m.WriteFatalBundle(doc, missing), timeout=30)
+            except Exception:  # the writer may be what failed; fatal.json is best effort then
+                pass
+        self.exit_code = EXIT_FATAL
+        self._stop_shards()
+
+    def _begin_stop(self, reason: str) -> None:
+        if self.state.phase in ("stopping", "stopped", "fatal") or self._finished:
+            return
+        self._record(ev.StopRequested(reason=reason))
+        self.exit_code = EXIT_OK
+        self._stop_shards()
+
+    def _stop_shards(self) -> None:
+        self._stop_deadline_ns = self.clock.mono_ns() + int(STOP_GRACE_SECONDS * 1e9)
+        for s in sorted(self.started_shards):
+            self.shards[s].tell(m.StopShard())
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._stop_deadline_ns is not None and self.started_shards <= self.stopped_shards:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        st = self.state
+        self._heartbeat()
+        if self.writer is not None:
+            try:
+                self.writer.ask(m.FlushMetrics(), timeout=15)
+            except Exception:
+                pass
+        duration = (self.clock.mono_ns() - (st.started_mono_ns or self.clock.mono_ns())) / 1e9
+        frames = sum(s.frames for s in self.latest_status.values())
+        nbytes = sum(s.bytes for s in self.latest_status.values())
+        dropped = sum(s.dropped for s in self.latest_status.values())
+        self._record(
+            ev.RunStop(
+                reason=st.fatal_reason and f"fatal: {st.fatal_reason}" or st.stop_reason or "stop",
+                frames_total=frames,
+                bytes_total=nbytes,
+                dropped_total=dropped,
+                duration_seconds=round(duration, 3),
+            )
+        )
+        self._finished = True
+        if self.writer is not None:
+            try:
+                self.writer.ask(m.CloseWriter(), timeout=60)
+            except Exception:
+                pass
+        code = self.exit_code if self.exit_code is not None else EXIT_OK
+        if st.phase == "fatal":
+            code = EXIT_FATAL
+        if self.on_done is not None:
+            self.on_done(code)
+
+    def _apply_refresh(self, msg: m.ApplyRefresh) -> None:
+        if self.state.phase not in ("confirming", "running"):
+            return
+        cfg = self.config
+        now = self.clock.mono_ns()
+        self._record(
+            ev.UniverseAssigned(
+                reason="refresh",
+                shard_tokens={str(s): list(t) for s, t in sorted(msg.shard_tokens.items())},
+                markets=msg.markets,
+                tokens=sum(len(t) for t in msg.shard_tokens.values()),
+                grace_tokens=sorted(msg.added_tokens),
+                grace_until_mono_ns=now + int(cfg.capture_universe_refresh_grace_seconds * 1e9),
+            )
+        )
+        for k, s in enumerate(sorted(msg.changed)):
+            added, removed = msg.changed[s]
+            tokens = tuple(self.state.shards[s].tokens)
+            if len(tokens) > cfg.ws_max_tokens_per_shard:
+                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(tokens), limit=cfg.ws_max_tokens_per_shard))
+            not_before = now + int(k * cfg.capture_universe_refresh_stagger_seconds * 1e9)
+            self.started_shards.add(s)
+            self.shards[s].tell(m.SetTokens(tokens, not_before, added, removed))
+
+    def status(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "phase": st.phase,
+            "started_mono_ns": st.started_mono_ns,
+            "shards_active": len(st.active_shards()),
+            "shards_connected": sum(1 for s in self.latest_status.values() if s.connected),
+            "frames": sum(s.frames for s in self.latest_status.values()),
+            "bytes": sum(s.bytes for s in self.latest_status.values()),
+            "dropped": sum(s.dropped for s in self.latest_status.values()),
+            "reconnects": sum(v.reconnects_unplanned for v in st.shards.values()),
+            "coverage_pct": st.coverage_pct(),
+            "fatal_reason": st.fatal_reason,
+            "write_q_depth": sum(s.write_q_depth for s in self.latest_status.values()),
+        }

@@ -1,0 +1,111 @@
+"""UniverseActor: the token universe, its shard assignment, and periodic refresh from Gamma."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pykka
+
+from pm_arb.actors import messages as m
+from pm_arb.config import Config
+from pm_arb.events import types as ev
+from pm_arb.gamma import GammaError
+from pm_arb.refresh_policy import decide
+from pm_arb.universe_select import Market, assign_shards, select_markets
+
+# fetch_rows(deadline_seconds | None) -> (rows, pages_fetched); raises GammaError
+RowsFetcher = Callable[[float | None], tuple[list, int]]
+
+
+class UniverseActor(pykka.ThreadingActor):
+    def __init__(self, config: Config, clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = clock
+        self.supervisor = supervisor
+        self.fetch_rows = fetch_rows
+        self.refresh_enabled = refresh_enabled
+        self.markets: list[Market] = []
+        self.shard_tokens: dict[int, list[str]] = {}
+        self.interval_s = config.capture_universe_refresh_interval_seconds
+        self.next_refresh_ns: int | None = None
+        self.consecutive_guards = 0
+        self.last_stats: dict[str, Any] = {}
+
+    def on_receive(self, msg: Any) -> Any:
+        if isinstance(msg, m.LoadUniverse):
+            return self._load()
+        if isinstance(msg, m.Tick):
+            now = self.clock.mono_ns()
+            if self.refresh_enabled and self.next_refresh_ns is not None and now >= self.next_refresh_ns:
+                self._refresh()
+        return None
+
+    def _select(self, rows: list) -> tuple[list[Market], dict[int, list[str]], dict[str, int]]:
+        markets, rejected = select_markets(rows, self.config.capture_max_markets)
+        return markets, assign_shards(markets, self.config.ws_shards), rejected
+
+    def _load(self) -> dict[str, Any]:
+        rows, pages = self.fetch_rows(None)
+        self.markets, self.shard_tokens, rejected = self._select(rows)
+        self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+        self.last_stats = {"gamma_pages_fetched": pages, "markets_seen": len(rows), "rejected": rejected}
+        return {"markets": self.markets, "shard_tokens": self.shard_tokens, **self.last_stats}
+
+    def _emit(self, event: ev.Event) -> None:
+        self.supervisor.tell(m.Emit(self.clock.mono_ns(), self.clock.wall_ns(), event))
+
+    def _refresh(self) -> None:
+        cfg = self.config
+        started = time.monotonic()
+        interval_used = self.interval_s
+        try:
+            rows, pages = self.fetch_rows(cfg.capture_universe_refresh_timeout_seconds)
+        except GammaError as exc:
+            self._emit(ev.UniverseRefreshError(duration_ms=round((time.monotonic() - started) * 1e3, 3), error=exc.kind, message=exc.message))
+            self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+            return
+        markets, shard_tokens, _ = self._select(rows)
+        current = {t for toks in self.shard_tokens.values() for t in toks}
+        fresh = {t for toks in shard_tokens.values() for t in toks}
+        d = decide(current, fresh, cfg, self.consecutive_guards, interval_used)
+        self.consecutive_guards = d.consecutive_churn_guards
+        self.interval_s = d.next_interval_seconds
+        self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+        self._emit(
+            ev.UniverseRefresh(
+                duration_ms=round((time.monotonic() - started) * 1e3, 3),
+                reason=d.reason,
+                added_count=len(d.added),
+                removed_count=len(d.removed),
+                churn_pct=d.churn_pct,
+                interval_seconds_used=interval_used,
+                gamma_pages_fetched=pages,
+                markets_seen=len(rows),
+                tokens_selected=len(fresh),
+                applied=d.applied,
+                consecutive_churn_guards=d.consecutive_churn_guards,
+                next_interval_seconds=d.next_interval_seconds,
+                added_tokens=sorted(d.added),
+                removed_tokens=sorted(d.removed),
+            )
+        )
+        if d.fatal:
+            self.supervisor.tell(
+                m.FatalCondition(
+                    "churn_guard",
+                    f"universe churn exceeded {cfg.capture_universe_refresh_max_churn_pct:g}% on "
+                    f"{d.consecutive_churn_guards} consecutive refreshes (last {d.churn_pct:g}%)",
+                )
+            )
+            return
+        if not d.applied:
+            return
+        changed = {}
+        for s in sorted(set(shard_tokens) | set(self.shard_tokens)):
+            old, new = set(self.shard_tokens.get(s, [])), set(shard_tokens.get(s, []))
+            if old != new:
+                changed[s] = (len(new - old), len(old - new))
+        self.markets, self.shard_tokens = markets, shard_tokens
+        self.supervisor.tell(m.ApplyRefresh(shard_tokens=shard_tokens, changed=changed, added_tokens=sorted(d.added), markets=len(markets)))

@@ -1,0 +1,230 @@
+"""A shard's WebSocket reader thread: connect, subscribe, receive, keep alive, reconnect.
+
+Socket I/O only; what is due (PING, dead connection) comes from `Keepalive`, and every fact is
+reported to the shard actor as a ReaderEvent. Timed receives (0.1 s, or the batch deadline
+while frames wait) keep the loop responsive to stop and token changes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+import websocket
+
+from pm_arb.actors.gauge import DepthGauge
+from pm_arb.actors.messages import ReaderEvent, ReaderFinished
+from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
+from pm_arb.capture.reader_sink import ReaderSink
+from pm_arb.config import Config
+from pm_arb.events import types as ev
+
+IDLE_RECV_TIMEOUT_S = 0.1
+RCVBUF_BYTES = 4 * 1024 * 1024
+
+
+def subscribe_messages(tokens: tuple[str, ...], chunk: int) -> list[bytes]:
+    """The initial `type: market` subscription, then `operation: subscribe` for further chunks."""
+    out: list[bytes] = []
+    for i in range(0, len(tokens), chunk):
+        ids = list(tokens[i : i + chunk])
+        if i == 0:
+            doc = {"assets_ids": ids, "type": "market", "initial_dump": True, "level": 2, "custom_feature_enabled": True}
+        else:
+            doc = {"operation": "subscribe", "assets_ids": ids, "initial_dump": True, "custom_feature_enabled": True}
+        out.append(orjson.dumps(doc))
+    return out
+
+
+@dataclass
+class _PendingTokens:
+    tokens: tuple[str, ...]
+    not_before_mono_ns: int
+    added: int
+    removed: int
+
+
+class WsReader:
+    def __init__(self, shard: int, tokens: tuple[str, ...], tell: Callable[[Any], None], clock, config: Config, parse_gauge: DepthGauge) -> None:
+        self.shard = shard
+        self.tokens = tokens
+        self.tell = tell
+        self.clock = clock
+        self.config = config
+        self.sink = ReaderSink(tell, clock, parse_gauge, config.parse_q_capacity, config.batch_max_frames, config.batch_max_delay_ms)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: _PendingTokens | None = None
+        self._thread = threading.Thread(target=self._run, name=f"ws-reader-{shard:02d}", daemon=True)
+        self._ws: websocket.WebSocket | None = None
+
+    # -- called from the shard actor's thread ---------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def set_tokens(self, tokens: tuple[str, ...], not_before_mono_ns: int, added: int, removed: int) -> None:
+        with self._lock:
+            self._pending = _PendingTokens(tuple(tokens), not_before_mono_ns, added, removed)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- reader thread ----------------------------------------------------------------------
+    def _report(self, event: ev.Event) -> None:
+        self.tell(ReaderEvent(self.clock.mono_ns(), self.clock.wall_ns(), event))
+
+    def _run(self) -> None:
+        reason = "stop"
+        try:
+            self._loop()
+        except Exception as exc:  # a bug here must not vanish with the thread: record it
+            reason = "error"
+            self._report(ev.ShardDisconnected(shard=self.shard, cause="error", detail=f"reader crashed: {exc!r}", planned=False))
+        finally:
+            self.sink.flush()
+            self.tell(ReaderFinished(reason))
+
+    def _loop(self) -> None:
+        cfg = self.config
+        failures = 0
+        connects = 0
+        refresh: tuple[int, int, int] | None = None  # (began mono, added, removed)
+        while not self._stop.is_set():
+            connects += 1
+            self._report(ev.ShardConnecting(shard=self.shard, url=cfg.clob_ws_url, attempt=connects, tokens=len(self.tokens)))
+            t0 = self.clock.mono_ns()
+            try:
+                ws = self._connect()
+            except Exception as exc:
+                failures += 1
+                self._report(ev.ShardDisconnected(shard=self.shard, cause="connect_failed", detail=_describe(exc), planned=False))
+                backoff = backoff_seconds(failures, cfg.ws_reconnect_backoff_initial_seconds, cfg.ws_reconnect_backoff_max_seconds)
+                self._report(ev.ShardReconnect(shard=self.shard, attempt=connects + 1, backoff_seconds=backoff, cause="connect_failed", planned=False))
+                self._stop.wait(backoff)
+                continue
+            self._report(
+                ev.ShardConnected(
+                    shard=self.shard,
+                    attempt=connects,
+                    connect_ms=round((self.clock.mono_ns() - t0) / 1e6, 3),
+                    subscribe_messages=len(subscribe_messages(self.tokens, cfg.ws_subscribe_chunk_size)),
+                )
+            )
+            if refresh is not None:
+                self._report(
+                    ev.ShardRefreshApplied(shard=self.shard, tokens=len(self.tokens), duration_ms=round((self.clock.mono_ns() - refresh[0]) / 1e6, 3))
+                )
+                refresh = None
+            keepalive = Keepalive(self.clock.mono_ns(), cfg.ws_ping_interval_seconds, cfg.ws_ping_timeout_seconds, cfg.ws_data_idle_reconnect_seconds)
+            cause, detail, planned, refresh_began = self._pump(ws, keepalive)
+            try:
+                ws.close(timeout=1)
+            except Exception:
+                pass
+            self.sink.flush()
+            self._report(ev.ShardDisconnected(shard=self.shard, cause=cause, detail=detail, planned=planned))
+            if refresh_began is not None:
+                refresh = refresh_began
+            if self._stop.is_set():
+                break
+            if keepalive.market_frames:
+                failures = 0
+            if planned:
+                backoff = 0.0
+            else:
+                failures += 1
+                backoff = backoff_seconds(failures, cfg.ws_reconnect_backoff_initial_seconds, cfg.ws_reconnect_backoff_max_seconds)
+            self._report(ev.ShardReconnect(shard=self.shard, attempt=connects + 1, backoff_seconds=backoff, cause=cause, planned=planned))
+            if backoff:
+                self._stop.wait(backoff)
+
+    def _connect(self) -> websocket.WebSocket:
+        cfg = self.config
+        ws = websocket.create_connection(
+            cfg.clob_ws_url,
+            timeout=cfg.ws_connect_timeout_seconds,
+            skip_utf8_validation=True,  # payloads are stored as received; validation costs ~6x throughput
+            sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES), (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)),
+            enable_multithread=False,
+        )
+        try:
+            for msg in subscribe_messages(self.tokens, cfg.ws_subscribe_chunk_size):
+                ws.send(msg)
+        except Exception:
+            ws.close(timeout=1)
+            raise
+        return ws
+
+    def _take_due_tokens(self, now: int) -> _PendingTokens | None:
+        with self._lock:
+            p = self._pending
+            if p is not None and now >= p.not_before_mono_ns:
+                self._pending = None
+                return p
+        return None
+
+    def _pump(self, ws: websocket.WebSocket, keepalive: Keepalive) -> tuple[str, str, bool, tuple[int, int, int] | None]:
+        sink = self.sink
+        clock_mono = self.clock.mono_ns
+        current_timeout = None
+        recv = ws.recv_data
+        while True:
+            if self._stop.is_set():
+                return "stop", "stop requested", True, None
+            now = clock_mono()
+            due_tokens = self._take_due_tokens(now)
+            if due_tokens is not None:
+                self._report(
+                    ev.ShardRefreshBegin(shard=self.shard, added_count=due_tokens.added, removed_count=due_tokens.removed, tokens=len(due_tokens.tokens))
+                )
+                self.tokens = due_tokens.tokens
+                return "refresh", "token set changed by universe refresh", True, (now, due_tokens.added, due_tokens.removed)
+            action = keepalive.due(now)
+            if action == PING:
+                try:
+                    ws.send("PING")
+                except Exception as exc:
+                    return "error", f"sending PING failed: {_describe(exc)}", False, None
+                keepalive.ping_sent(now)
+            elif action == PING_TIMEOUT:
+                return PING_TIMEOUT, f"no PONG within {self.config.ws_ping_timeout_seconds:g} s", False, None
+            elif action == DATA_IDLE:
+                return DATA_IDLE, f"no market data for {self.config.ws_data_idle_reconnect_seconds:g} s", False, None
+            want = self.config.batch_max_delay_ms / 1000 if sink.batch else IDLE_RECV_TIMEOUT_S
+            want = max(want, 0.0005)
+            if want != current_timeout:
+                ws.settimeout(want)
+                current_timeout = want
+            try:
+                opcode, data = recv()
+            except websocket.WebSocketTimeoutException:
+                sink.flush()
+                continue
+            except websocket.WebSocketConnectionClosedException as exc:
+                return "server_close", f"connection closed ({_describe(exc)})", False, None
+            except (OSError, websocket.WebSocketException) as exc:
+                return "error", _describe(exc), False, None
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                reason = data[2:].decode("utf-8", "replace")
+                return "server_close", f"close frame code={code} reason={reason!r}", False, None
+            flags = sink.frame(opcode, data)
+            keepalive.on_frame(now, flags, data)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:300]
+
+
+def ws_reader_factory(config: Config, parse_gauges: dict[int, DepthGauge]):
+    def make(shard: int, tokens: tuple[str, ...], tell, clock) -> WsReader:
+        return WsReader(shard, tokens, tell, clock, config, parse_gauges[shard])
+
+    return make

@@ -1,0 +1,37 @@
+"""The two clocks of a run, injectable so tests freeze time instead of sleeping."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class SystemClock:
+    def mono_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def wall_ns(self) -> int:
+        return time.time_ns()
+
+
+class ManualClock:
+    """A clock that moves only when a test says so."""
+
+    def __init__(self, mono_ns: int = 1_000_000_000, wall_ns: int = 1_767_000_000_000_000_000) -> None:
+        self._mono = mono_ns
+        self._wall = wall_ns
+        self._lock = threading.Lock()
+
+    def mono_ns(self) -> int:
+        with self._lock:
+            return self._mono
+
+    def wall_ns(self) -> int:
+        with self._lock:
+            return self._wall
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            step = int(seconds * 1e9)
+            self._mono += step
+            self._wall += step

@@ -1,0 +1,264 @@
+"""`pm_arb capture`: build the run dir, start the actors, wait for the end, report.
+
+This is the edge where the process meets the outside: signals, the terminal, the run dir.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import pykka
+
+from pm_arb import __version__, bundle
+from pm_arb.actors import messages as m
+from pm_arb.actors.gauge import DepthGauge
+from pm_arb.actors.metrics import MetricsActor
+from pm_arb.actors.shard import ShardActor
+from pm_arb.actors.supervisor import AttachPeers, SupervisorActor
+from pm_arb.actors.ticker import Ticker
+from pm_arb.actors.universe import UniverseActor
+from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.capture.offline_reader import OfflineReader
+from pm_arb.capture.ws_reader import ws_reader_factory
+from pm_arb.clock import SystemClock
+from pm_arb.config import Config
+from pm_arb.errors import UserError
+from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
+from pm_arb.gamma import GammaError, fetch_active_rows
+from pm_arb.progress import human_bytes
+from pm_arb.universe_select import shard_of
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEPENDENCIES = ("pykka", "websocket-client", "requests", "orjson", "xxhash", "click", "websockets")
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def prepare_run_dir(data_dir: str, run_id: str) -> Path:
+    """Create data_dir/runs/<run_id>/; refuse an existing one (nothing is ever overwritten)."""
+    if not RUN_ID_RE.match(run_id):
+        raise UserError(f"invalid --run-id {run_id!r}: use letters, digits, '.', '_' or '-' (at most 128, not starting with '.' or '-')", 2)
+    root = bundle.runs_root(data_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot create {root}: a file is in the way; choose another --data-dir", 2) from None
+    except PermissionError:
+        raise UserError(f"data dir {data_dir} is not writable: choose another --data-dir or fix its permissions", 2) from None
+    except OSError as exc:
+        raise UserError(f"cannot create {root}: {exc.strerror}; choose another --data-dir", 2) from None
+    run_dir = root / run_id
+    if run_dir.exists() or run_dir.is_symlink():
+        kind = "directory" if run_dir.is_dir() else "file"
+        raise UserError(f"run dir {run_dir} already exists (a {kind}); choose another --run-id (nothing was overwritten)", 2)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        raise UserError(f"run dir {run_dir} already exists; choose another --run-id (nothing was overwritten)", 2) from None
+    except PermissionError:
+        raise UserError(f"data dir {data_dir} is not writable: choose another --data-dir or fix its permissions", 2) from None
+    if not os.access(run_dir, os.W_OK):
+        raise UserError(f"run dir {run_dir} is not writable: choose another --data-dir", 2)
+    return run_dir
+
+
+def _versions() -> dict[str, str]:
+    out = {"pm_arb": __version__, "python": platform.python_version()}
+    for dist in DEPENDENCIES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def build_manifest(run_id: str, mode: str, config: Config, universe: dict[str, Any], started_wall_ns: int, started_mono_ns: int, extra: dict[str, Any]) -> dict[str, Any]:
+    markets = universe["markets"]
+    return {
+        "run_id": run_id,
+        "mode": mode,
+        "started_wall_ns_utc": started_wall_ns,
+        "started_utc": datetime.fromtimestamp(started_wall_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds"),
+        "started_mono_ns": started_mono_ns,
+        "versions": _versions(),
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid()},
+        "config": config.snapshot(),
+        "universe": {
+            "markets_count": len(markets),
+            "tokens_count": sum(len(t) for t in universe["shard_tokens"].values()),
+            "gamma_pages_fetched": universe.get("gamma_pages_fetched"),
+            "markets_seen": universe.get("markets_seen"),
+            "rejected": universe.get("rejected"),
+            "shard_token_counts": {str(s): len(t) for s, t in sorted(universe["shard_tokens"].items())},
+            "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in markets],
+            "note": "the universe at start; refreshes are recorded in runlog.ndjson (universe_refresh, universe_assigned)",
+        },
+        **extra,
+    }
+
+
+class StatusLine:
+    """One live line on stderr while capturing, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last_frames = 0
+        self._last_t = time.monotonic()
+        self._start = time.monotonic()
+        self.shown = False
+
+    def update(self, st: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        rate = (st["frames"] - self._last_frames) / max(now - self._last_t, 1e-6)
+        self._last_frames, self._last_t = st["frames"], now
+        el = int(now - self._start)
+        line = (
+            f"[{el // 3600:02d}:{el % 3600 // 60:02d}:{el % 60:02d}] {st['phase']:<10} "
+            f"{rate:>9,.0f} frames/s  {st['frames']:>11,} frames  {human_bytes(st['bytes'])}  "
+            f"shards {st['shards_connected']}/{st['shards_active']} connected  drops {st['dropped']:,}  "
+            f"reconnects {st['reconnects']}  coverage {st['coverage_pct']:.1f}%"
+        )
+        sys.stderr.write("\r" + line[:200] + "\x1b[K")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def run_capture(
+    config: Config,
+    run_id: str | None,
+    mode: str,
+    duration_s: float = 0.0,
+    fixture: FixtureSet | None = None,
+    offline_repeat: int = 1,
+    status: bool | None = None,
+    on_run_dir: Callable[[Path], None] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+) -> tuple[int, Path, dict[str, Any]]:
+    """Run one capture to its end; returns (exit code, run dir, final status)."""
+    clock = SystemClock()
+    run_id = run_id or default_run_id()
+    shards = config.ws_shards
+    parse_gauges = {s: DepthGauge() for s in range(shards)}
+    write_gauges = {s: DepthGauge() for s in range(shards)}
+    done = threading.Event()
+    result: dict[str, int] = {}
+
+    def on_done(code: int) -> None:
+        result["code"] = code
+        done.set()
+
+    if mode == "offline":
+        fixture = fixture or load_fixture_set(config.fixtures or None)
+
+        def fetch_rows(_deadline):
+            return fixture.gamma_rows, 0
+
+        refresh = False
+    else:
+
+        def fetch_rows(deadline):
+            res = fetch_active_rows(config, deadline_s=deadline)
+            return res.rows, res.pages
+
+        refresh = config.capture_universe_refresh_enable
+
+    supervisor = SupervisorActor.start(run_id, mode, config, clock, on_done)
+    try:
+        universe_actor = UniverseActor.start(config, clock, supervisor, fetch_rows, refresh)
+        try:
+            universe = universe_actor.ask(m.LoadUniverse())
+        except GammaError as exc:
+            raise UserError(f"cannot discover the universe from Gamma: {exc.message}", 1) from None
+        run_dir = prepare_run_dir(config.data_dir, run_id)
+    except BaseException:
+        pykka.ActorRegistry.stop_all()
+        raise
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
+    started_wall, started_mono = clock.wall_ns(), clock.mono_ns()
+    extra = dict(extra_manifest or {})
+    if mode == "offline":
+        extra["fixtures"] = str(fixture.path)
+    bundle.write_json(run_dir / bundle.MANIFEST, build_manifest(run_id, mode, config, universe, started_wall, started_mono, extra))
+
+    writer = WriterActor.start(run_dir, config, clock, write_gauges)
+    metrics = MetricsActor.start(writer, shards)
+    writer.tell(AttachWriterPeers(supervisor, metrics))
+    if mode == "offline":
+        conditions = {mk.condition_id for mk in universe["markets"]}
+        per_shard = frames_by_shard(fixture, conditions, shards)
+        source = f"fixture://{fixture.path}"
+
+        def make_reader(shard, tokens, tell, clk):
+            return OfflineReader(shard, tokens, per_shard[shard], tell, clk, config, parse_gauges[shard], source, offline_repeat)
+
+    else:
+        make_reader = ws_reader_factory(config, parse_gauges)
+    shard_refs = {
+        s: ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
+        for s in range(shards)
+    }
+    supervisor.tell(AttachPeers(writer=writer, shards=shard_refs, metrics=metrics, universe=universe_actor))
+    ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor, *shard_refs.values()])
+    ticker.start()
+    supervisor.tell(m.StartRun(universe["shard_tokens"], len(universe["markets"])))
+
+    signals_seen: list[str] = []
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        signals_seen.append(name)
+        if len(signals_seen) == 1:
+            supervisor.tell(m.RequestStop(name))
+        else:
+            sys.stderr.write(f"\nsecond {name}: exiting now without a clean stop; run `pm_arb capture-verify --repair --run-dir {run_dir}`\n")
+            os._exit(130)
+
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, on_signal)
+    line = StatusLine(sys.stderr.isatty() if status is None else status)
+    last = {}
+    t0 = time.monotonic()
+    try:
+        while not done.wait(0.5):
+            if duration_s and time.monotonic() - t0 >= duration_s and not signals_seen:
+                signals_seen.append("duration")
+                supervisor.tell(m.RequestStop("duration"))
+            try:
+                last = supervisor.ask(m.GetStatus(), timeout=2)
+            except pykka.Timeout:
+                continue
+            line.update(last)
+    finally:
+        ticker.stop()
+        line.clear()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        try:
+            last = supervisor.ask(m.GetStatus(), timeout=2)
+        except Exception:
+            pass
+        pykka.ActorRegistry.stop_all(block=True, timeout=10)
+    return result.get("code", 1), run_dir, last
