@@ -1,0 +1,433 @@
+"""A loopback simulated Polymarket: Gamma REST and the CLOB market WebSocket on one port.
+
+It speaks the public protocol (../shared/spec/POLYMARKET_PROTOCOL.md): `GET /markets` with
+offset paging capped at 2000 (HTTP 422 past it), `GET /markets/keyset` with `after_cursor`
+(422 on `offset`, `cursor=` silently ignored), JSON-encoded string fields; `/ws/market` with the
+`type: market` subscription first (anything else, including an early PING, closes with 1008),
+`operation: subscribe/unsubscribe` afterwards, `INVALID OPERATION` for a second initial form,
+text PING -> PONG, initial book dumps as arrays, and a paced stream of market messages.
+
+Tests script faults through the public attributes and methods (refuse connections, stop PONGs,
+stop data, close connections, send garbage, change the market list, cap assets per
+connection, fail Gamma requests). Every payload sent on each connection is logged when
+`record_sent` is on, so a test can compare it with what was captured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from pm_arb.sim.market_data import MarketStream, make_gamma_rows, markets_of_rows
+
+OFFSET_CAP = 2000
+KEYSET_MAX_LIMIT = 1000
+DEFAULT_LIMIT = 20
+SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class SimConnection:
+    conn_id: int
+    tokens: list[str] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)
+    sent_count: int = 0
+    closed: bool = False
+    close_reason: str = ""
+    received: list[bytes] = field(default_factory=list)
+
+
+def _json_response(status: int, doc: Any) -> Response:
+    body = orjson.dumps(doc)
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")])
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _raw_response(status: int, body: bytes, ctype: str = "application/json") -> Response:
+    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), ("Connection", "close")])
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"id": last_id})).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str | None:
+    try:
+        pad = "=" * (-len(cursor) % 4)
+        obj = orjson.loads(base64.urlsafe_b64decode(cursor + pad))
+        return str(obj["id"])
+    except Exception:
+        return None
+
+
+class SimExchange:
+    def __init__(
+        self,
+        markets: int = 40,
+        rate: float = 200.0,
+        seed: int = 7,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record_sent: bool = False,
+        extras: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.rate = rate
+        self.seed = seed
+        self.record_sent = record_sent
+        self._rows = make_gamma_rows(markets, seed=seed, extras=extras)
+        self._rows_lock = threading.Lock()
+        # fault knobs, read by the server's event loop
+        self.refuse_connections = False
+        self.answer_ping = True
+        self.send_data = True
+        self.initial_dump = True
+        self.max_assets_per_connection: int | None = None
+        self.gamma_script: deque[str] = deque()  # "500", "bad_json", "sleep:SECONDS", "loop" consumed one per request
+        self.gamma_loop = False
+        self.gamma_requests: list[str] = []
+        self.connections: dict[int, SimConnection] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._live: dict[int, ServerConnection] = {}
+        self._error: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def gamma_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws/market"
+
+    def start(self) -> "SimExchange":
+        self._thread = threading.Thread(target=self._run, name="sim-exchange", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("simulated exchange did not start within 10 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> "SimExchange":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(
+            self._handle_ws,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            compression=None,
+            ping_interval=None,
+            max_size=None,
+            write_limit=2**22,
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+            for ws in list(self._live.values()):
+                ws.transport.abort()
+
+    # -- control from tests (thread-safe) ---------------------------------------------------
+    def rows(self) -> list[dict]:
+        with self._rows_lock:
+            return list(self._rows)
+
+    def set_rows(self, rows: list[dict]) -> None:
+        with self._rows_lock:
+            self._rows = list(rows)
+
+    def _call(self, fn, *args) -> None:
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
+        fut.result(timeout=10)
+
+    def close_all_connections(self, code: int = 1001, reason: str = "going away") -> int:
+        """Close every live connection with a close frame; returns how many were closed."""
+        live = list(self._live.items())
+
+        async def close_all():
+            await asyncio.gather(*(ws.close(code, reason) for _, ws in live), return_exceptions=True)
+
+        self._call(close_all)
+        return len(live)
+
+    def drop_all_connections(self) -> int:
+        """Cut every connection without a close frame (a dead peer)."""
+        live = list(self._live.values())
+
+        async def abort():
+            for ws in live:
+                ws.transport.abort()
+
+        self._call(abort)
+        return len(live)
+
+    def send_to_all(self, payload: bytes | str, binary: bool = False) -> int:
+        """Send one frame as-is to every live connection (garbage tests); logged like any frame."""
+        live = list(self._live.items())
+
+        async def send():
+            for cid, ws in live:
+                if binary:
+                    await ws.send(payload if isinstance(payload, bytes) else payload.encode())
+                elif isinstance(payload, bytes):
+                    # websockets sends bytes as a binary frame; a text frame with arbitrary bytes
+                    # (e.g. invalid UTF-8) needs the low-level API.
+                    await ws.send(payload, text=True)
+                else:
+                    await ws.send(payload)
+                self._log_sent(cid, payload if isinstance(payload, bytes) else payload.encode())
+
+        self._call(send)
+        return len(live)
+
+    def live_connections(self) -> int:
+        return len(self._live)
+
+    def sent_payloads(self, tokens: set[str] | None = None) -> list[list[bytes]]:
+        """Per connection (in connect order), the payloads sent; optionally only connections on these tokens."""
+        out = []
+        for cid in sorted(self.connections):
+            c = self.connections[cid]
+            if tokens is None or set(c.tokens) & tokens:
+                out.append(list(c.sent))
+        return out
+
+    # -- HTTP (Gamma) ---------------------------------------------------------------------------
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        if parts.path == "/ws/market":
+            if self.refuse_connections:
+                return _json_response(503, {"error": "service unavailable (simulated)"})
+            return None
+        if parts.path in ("/ws", "/ws/"):
+            return _json_response(404, {"error": "not found"})
+        query = parse_qs(parts.query, keep_blank_values=True)
+        self.gamma_requests.append(request.path)
+        if parts.path in ("/markets", "/markets/keyset"):
+            if self.gamma_script:
+                action = self.gamma_script.popleft()
+                if action.startswith("sleep:"):
+                    await asyncio.sleep(float(action.split(":", 1)[1]))
+                elif action == "bad_json":
+                    return _raw_response(200, b'{"markets": [ {"id": "1", trunc')
+                elif action.isdigit():
+                    return _json_response(int(action), {"error": f"simulated HTTP {action}"})
+            return self._markets(parts.path, query)
+        return _json_response(404, {"error": f"no route for {parts.path}"})
+
+    def _filtered(self, query: dict[str, list[str]]) -> list[dict]:
+        def flag(name: str) -> bool | None:
+            vals = query.get(name)
+            if not vals:
+                return None
+            return vals[-1].lower() == "true"
+
+        closed = flag("closed")
+        closed = False if closed is None else closed  # Gamma's documented default hides closed markets
+        active, archived = flag("active"), flag("archived")
+        out = []
+        for row in self.rows():
+            if bool(row.get("closed")) != closed:
+                continue
+            if active is not None and bool(row.get("active")) != active:
+                continue
+            if archived is not None and bool(row.get("archived")) != archived:
+                continue
+            out.append(row)
+        return sorted(out, key=lambda r: int(r["id"]))
+
+    def _markets(self, path: str, query: dict[str, list[str]]) -> Response:
+        def intparam(name: str, default: int) -> int | None:
+            vals = query.get(name)
+            if not vals:
+                return default
+            try:
+                return int(vals[-1])
+            except ValueError:
+                return None
+
+        limit = intparam("limit", DEFAULT_LIMIT)
+        if limit is None or limit < 0:
+            return _json_response(422, {"type": "validation error", "error": "limit must be a non-negative integer"})
+        rows = self._filtered(query)
+        if path == "/markets":
+            offset = intparam("offset", 0)
+            if offset is None or offset < 0:
+                return _json_response(422, {"type": "validation error", "error": "offset must be a non-negative integer"})
+            if offset > OFFSET_CAP:
+                return _json_response(422, {"type": "validation error", "error": "offset too large, use /markets/keyset for deeper pagination"})
+            return _json_response(200, rows[offset : offset + limit])
+        if "offset" in query:
+            return _json_response(422, {"type": "validation error", "error": "offset is not supported on keyset endpoints; use after_cursor"})
+        if limit > KEYSET_MAX_LIMIT:
+            return _json_response(422, {"type": "validation error", "error": f"limit must be <= {KEYSET_MAX_LIMIT}"})
+        start = 0
+        cursor = (query.get("after_cursor") or [None])[-1]
+        if cursor:
+            last_id = _decode_cursor(cursor)
+            if last_id is None:
+                return _json_response(422, {"type": "validation error", "error": "invalid after_cursor"})
+            start = next((i for i, r in enumerate(rows) if int(r["id"]) > int(last_id)), len(rows))
+        page = rows[start : start + limit]
+        doc: dict[str, Any] = {"markets": page}
+        if self.gamma_loop and page:
+            doc["next_cursor"] = _encode_cursor(str(int(rows[0]["id"]) - 1))
+        elif len(page) == limit and page:
+            doc["next_cursor"] = _encode_cursor(page[-1]["id"])
+        return _json_response(200, doc)
+
+    # -- WebSocket (CLOB market channel) ------------------------------------------------------
+    def _log_sent(self, cid: int, payload: bytes) -> None:
+        c = self.connections.get(cid)
+        if c is None:
+            return
+        c.sent_count += 1
+        if self.record_sent:
+            c.sent.append(payload)
+
+    async def _send(self, ws: ServerConnection, cid: int, payload: bytes) -> None:
+        await ws.send(payload, text=True)
+        self._log_sent(cid, payload)
+
+    async def _handle_ws(self, ws: ServerConnection) -> None:
+        cid = next(self._ids)
+        conn = SimConnection(cid)
+        self.connections[cid] = conn
+        self._live[cid] = ws
+        try:
+            try:
+                first = await asyncio.wait_for(ws.recv(decode=False), SUBSCRIBE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                await ws.close(1008, "no subscription")
+                return
+            conn.received.append(first)
+            sub = _parse_json(first)
+            if not isinstance(sub, dict) or not isinstance(sub.get("assets_ids"), list) or str(sub.get("type", "")).lower() != "market":
+                await ws.close(1008, "invalid subscription payload")
+                return
+            all_markets = markets_of_rows(self.rows())
+            stream = MarketStream(all_markets, seed=self.seed * 1000 + cid)
+            known = stream.token_market
+            subscribed: list[str] = []
+
+            def add(ids: list) -> list[str]:
+                fresh = [t for t in ids if isinstance(t, str) and t not in subscribed]
+                subscribed.extend(fresh)
+                conn.tokens = list(subscribed)
+                return fresh
+
+            fresh = add(sub["assets_ids"])
+            cap = self.max_assets_per_connection
+            served = lambda: [t for t in (subscribed[:cap] if cap else subscribed) if t in known]  # noqa: E731
+            if sub.get("initial_dump", True) and self.initial_dump:
+                dump = [t for t in fresh if t in served()]
+                if dump:
+                    await self._send(ws, cid, stream.initial_dump(dump, int(time.time() * 1000)))
+            sender = asyncio.create_task(self._stream(ws, cid, stream, served))
+            try:
+                async for msg in ws:
+                    raw = msg if isinstance(msg, bytes) else msg.encode()
+                    conn.received.append(raw)
+                    if raw.strip() == b"PING":
+                        if self.answer_ping:
+                            await self._send(ws, cid, b"PONG")
+                        continue
+                    doc = _parse_json(raw)
+                    if not isinstance(doc, dict):
+                        continue
+                    if "type" in doc and "operation" not in doc:
+                        await self._send(ws, cid, b"INVALID OPERATION")
+                        continue
+                    op = doc.get("operation")
+                    ids = doc.get("assets_ids") if isinstance(doc.get("assets_ids"), list) else []
+                    if op == "subscribe":
+                        fresh = add(ids)
+                        dump = [t for t in fresh if t in served()]
+                        if dump and doc.get("initial_dump", True) and self.initial_dump:
+                            await self._send(ws, cid, stream.initial_dump(dump, int(time.time() * 1000)))
+                    elif op == "unsubscribe":
+                        for t in ids:
+                            if t in subscribed:
+                                subscribed.remove(t)
+                        conn.tokens = list(subscribed)
+            finally:
+                sender.cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closed = True
+            self._live.pop(cid, None)
+
+    async def _stream(self, ws: ServerConnection, cid: int, stream: MarketStream, served) -> None:
+        """Paced market messages for this connection's share of the total rate."""
+        total_tokens = max(1, len(stream.token_market))
+        tick = 0.01
+        start = time.monotonic()
+        sent = 0.0
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                tokens = served()
+                if not tokens or not self.send_data or self.rate <= 0:
+                    start = time.monotonic()
+                    sent = 0.0
+                    continue
+                rate = self.rate * len(tokens) / total_tokens
+                due = (time.monotonic() - start) * rate - sent
+                n = int(due)
+                if n <= 0:
+                    continue
+                now_ms = int(time.time() * 1000)
+                for _ in range(min(n, 5000)):
+                    await self._send(ws, cid, stream.next_message(now_ms, tokens))
+                sent += n
+        except (ConnectionClosed, asyncio.CancelledError):
+            return
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
