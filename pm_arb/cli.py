@@ -229,3 +229,191 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         err=True,
     )
     sys.exit(code)
+
+
+def skip_bad_lines_option(fn: Callable) -> Callable:
+    return click.option("--skip-bad-lines", is_flag=True, help="Fold the rest of the runlog when some lines are malformed (each is reported).")(fn)
+
+
+@cli.command("capture-audit")
+@run_dir_option
+@click.option("--gap-threshold-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
+@skip_bad_lines_option
+@json_option
+@handle_errors
+def capture_audit(run_dir: Path, gap_threshold_seconds: float, skip_bad_lines: bool, as_json: bool) -> None:
+    """Heartbeat-gap audit of runlog.ndjson: count, max gap, every gap over the threshold.
+
+    Exit 0 when gaps_over_threshold is 0, 1 otherwise.
+    """
+    from pm_arb.commands.reports import render_audit, run_audit
+
+    result = run_audit(run_dir, gap_threshold_seconds, skip_bad_lines)
+    _emit_json(result) if as_json else click.echo(render_audit(result))
+    sys.exit(0 if result["pass"] else 1)
+
+
+def _verify_totals(run_dir: Path, as_json: bool) -> dict[str, Any] | None:
+    from pm_arb.commands.verify import verify_run
+
+    try:
+        return verify_run(run_dir, show_progress=False if as_json else None)["totals"]
+    except UserError:
+        return None
+
+
+@cli.command("capture-latency-report")
+@run_dir_option
+@click.option("--verify/--no-verify", "do_verify", default=True, show_default=True, help="Also check frame checksums for the crc gate.")
+@skip_bad_lines_option
+@json_option
+@handle_errors
+def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool, as_json: bool) -> None:
+    """Write latency_report.json and latency_report.txt into the run dir and print the text.
+
+    ws_rx_to_applied_ms percentiles (run and per shard), queue depths, drops, reconnects,
+    midrun disconnections, loop lag, and every quality gate with an overall verdict.
+    """
+    from pm_arb import bundle
+    from pm_arb.commands.reports import render_latency, run_latency_report
+
+    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None)
+    text = render_latency(report)
+    bundle.write_json(run_dir / bundle.LATENCY_JSON, report)
+    (run_dir / bundle.LATENCY_TXT).write_text(text + "\n")
+    _emit_json(report) if as_json else click.echo(text)
+
+
+@cli.command("capture-check")
+@run_dir_option
+@skip_bad_lines_option
+@json_option
+@handle_errors
+def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
+    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, checksums, fatal.json.
+
+    One line per gate; exit 0 when all pass, 1 when any fails.
+    """
+    from pm_arb.commands.reports import run_latency_report
+
+    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json))
+    if as_json:
+        _emit_json({"run_dir": str(run_dir), "gates": report["gates"], "verdict": report["verdict"], "warnings": report["warnings"]})
+    else:
+        for w in report["warnings"]:
+            click.echo(f"warning: {w}")
+        for name, g in report["gates"].items():
+            mark = "PASS" if g["pass"] else ("FAIL" if g["pass"] is False else "----")
+            click.echo(f"{mark}  {name:18s} {g['figure']}")
+        click.echo(f"verdict: {report['verdict']}")
+    sys.exit(0 if report["verdict"] == "PASS" else 1)
+
+
+@cli.command("capture-replay")
+@run_dir_option
+@click.option("--until-seq", type=click.IntRange(min=0), help="Stop folding after this runlog seq (default: the whole runlog).")
+@skip_bad_lines_option
+@json_option
+@handle_errors
+def capture_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool, as_json: bool) -> None:
+    """Rebuild the supervisor's state by folding runlog.ndjson (the same fold the live supervisor runs).
+
+    For a fatal run, `--until-seq <fatal.json seq>` gives exactly the state fatal.json recorded.
+    """
+    from pm_arb.commands.reports import render_replay, run_replay
+
+    result = run_replay(run_dir, until_seq, skip_bad_lines)
+    _emit_json(result) if as_json else click.echo(render_replay(result))
+
+
+@cli.command("discover")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many markets (after capture_max_markets).")
+@json_option
+@config_options
+@handle_errors
+def discover(limit: int | None, as_json: bool, **kwargs) -> None:
+    """Print the active-binary YES/NO universe from Gamma (keyset paging to the last page).
+
+    Keeps markets that are active, not closed or archived, order-book enabled, accepting orders,
+    with outcomes exactly Yes/No and two token ids; ordered by Gamma id; capped by
+    --capture-max-markets. Exit 1 when Gamma cannot be read after the retries.
+    """
+    from pm_arb.gamma import fetch_active_rows
+    from pm_arb.universe_select import assign_shards, select_markets, shard_of
+
+    config = build_config(kwargs)
+    res = fetch_active_rows(config)
+    markets, rejected = select_markets(res.rows, config.capture_max_markets)
+    shown = markets[:limit] if limit else markets
+    totals = {
+        "pages_fetched": res.pages,
+        "retries": res.retries,
+        "markets_seen": len(res.rows),
+        "selected": len(markets),
+        "tokens": 2 * len(markets),
+        "rejected": rejected,
+        "shard_token_counts": {str(s): len(t) for s, t in assign_shards(markets, config.ws_shards).items()},
+    }
+    if as_json:
+        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in shown]})
+        return
+    for mk in shown:
+        q = mk.question if len(mk.question) <= 60 else mk.question[:57] + "..."
+        click.echo(f"{q:60s}  {mk.condition_id}  YES {mk.yes_token}  NO {mk.no_token}")
+    click.echo(
+        f"pages fetched: {res.pages}, markets seen: {len(res.rows)}, selected: {len(markets)} ({2 * len(markets)} tokens)"
+        + (f", shown: {len(shown)}" if limit else "")
+    )
+    if rejected:
+        click.echo("rejected: " + ", ".join(f"{why}: {n}" for why, n in sorted(rejected.items())))
+
+
+@cli.command("sim-exchange")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=0, show_default=True, help="Port (0: any free port).")
+@click.option("--markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
+@click.option("--rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Market messages per second across all connections.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
+@handle_errors
+def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int) -> None:
+    """Serve a loopback simulated Polymarket (Gamma REST + CLOB market WebSocket) until Ctrl-C.
+
+    Prints the two base URLs; point a capture at them with --gamma-base-url and --clob-ws-url.
+    """
+    import signal
+    import threading
+
+    from pm_arb.sim.exchange import SimExchange
+
+    try:
+        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port).start()
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port", 2) from None
+    click.echo(f"gamma_base_url={sim.gamma_url}")
+    click.echo(f"clob_ws_url={sim.ws_url}")
+    sys.stdout.flush()
+    click.echo(f"pm_arb capture --gamma-base-url {sim.gamma_url} --clob-ws-url {sim.ws_url}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    sim.stop()
+
+
+@cli.command("capture-bench")
+@click.option("--frames", type=click.IntRange(min=1), default=200_000, show_default=True, help="Frames to push through the pipeline.")
+@click.option("--shards", type=click.IntRange(min=1), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
+@click.option("--fixtures", type=click.Path(path_type=Path), help="Fixture set (default: the bundled one).")
+@click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
+@json_option
+@handle_errors
+def capture_bench(frames: int, shards: int, fixtures: Path | None, keep: bool, as_json: bool) -> None:
+    """Offline ingest benchmark: the full actor pipeline on fixtures, flat out, against a bare append loop.
+
+    Prints frames/s and MB/s for both, their ratio, ws_rx_to_applied_ms percentiles, peak queue
+    depths, drops and peak RSS. A benchmark, not a test: nothing here asserts a time.
+    """
+    from pm_arb.commands.bench import render_bench, run_bench
+
+    result = run_bench(frames, shards, fixtures, keep, show_progress=False if as_json else None)
+    _emit_json(result) if as_json else click.echo(render_bench(result))

@@ -1,0 +1,158 @@
+"""Read a run's files, call the folds, render text. The folds themselves do no I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pm_arb import bundle
+from pm_arb.bundle import require_run_dir
+from pm_arb.events.folds.audit import audit
+from pm_arb.events.folds.gates import gates
+from pm_arb.events.folds.latency import latency_report
+from pm_arb.events.folds.supervisor_state import fold
+from pm_arb.events.runlog_file import RunlogRead, read_runlog
+
+
+def _read_ndjson(path: Path) -> tuple[list[dict[str, Any]], int]:
+    if not path.is_file():
+        return [], 0
+    recs, bad = [], 0
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(obj, dict):
+            recs.append(obj)
+        else:
+            bad += 1
+    return recs, bad
+
+
+def load_runlog(run_dir: Path, skip_bad_lines: bool) -> tuple[RunlogRead, list[str]]:
+    require_run_dir(run_dir)
+    read = read_runlog(run_dir, skip_bad_lines=skip_bad_lines)
+    warnings = []
+    for b in read.bad_lines:
+        kind = "torn last line (a crash cut it short), ignored" if b.torn_tail else f"skipped: {b.reason}"
+        warnings.append(f"runlog.ndjson:{b.line_no}: {kind}")
+    for expected, found in read.seq_gaps:
+        warnings.append(f"runlog.ndjson: seq jumps from {expected - 1} to {found}")
+    return read, warnings
+
+
+def run_audit(run_dir: Path, threshold_s: float, skip_bad_lines: bool) -> dict[str, Any]:
+    read, warnings = load_runlog(run_dir, skip_bad_lines)
+    result = audit(read.records, threshold_s)
+    result["warnings"] = warnings
+    result["run_dir"] = str(run_dir)
+    return result
+
+
+def render_audit(r: dict[str, Any]) -> str:
+    lines = [w for w in r["warnings"]]
+    lines.append(
+        f"heartbeats: {r['heartbeats']}, intervals: {r['intervals']}, max gap: {r['max_gap_s']:.3f} s, "
+        f"mean gap: {r['mean_gap_s'] if r['mean_gap_s'] is None else round(r['mean_gap_s'], 3)} s"
+    )
+    for g in r["gaps"]:
+        lines.append(
+            f"  gap {g['gap_s']:.3f} s between seq {g['start_seq']} and seq {g['end_seq']} ({g['end_type']}); "
+            f"events between: {', '.join(g['events_between']) or 'none'}"
+        )
+    verdict = "PASS" if r["pass"] else "FAIL"
+    lines.append(f"{verdict}: gaps_over_threshold={r['gaps_over_threshold']} (threshold {r['threshold_s']:g} s)")
+    return "\n".join(lines)
+
+
+def _metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]], int]:
+    mdir = run_dir / bundle.METRICS_DIR
+    glob, bad = _read_ndjson(mdir / bundle.GLOBAL_METRICS)
+    shards: dict[int, list[dict[str, Any]]] = {}
+    for p in sorted(mdir.glob("shard_*.ndjson")) if mdir.is_dir() else []:
+        num = p.stem.split("_", 1)[1]
+        if num.isdigit():
+            shards[int(num)], b = _read_ndjson(p)
+            bad += b
+    return glob, shards, bad
+
+
+def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[str, Any] | None, gap_threshold_s: float = 2.0) -> dict[str, Any]:
+    read, warnings = load_runlog(run_dir, skip_bad_lines)
+    glob, shards, bad = _metrics(run_dir)
+    if bad:
+        warnings.append(f"metrics: {bad} unreadable line(s) skipped")
+    report = latency_report(read.records, glob, shards)
+    aud = audit(read.records, gap_threshold_s)
+    report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
+    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists()))
+    report["warnings"] = warnings
+    return report
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    return "-" if v is None else f"{v}{unit}"
+
+
+def render_latency(r: dict[str, Any]) -> str:
+    lat = r["ws_rx_to_applied_ms"]
+    lines = [f"latency report for run {r['run_id']}: {r['frames_applied']:,} frames applied over {r['metrics_intervals']} metrics intervals"]
+    lines.append(
+        f"ws_rx_to_applied_ms: p50 {_fmt(lat['p50'], ' ms')}  p95 {_fmt(lat['p95'], ' ms')}  p99 {_fmt(lat['p99'], ' ms')}  "
+        f"max {_fmt(lat['max'], ' ms')}  (n={lat['count']:,})"
+    )
+    for s, v in lat["per_shard"].items():
+        lines.append(f"  shard {int(s):02d}: p50 {_fmt(v['p50'])} p95 {_fmt(v['p95'])} p99 {_fmt(v['p99'])} max {_fmt(v['max'])} ms (n={v['count']:,})")
+    lines.append(f"  ({lat['method']})")
+    for q, st in r["queue_depth"].items():
+        lines.append(f"{q}: mean {_fmt(st['mean'])}  p99 {_fmt(st['p99'])}  max {_fmt(st['max'])} frames ({st['samples']} samples)")
+    ll = r["loop_lag_ms"]
+    lines.append(f"loop lag: mean {_fmt(ll['mean'], ' ms')}  p99 {_fmt(ll['p99'], ' ms')}  max {_fmt(ll['max'], ' ms')}")
+    d = r["drops"]
+    lines.append(f"drops: dropped_messages_total={d['dropped_messages_total']} in {d['intervals_with_drops']} interval(s); by queue {d['by_queue'] or '{}'}")
+    rc = r["reconnects"]
+    lines.append(f"reconnects: total={rc['total']} (planned refresh reconnects not counted: {rc['planned']}); causes {rc['causes'] or '{}'}")
+    mid = r["disconnected"]["midrun"]
+    lines.append(f"disconnected midrun: incidents={mid['incidents']}, total {mid['total_seconds']:.3f} s")
+    lines.append("gates:")
+    for name, g in r["gates"].items():
+        mark = "PASS" if g["pass"] else ("FAIL" if g["pass"] is False else "----")
+        lines.append(f"  {mark}  {name:18s} {g['figure']}")
+    lines.append(f"verdict: {r['verdict']}")
+    lines.extend(f"warning: {w}" for w in r["warnings"])
+    return "\n".join(lines)
+
+
+def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> dict[str, Any]:
+    read, warnings = load_runlog(run_dir, skip_bad_lines)
+    state = fold(read.records, until_seq=until_seq)
+    out = state.to_dict()
+    out["missing_token_ids"] = state.missing_tokens()
+    return {"state": out, "warnings": warnings}
+
+
+def render_replay(r: dict[str, Any]) -> str:
+    st = r["state"]
+    lines = [w for w in r["warnings"]]
+    lines.append(f"run {st['run_id']} ({st['mode']}): phase {st['phase']} at seq {st['last_seq']}")
+    if st["fatal"]:
+        lines.append(f"fatal: {st['fatal']['reason']} at seq {st['fatal']['seq']}: {st['fatal']['message']}")
+    lines.append(
+        f"universe: {st['markets']} markets, {st['universe_tokens']} tokens, coverage {st['coverage_pct']}%, "
+        f"missing {st['missing_tokens']}, pending grace windows {len(st['pending_grace_windows'])}, "
+        f"churn guards in a row {st['churn_guard_consecutive']}"
+    )
+    lines.append(f"heartbeats: {st['heartbeats']} (last seq {st['last_heartbeat']['seq']}); frames {st['frames_total']:,}, dropped {st['dropped_total']}")
+    for s, v in st["shards"].items():
+        lines.append(
+            f"  shard {int(s):02d}: {len(v['tokens'])} tokens, {'connected' if v['connected'] else 'disconnected'}, "
+            f"confirmed={v['confirmed']}, frames {v['frames']:,}, market events {v['market_events']:,}, "
+            f"reconnects {v['reconnects_unplanned']} (+{v['reconnects_planned']} planned), last cause {v['last_disconnect_cause']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""capture-audit as a pure fold: heartbeat gaps over a run's records.
+
+Gaps are measured on the monotonic clock (the wall clock may step; the monotonic one does
+not), between consecutive heartbeats, with the run's stop or fatal record closing the last
+interval. A gap counts as "over" the threshold only when strictly greater than it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from pm_arb.events import types as ev
+from pm_arb.events.codec import LogRecord
+
+CONTEXT_EVENTS = 3
+
+
+def audit(records: Iterable[LogRecord], threshold_s: float = 2.0) -> dict[str, Any]:
+    recs = list(records)
+    anchors = [i for i, r in enumerate(recs) if isinstance(r.event, ev.Heartbeat)]
+    heartbeats = len(anchors)
+    end = next((i for i, r in enumerate(recs) if isinstance(r.event, (ev.RunStop,))), None)
+    if end is not None and anchors and end > anchors[-1]:
+        anchors.append(end)
+    gaps = []
+    max_gap = 0.0
+    total = 0.0
+    for a, b in zip(anchors, anchors[1:]):
+        ra, rb = recs[a], recs[b]
+        gap = (rb.mono_ns - ra.mono_ns) / 1e9
+        total += gap
+        max_gap = max(max_gap, gap)
+        if gap > threshold_s:
+            between = [r.event.TYPE for r in recs[a + 1 : b]]
+            gaps.append(
+                {
+                    "gap_s": round(gap, 6),
+                    "start_seq": ra.seq,
+                    "end_seq": rb.seq,
+                    "start_wall_ns_utc": ra.wall_ns_utc,
+                    "end_wall_ns_utc": rb.wall_ns_utc,
+                    "wall_gap_s": round((rb.wall_ns_utc - ra.wall_ns_utc) / 1e9, 6),
+                    "end_type": rb.event.TYPE,
+                    "events_between": between[:20],
+                    "events_before": [r.event.TYPE for r in recs[max(0, a - CONTEXT_EVENTS) : a]],
+                    "events_after": [r.event.TYPE for r in recs[b + 1 : b + 1 + CONTEXT_EVENTS]],
+                }
+            )
+    intervals = max(0, len(anchors) - 1)
+    return {
+        "threshold_s": threshold_s,
+        "heartbeats": heartbeats,
+        "intervals": intervals,
+        "max_gap_s": round(max_gap, 6),
+        "mean_gap_s": round(total / intervals, 6) if intervals else None,
+        "gaps_over_threshold": len(gaps),
+        "gaps": gaps,
+        "pass": len(gaps) == 0,
+    }

@@ -1,0 +1,39 @@
+"""The five FAIL gates of MASTER.md section 6, from already-folded figures. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[str, Any] | None, fatal_present: bool) -> dict[str, Any]:
+    reconnects = latency["reconnects"]["total"]
+    incidents = latency["disconnected"]["midrun"]["incidents"]
+    dropped = latency["drops"]["dropped_messages_total"]
+    out: dict[str, Any] = {
+        "heartbeat_gaps": {
+            "pass": audit["gaps_over_threshold"] == 0,
+            "figure": f"gaps_over_threshold={audit['gaps_over_threshold']} (threshold {audit['threshold_s']:g} s, max gap {audit['max_gap_s']:g} s)",
+            "value": audit["gaps_over_threshold"],
+        },
+        "reconnects_midrun": {
+            "pass": reconnects == 0 and incidents == 0,
+            "figure": f"reconnects.total={reconnects}, disconnected.midrun.incidents={incidents}",
+            "value": reconnects + incidents,
+        },
+        "drops": {
+            "pass": dropped == 0,
+            "figure": f"drops.dropped_messages_total={dropped}",
+            "value": dropped,
+        },
+    }
+    if verify_totals is None:
+        out["crc_mismatch"] = {"pass": None, "figure": "not checked (run capture-verify)", "value": None}
+    else:
+        bad = verify_totals["crc_mismatch"]
+        other = {k: verify_totals[k] for k in ("seq_gaps", "idx_mismatch", "torn_tail_bytes", "file_errors") if verify_totals.get(k)}
+        extra = ("; also " + ", ".join(f"{k}={v}" for k, v in other.items())) if other else ""
+        out["crc_mismatch"] = {"pass": bad == 0 and not other, "figure": f"totals.crc_mismatch={bad}{extra}", "value": bad}
+    out["fatal"] = {"pass": not fatal_present, "figure": "fatal.json present" if fatal_present else "no fatal.json", "value": fatal_present}
+    checked = [g["pass"] for g in out.values() if g["pass"] is not None]
+    verdict = "PASS" if all(checked) else "FAIL"
+    return {"gates": out, "verdict": verdict}
