@@ -8,7 +8,7 @@ from typing import Any
 from pm_arb.bundle import CAPTURE_DIR, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.progress import Progress
-from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_MAGIC, HeaderProblem, parse_file_header
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, IDX_MAGIC, RECORD_OVERHEAD, HeaderProblem, parse_file_header
 from pm_arb.store.scan import ScanSummary, scan
 from pm_arb.store.shard_files import (
     frames_path,
@@ -72,7 +72,8 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
         records = []
         prev_seq = None
         last_offset_done = FILE_HEADER_SIZE
-        for rec in scan(buf, summary):
+        idx_ends = {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in idx_entries}
+        for rec in scan(buf, summary, idx_ends):
             records.append(idx_entry_for(rec))
             if progress is not None:
                 progress.update(rec.offset - last_offset_done + 44 + len(rec.payload))
@@ -120,6 +121,9 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
                     if mismatched == 1:
                         defect(kind="idx_mismatch", seq=expected.seq, offset=expected.offset)
             known = {r.offset for r in records} | {c.offset for c in corrupt_at}
+            partial = (idx_path(capture_dir, shard).stat().st_size - FILE_HEADER_SIZE) % IDX_ENTRY_SIZE
+            if partial:
+                defect(kind="idx_partial_entry", bytes=partial)
             extra = sum(1 for e in idx_entries if e.offset not in known)
             if extra:
                 defect(kind="idx_extra_entries", entries=extra)
@@ -139,10 +143,7 @@ def _load_idx(capture_dir: Path, shard: int):
         return [], f"cannot read {ipath.name}: {exc.strerror}"
     try:
         parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, ipath.name)
-        entries = read_idx_entries(ibuf)
-        if (len(ibuf) - FILE_HEADER_SIZE) % 40:
-            return entries, f"{ipath.name} ends with a partial entry"
-        return entries, None
+        return read_idx_entries(ibuf), None
     except HeaderProblem as exc:
         return [], str(exc)
     finally:

@@ -99,6 +99,7 @@ class SimExchange:
         self.send_data = True
         self.initial_dump = True
         self.max_assets_per_connection: int | None = None
+        self.silent_tokens: set[str] = set()  # subscribed but never get a message (per-asset silent loss)
         self.gamma_script: deque[str] = deque()  # "500", "bad_json", "sleep:SECONDS", "loop" consumed one per request
         self.gamma_loop = False
         self.gamma_requests: list[str] = []
@@ -359,7 +360,9 @@ class SimExchange:
 
             fresh = add(sub["assets_ids"])
             cap = self.max_assets_per_connection
-            served = lambda: [t for t in (subscribed[:cap] if cap else subscribed) if t in known]  # noqa: E731
+            def served() -> list[str]:
+                return [t for t in (subscribed[:cap] if cap else subscribed) if t in known and t not in self.silent_tokens]
+
             if sub.get("initial_dump", True) and self.initial_dump:
                 dump = [t for t in fresh if t in served()]
                 if dump:

@@ -9,7 +9,7 @@ that fails its checksum is corruption, reported and never truncated by repair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 from pm_arb.store.frames_format import (
     CHECKSUM,
@@ -97,8 +97,13 @@ def _is_prefix_of_record(buf, pos: int, size: int) -> bool:
     return length <= MAX_PAYLOAD and pos + RECORD_OVERHEAD + length > size
 
 
-def scan(buf, summary: ScanSummary | None = None) -> Iterator[FrameRecord]:
-    """Yield every valid record in order; fill `summary` with what else was found."""
+def scan(buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | None = None) -> Iterator[FrameRecord]:
+    """Yield every valid record in order; fill `summary` with what else was found.
+
+    `idx_ends` maps record offsets to record ends as the idx recorded them. The idx entry is
+    written only after its record was fully written, so a tail whose record the idx knows to be
+    complete is corruption (say, a flipped length byte), not a crash's torn write.
+    """
     s = summary if summary is not None else ScanSummary()
     size = len(buf)
     pos = FILE_HEADER_SIZE
@@ -114,7 +119,8 @@ def scan(buf, summary: ScanSummary | None = None) -> Iterator[FrameRecord]:
         nxt = _next_valid(buf, pos + 1, size)
         if nxt is None:
             tail = bytes(buf[pos:size])
-            if _is_prefix_of_record(buf, pos, size) or tail.count(0) == len(tail):
+            known_complete = idx_ends is not None and idx_ends.get(pos, size + 1) <= size
+            if not known_complete and (_is_prefix_of_record(buf, pos, size) or tail.count(0) == len(tail)):
                 s.torn_tail_bytes = size - pos
             else:
                 s.corrupt.append(CorruptRegion(pos, size - pos, reason if reason != "short" else "truncated record", _claimed_seq(buf, pos, size)))

@@ -145,6 +145,20 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _idx_ends(idx: Path) -> dict[int, int]:
+    if not idx.exists():
+        return {}
+    ibuf = map_file(idx)
+    try:
+        parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, idx.name)
+        return {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in read_idx_entries(ibuf)}
+    except HeaderProblem:
+        return {}
+    finally:
+        if hasattr(ibuf, "close"):
+            ibuf.close()
+
+
 def repair_shard(frames: Path, idx: Path, shard: int) -> RepairReport:
     """Truncate a torn frames tail and make the idx match the frames file exactly.
 
@@ -152,10 +166,11 @@ def repair_shard(frames: Path, idx: Path, shard: int) -> RepairReport:
     them); only what a crash can leave at the tail is removed.
     """
     summary = ScanSummary()
+    idx_ends = _idx_ends(idx)
     buf = map_file(frames)
     try:
         parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, frames.name)
-        good_idx = [idx_entry_for(r) for r in scan(buf, summary)]
+        good_idx = [idx_entry_for(r) for r in scan(buf, summary, idx_ends)]
     finally:
         if hasattr(buf, "close"):
             buf.close()

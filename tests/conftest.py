@@ -1,0 +1,116 @@
+"""Shared helpers: the CLI as a real subprocess, temporary data dirs, a loopback simulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PM_ARB_")}
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pm_arb", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        cwd=cwd or REPO,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pm_arb", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(env),
+        cwd=REPO,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """The first stdout line of a capture: its run dir."""
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline()
+    if not line and time.monotonic() > deadline:
+        raise AssertionError("no output from capture")
+    return line.strip()
+
+
+def wait_for_runlog(run_dir: Path, predicate, timeout: float = 30) -> list[dict]:
+    """Poll the runlog (written by another process) until a record satisfies predicate."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recs = read_runlog_dicts(run_dir)
+        if any(predicate(r) for r in recs):
+            return recs
+        time.sleep(0.05)
+    raise AssertionError(f"runlog of {run_dir} never matched; last types: {[r['type'] for r in read_runlog_dicts(run_dir)][-10:]}")
+
+
+def read_runlog_dicts(run_dir: Path) -> list[dict]:
+    p = run_dir / "runlog.ndjson"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_bytes().splitlines():
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            pass
+    return out
+
+
+def stop_with(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 60) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert lines, "expected an error line on stderr"
+    return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def offline_run(tmp_path_factory) -> Path:
+    """One real offline capture of the bundled fixtures (4 shards), shared read-only by tests."""
+    data = tmp_path_factory.mktemp("offline") / "data"
+    proc = run_cli("capture", "--offline", "--offline-speed", "0", "--ws-shards", "4", "--run-id", "fixture-run", "--data-dir", str(data))
+    assert proc.returncode == 0, proc.stderr
+    return data / "runs" / "fixture-run"
+
+
+@pytest.fixture
+def run_copy(offline_run, tmp_path) -> Path:
+    """A private copy of the offline run, for tests that damage it."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(offline_run, dst)
+    return dst
