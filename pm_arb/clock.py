@@ -32,6 +32,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         with self._lock:
-            step = int(seconds * 1e9)
+            step = round(seconds * 1e9)
             self._mono += step
             self._wall += step

@@ -1,0 +1,239 @@
+"""Actors driven by scripted messages under a frozen clock. Nothing here sleeps for time to pass:
+time moves by ManualClock.advance, and `ask(GetStatus())`/`ask(...)` is the barrier that says an
+actor has handled everything told to it before."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import orjson
+import pykka
+import pytest
+
+from pm_arb.actors import messages as m
+from pm_arb.actors.gauge import DepthGauge
+from pm_arb.actors.shard import ShardActor
+from pm_arb.actors.supervisor import AttachPeers, SupervisorActor
+from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.clock import ManualClock
+from pm_arb.commands.verify import verify_run
+from pm_arb.config import Config
+from pm_arb.events import types as ev
+from pm_arb.events.folds.supervisor_state import fold
+from pm_arb.events.runlog_file import read_runlog
+from pm_arb.store.frames_format import FLAG_CONTROL
+from pm_arb.store.shard_files import ShardReader
+
+
+class Probe(pykka.ThreadingActor):
+    """Records what it is told; answers "got" with the record. Replies ShardStopped to StopShard."""
+
+    def __init__(self, shard: int = -1, supervisor=None) -> None:
+        super().__init__()
+        self.got: list = []
+        self.shard = shard
+        self.supervisor = supervisor
+
+    def on_receive(self, msg):
+        if msg == "got":
+            return list(self.got)
+        self.got.append(msg)
+        if isinstance(msg, m.StopShard) and self.supervisor is not None:
+            self.supervisor.tell(m.ShardStopped(self.shard))
+        return None
+
+
+@pytest.fixture(autouse=True)
+def stop_actors():
+    yield
+    pykka.ActorRegistry.stop_all()
+
+
+def cfg(**over) -> Config:
+    base = dict(ws_shards=3, capture_confirm_timeout_seconds=10.0, capture_confirm_min_events=2, heartbeat_interval_seconds=1.0)
+    base.update(over)
+    return Config(**base)
+
+
+def supervisor_with_writer(tmp_path: Path, config: Config, clock: ManualClock):
+    done = threading.Event()
+    codes = []
+    sup = SupervisorActor.start("r1", "offline", config, clock, lambda c: (codes.append(c), done.set()))
+    writer = WriterActor.start(tmp_path, config, clock, {s: DepthGauge() for s in range(config.ws_shards)})
+    writer.tell(AttachWriterPeers(sup, None))
+    shards = {s: Probe.start(s, sup) for s in range(config.ws_shards)}
+    sup.tell(AttachPeers(writer=writer, shards=shards))
+    return sup, writer, shards, done, codes
+
+
+TOKENS = {0: ["a1", "a2"], 1: ["b1", "b2"], 2: []}
+
+
+def test_supervisor_reaches_running_on_confirm_and_stops_cleanly(tmp_path):
+    clock = ManualClock()
+    sup, writer, shards, done, codes = supervisor_with_writer(tmp_path, cfg(), clock)
+    sup.tell(m.StartRun(TOKENS, markets=2))
+    assert sup.ask(m.GetStatus())["phase"] == "confirming"
+    assert [type(x) for x in shards[0].ask("got")] == [m.StartShard]
+    assert shards[2].ask("got") == []  # a shard without tokens has nothing to confirm
+    sup.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.ShardConfirmed(shard=0, market_events=2, seconds_after_start=0.1)))
+    assert sup.ask(m.GetStatus())["phase"] == "confirming"
+    sup.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.ShardConfirmed(shard=1, market_events=3, seconds_after_start=0.2)))
+    assert sup.ask(m.GetStatus())["phase"] == "running"
+    clock.advance(20)  # past the confirm deadline: nothing happens once running
+    sup.tell(m.Tick(clock.mono_ns()))
+    sup.tell(m.RequestStop("SIGINT"))
+    assert done.wait(10) and codes == [0]
+    recs = read_runlog(tmp_path).records
+    types = [r.type for r in recs]
+    assert types[:4] == ["run_start", "universe_assigned", "confirm_begin", "heartbeat"]
+    assert "run_confirmed" in types and types[-1] == "run_stop"
+    assert [r.seq for r in recs] == list(range(len(recs)))
+    assert fold(recs).phase == "stopped"
+    assert not (tmp_path / "fatal.json").exists()
+
+
+def test_supervisor_goes_fatal_on_confirm_timeout_and_replay_equals_fatal_json(tmp_path):
+    clock = ManualClock()
+    sup, writer, shards, done, codes = supervisor_with_writer(tmp_path, cfg(), clock)
+    sup.tell(m.StartRun(TOKENS, markets=2))
+    sup.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.TokensFirstSeen(shard=0, tokens=["a1"])))
+    sup.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.ShardConfirmed(shard=0, market_events=5, seconds_after_start=0.1)))
+    assert sup.ask(m.GetStatus())["phase"] == "confirming"  # barrier: the deadline is set before time moves
+    clock.advance(9.999)
+    sup.tell(m.Tick(clock.mono_ns()))
+    assert sup.ask(m.GetStatus())["phase"] == "confirming"
+    clock.advance(0.001)
+    sup.tell(m.Tick(clock.mono_ns()))
+    assert done.wait(10) and codes == [1]
+    fatal = orjson.loads((tmp_path / "fatal.json").read_bytes())
+    assert fatal["reason"] == "confirm_timeout" and "shard(s) 01" in fatal["message"]
+    missing = orjson.loads((tmp_path / "missing_tokens.json").read_bytes())
+    assert missing == {"count": 3, "tokens": [{"token": "a2", "shard": 0}, {"token": "b1", "shard": 1}, {"token": "b2", "shard": 1}]}
+    recs = read_runlog(tmp_path).records
+    replayed = fold(recs, until_seq=fatal["seq"]).to_dict()
+    assert replayed == fatal["state"]
+    assert fold(recs).phase == "fatal"
+
+
+def test_writer_applies_batches_in_order_and_reports_intervals(tmp_path):
+    clock = ManualClock()
+    config = cfg()
+    gauges = {s: DepthGauge() for s in range(3)}
+    writer = WriterActor.start(tmp_path, config, clock, gauges)
+    metrics = Probe.start()
+    writer.ask(AttachWriterPeers(Probe.start(), metrics))  # ask: the writer has started before time moves
+    sent = {0: [], 1: []}
+    for k in range(20):
+        shard = k % 2
+        batch = [(clock.mono_ns(), clock.wall_ns(), 0, 1, f'{{"k":{k},"i":{i}}}'.encode()) for i in range(5)]
+        sent[shard] += [f[4] for f in batch]
+        gauges[shard].add(len(batch))
+        writer.tell(m.AppendFrames(shard, batch))
+    clock.advance(0.002)
+    clock.advance(1.0)
+    writer.tell(m.Tick(clock.mono_ns()))
+    writer.ask(m.CloseWriter())
+    for shard in (0, 1):
+        with ShardReader(tmp_path / "capture", shard) as rd:
+            recs = list(rd)
+        assert [r.payload for r in recs] == sent[shard]
+        assert [r.seq for r in recs] == list(range(50))
+        assert gauges[shard].depth == 0
+    (interval,) = [x for x in metrics.ask("got") if isinstance(x, m.WriterInterval)]
+    assert interval.shards[0]["frames"] == 50 and interval.shards[1]["frames"] == 50
+    assert interval.interval_s == pytest.approx(1.002)
+    assert verify_run(tmp_path, show_progress=False)["ok"]
+
+
+class FakeReader:
+    def __init__(self, shard, tokens, tell, clock):
+        self.tokens, self.tell = tokens, tell
+        self.started = self.stopped = False
+        self.token_changes = []
+
+        class _Sink:
+            dropped = 0
+            batch: list = []
+
+        self.sink = _Sink()
+
+    def start(self):
+        self.started = True
+
+    def request_stop(self):
+        self.stopped = True
+        self.tell(m.ReaderFinished("stop"))
+
+    def set_tokens(self, tokens, not_before, added, removed):
+        self.token_changes.append((tokens, not_before, added, removed))
+
+
+def test_shard_forwards_frames_counts_events_and_relays_reader_facts(tmp_path):
+    clock = ManualClock()
+    sup, writer, metrics = Probe.start(), Probe.start(), Probe.start()
+    readers = []
+
+    def make_reader(*a):
+        readers.append(FakeReader(*a))
+        return readers[-1]
+
+    pg, wg = DepthGauge(), DepthGauge()
+    shard = ShardActor.start(0, cfg(), clock, sup, writer, metrics, make_reader, pg, wg)
+    shard.tell(m.StartShard(("t1", "t2")))
+    book = orjson.dumps([{"event_type": "book", "asset_id": "t1", "market": "0xc"}, {"event_type": "book", "asset_id": "t2", "market": "0xc"}])
+    frames = [(1, 2, 0, 1, book), (3, 4, FLAG_CONTROL, 1, b"PONG"), (5, 6, 0, 1, b"{not json")]
+    pg.add(3)
+    shard.tell(m.FrameBatch(frames))
+    shard.tell(m.ReaderEvent(7, 8, ev.ShardReconnect(shard=0, attempt=2, backoff_seconds=0.5, cause="server_close", planned=False)))
+    shard.tell(m.Tick(clock.mono_ns()))
+    shard.ask(m.StopShard())
+    assert readers[0].started and readers[0].stopped
+    (append,) = [x for x in writer.ask("got") if isinstance(x, m.AppendFrames)]
+    assert append.frames == frames and wg.depth == 3 and pg.depth == 0
+    got = sup.ask("got")
+    emitted = [x.event for x in got if isinstance(x, m.Emit)]
+    assert ev.TokensFirstSeen(shard=0, tokens=["t1", "t2"]) in emitted
+    assert any(isinstance(e, ev.ShardConfirmed) and e.market_events == 2 for e in emitted)
+    assert ev.ShardReconnect(shard=0, attempt=2, backoff_seconds=0.5, cause="server_close", planned=False) in emitted
+    status = [x for x in got if isinstance(x, m.ShardStatus)][-1]
+    assert (status.frames, status.market_events, status.control_frames, status.not_json_frames) == (3, 2, 1, 1)
+    assert any(isinstance(x, m.ShardStopped) for x in got)
+
+
+class GatedWriter(WriterActor):
+    """A writer that can be held still, to make it slower than its producers on purpose."""
+
+    def on_receive(self, msg):
+        if isinstance(msg, threading.Event):
+            msg.wait(30)
+            return None
+        return super().on_receive(msg)
+
+
+def test_slow_writer_fills_queue_then_drops_are_counted_and_logged_without_corruption(tmp_path):
+    clock = ManualClock()
+    config = cfg(ws_shards=1, write_q_capacity=100)
+    wg, pg = DepthGauge(), DepthGauge()
+    writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
+    sup = Probe.start()
+    writer.tell(AttachWriterPeers(sup, None))
+    shard = ShardActor.start(0, config, clock, sup, writer, None, FakeReader, pg, wg)
+    shard.tell(m.StartShard(("t1",)))
+    gate = threading.Event()
+    writer.tell(gate)  # the writer is now stuck behind this message
+    depths = []
+    for k in range(30):
+        pg.add(10)
+        shard.tell(m.FrameBatch([(k, k, 0, 1, f'{{"asset_id":"t1","k":{k},"i":{i}}}'.encode()) for i in range(10)]))
+        shard.ask(m.Tick(clock.mono_ns()))  # barrier: the batch has been handled
+        depths.append(wg.depth)
+    shard.ask(m.StopShard())
+    assert depths[:10] == sorted(depths[:10]) and depths[0] < depths[9] == 100  # rising, then at capacity
+    gate.set()
+    writer.ask(m.CloseWriter())
+    dropped = [x.event for x in sup.ask("got") if isinstance(x, m.Emit) and isinstance(x.event, ev.FramesDropped)]
+    assert sum(e.dropped for e in dropped) == 200 and all(e.queue == "write_q" and e.capacity == 100 for e in dropped)
+    result = verify_run(tmp_path, show_progress=False)
+    assert result["ok"] and result["totals"]["frames"] == 100 and result["totals"]["crc_mismatch"] == 0
