@@ -1,0 +1,77 @@
+"""Offline capture as a real subprocess: every fixture frame byte for byte, clean stop on signals."""
+
+from __future__ import annotations
+
+import signal
+
+import orjson
+import pytest
+
+from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
+from pm_arb.store.shard_files import ShardReader, shard_numbers
+from pm_arb.universe_select import select_markets
+from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+
+
+def fixture_frames_per_shard(shards: int):
+    fx = load_fixture_set(None)
+    markets, _ = select_markets(fx.gamma_rows, 2000)
+    return frames_by_shard(fx, {m.condition_id for m in markets}, shards)
+
+
+def captured(run_dir):
+    out = {}
+    for s in shard_numbers(run_dir / "capture"):
+        with ShardReader(run_dir / "capture", s) as rd:
+            out[s] = list(rd)
+    return out
+
+
+def test_full_offline_run_has_every_fixture_frame_byte_for_byte(offline_run):
+    want = fixture_frames_per_shard(4)
+    got = captured(offline_run)
+    assert set(got) == {s for s, fr in want.items() if fr}
+    for s, frames in want.items():
+        if frames:
+            assert [r.payload for r in got[s]] == [f.payload for f in frames]
+            assert [r.opcode for r in got[s]] == [f.opcode for f in frames]
+    runlog = read_runlog_dicts(offline_run)
+    assert [r["seq"] for r in runlog] == list(range(len(runlog)))
+    assert runlog[0]["type"] == "run_start" and runlog[-1]["type"] == "run_stop"
+    manifest = orjson.loads((offline_run / "manifest.json").read_bytes())
+    assert manifest["run_id"] == "fixture-run" and manifest["mode"] == "offline"
+    assert manifest["config"]["ws_shards"] == 4 and manifest["universe"]["markets_count"] == 24
+    assert {"pykka", "websocket-client", "orjson", "xxhash"} <= set(manifest["versions"])
+    mk = manifest["universe"]["markets"][0]
+    assert {"question", "condition_id", "yes_token", "no_token", "shard"} <= set(mk)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_and_what_was_received_is_all_there(data_dir, sig):
+    proc = start_cli("capture", "--offline", "--offline-speed", "1", "--ws-shards", "4", "--run-id", "sig", "--data-dir", str(data_dir))
+    run_dir = data_dir / "runs" / "sig"
+    assert wait_for_line(proc) == str(run_dir)
+    wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+    code, _, err = stop_with(proc, sig)
+    assert code == 0, err
+    assert "Traceback" not in err
+    runlog = read_runlog_dicts(run_dir)
+    assert [r["seq"] for r in runlog] == list(range(len(runlog)))
+    stop = [r for r in runlog if r["type"] == "stop_requested"]
+    assert stop and stop[0]["reason"] == sig.name and runlog[-1]["type"] == "run_stop"
+    assert run_cli("capture-verify", "--run-dir", str(run_dir)).returncode == 0
+    want = fixture_frames_per_shard(4)
+    got = captured(run_dir)
+    total = 0
+    for s, recs in got.items():
+        assert [r.payload for r in recs] == [f.payload for f in want[s][: len(recs)]]  # an exact prefix, in order
+        total += len(recs)
+    assert 0 < total < sum(len(v) for v in want.values())
+
+
+def test_existing_run_id_is_refused_and_nothing_overwritten(offline_run):
+    before = (offline_run / "runlog.ndjson").read_bytes()
+    proc = run_cli("capture", "--offline", "--run-id", offline_run.name, "--data-dir", str(offline_run.parent.parent))
+    line = assert_one_line_error(proc, 2)
+    assert "already exists" in line and "choose another --run-id" in line
+    assert (offline_run / "runlog.ndjson").read_bytes() == before
