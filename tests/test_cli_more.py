@@ -1,0 +1,70 @@
+"""capture-bench and sim-exchange as real subprocesses; the WebSocket reader against a dead port."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import orjson
+import requests
+
+from pm_arb.actors.gauge import DepthGauge
+from pm_arb.actors.messages import ReaderEvent, ReaderFinished
+from pm_arb.capture.ws_reader import WsReader
+from pm_arb.clock import SystemClock
+from pm_arb.config import Config
+from pm_arb.events import types as ev
+from tests.conftest import REPO, cli_env, run_cli
+
+
+def test_capture_bench_reports_pipeline_and_baseline():
+    proc = run_cli("capture-bench", "--frames", "5000", "--shards", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = orjson.loads(proc.stdout)
+    assert doc["frames"] >= 5000 and doc["verify"]["crc_mismatch"] == 0 and doc["drops"] == 0
+    assert doc["pipeline"]["frames_per_s"] > 0 and doc["baseline"]["plain_append"]["frames_per_s"] > 0
+    assert doc["ratio_vs_plain_append"] == round(doc["pipeline"]["frames_per_s"] / doc["baseline"]["plain_append"]["frames_per_s"], 3)
+    assert doc["peak_rss_mb"]["after_pipeline"] > 0 and doc["ws_rx_to_applied_ms"]["count"] == doc["frames"]
+    text = run_cli("capture-bench", "--frames", "3000", "--shards", "1")
+    assert "ratio pipeline / plain append" in text.stdout and "frames/s" in text.stdout
+
+
+def test_sim_exchange_serves_gamma_and_prints_its_urls():
+    proc = subprocess.Popen([sys.executable, "-m", "pm_arb", "sim-exchange", "--markets", "12", "--rate", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=cli_env())
+    try:
+        gamma = proc.stdout.readline().strip().split("=", 1)[1]
+        ws = proc.stdout.readline().strip().split("=", 1)[1]
+        assert gamma.startswith("http://127.0.0.1:") and ws == gamma.replace("http://", "ws://") + "/ws/market"
+        page = requests.get(gamma + "/markets/keyset", params={"limit": 5}, timeout=5).json()
+        assert len(page["markets"]) == 5 and "next_cursor" in page
+        assert isinstance(page["markets"][0]["clobTokenIds"], str)
+        deep = requests.get(gamma + "/markets", params={"offset": 2001}, timeout=5)
+        assert deep.status_code == 422 and "keyset" in deep.json()["error"]
+        assert requests.get(gamma + "/markets/keyset", params={"offset": 5}, timeout=5).status_code == 422
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_ws_reader_records_connect_failure_and_backoff():
+    got = []
+    config = Config(clob_ws_url="ws://127.0.0.1:9/ws/market", ws_reconnect_backoff_initial_seconds=0.01,
+                    ws_reconnect_backoff_max_seconds=0.02, ws_connect_timeout_seconds=1)
+    reader = WsReader(0, ("t1",), got.append, SystemClock(), config, DepthGauge())
+    reader.start()
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(isinstance(m, ReaderEvent) and isinstance(m.event, ev.ShardReconnect) for m in got) < 3:
+        time.sleep(0.01)
+    reader.request_stop()
+    reader.join(5)
+    events = [m.event for m in got if isinstance(m, ReaderEvent)]
+    fails = [e for e in events if isinstance(e, ev.ShardDisconnected)]
+    recs = [e for e in events if isinstance(e, ev.ShardReconnect)]
+    assert fails and all(e.cause == "connect_failed" and not e.planned and "Connection refused" in e.detail for e in fails)
+    assert [e.backoff_seconds for e in recs[:3]] == [0.01, 0.02, 0.02]
+    assert isinstance(got[-1], ReaderFinished)
