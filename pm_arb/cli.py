@@ -121,11 +121,18 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
 @json_option
 @handle_errors
 def capture_inspect(run_dir: Path, as_json: bool) -> None:
-    """Summarize a run bundle: file sizes, frames per shard, first/last receive time, metrics tails."""
+    """Summarize a run bundle: file sizes, frames per shard, first/last receive time, metrics tails.
+
+    Exit 1 when a shard's files cannot be read.
+    """
     from pm_arb.commands.inspect_run import inspect_run, render_inspect
 
     result = inspect_run(run_dir)
     _emit_json(result) if as_json else click.echo(render_inspect(result))
+    unreadable = [s for s in result["shards"] if "error" in s]
+    if unreadable:
+        click.echo(f"error: {len(unreadable)} shard file(s) could not be read (see above); run capture-verify for details", err=True)
+        sys.exit(1)
 
 
 @cli.command("capture-slice")

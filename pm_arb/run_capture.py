@@ -156,7 +156,7 @@ def run_capture(
 ) -> tuple[int, Path, dict[str, Any]]:
     """Run one capture to its end; returns (exit code, run dir, final status)."""
     clock = SystemClock()
-    run_id = run_id or default_run_id()
+    run_id = default_run_id() if run_id is None else run_id
     shards = config.ws_shards
     parse_gauges = {s: DepthGauge() for s in range(shards)}
     write_gauges = {s: DepthGauge() for s in range(shards)}

@@ -123,10 +123,7 @@ class WsReader:
                 refresh = None
             keepalive = Keepalive(self.clock.mono_ns(), cfg.ws_ping_interval_seconds, cfg.ws_ping_timeout_seconds, cfg.ws_data_idle_reconnect_seconds)
             cause, detail, planned, refresh_began = self._pump(ws, keepalive)
-            try:
-                ws.close(timeout=1)
-            except Exception:
-                pass
+            _close(ws)
             self.sink.flush()
             self._report(ev.ShardDisconnected(shard=self.shard, cause=cause, detail=detail, planned=planned))
             if refresh_began is not None:
@@ -157,7 +154,7 @@ class WsReader:
             for msg in subscribe_messages(self.tokens, cfg.ws_subscribe_chunk_size):
                 ws.send(msg)
         except Exception:
-            ws.close(timeout=1)
+            _close(ws)
             raise
         return ws
 
@@ -216,6 +213,19 @@ class WsReader:
                 return "server_close", f"close frame code={code} reason={reason!r}", False, None
             flags = sink.frame(opcode, data)
             keepalive.on_frame(now, flags, data)
+
+
+def _close(ws: websocket.WebSocket) -> None:
+    """Close handshake when still possible, then always release the socket.
+
+    websocket-client answers a server's close frame inside recv and marks itself disconnected,
+    after which its close() returns without closing the socket: shutdown() is what frees it.
+    """
+    try:
+        ws.close(timeout=1)
+    except Exception:
+        pass
+    ws.shutdown()
 
 
 def _describe(exc: BaseException) -> str:
