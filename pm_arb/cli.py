@@ -381,8 +381,10 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
 @click.option("--markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
 @click.option("--rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Market messages per second across all connections.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
+@click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
 @handle_errors
-def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int) -> None:
+def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int) -> None:
     """Serve a loopback simulated Polymarket (Gamma REST + CLOB market WebSocket) until Ctrl-C.
 
     Prints the two base URLs; point a capture at them with --gamma-base-url and --clob-ws-url.
@@ -393,7 +395,7 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int) -> 
     from pm_arb.sim.exchange import SimExchange
 
     try:
-        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port).start()
+        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool).start()
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port", 2) from None
     click.echo(f"gamma_base_url={sim.gamma_url}")

@@ -22,6 +22,7 @@ from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.folds.supervisor_state import fold
 from pm_arb.events.runlog_file import read_runlog
+from pm_arb.latency_hist import bucket_of
 from pm_arb.store.frames_format import FLAG_CONTROL
 from pm_arb.store.shard_files import ShardReader
 
@@ -125,14 +126,18 @@ def test_writer_applies_batches_in_order_and_reports_intervals(tmp_path):
     metrics = Probe.start()
     writer.ask(AttachWriterPeers(Probe.start(), metrics))  # ask: the writer has started before time moves
     sent = {0: [], 1: []}
+    batches = []
     for k in range(20):
         shard = k % 2
         batch = [(clock.mono_ns(), clock.wall_ns(), 0, 1, f'{{"k":{k},"i":{i}}}'.encode()) for i in range(5)]
         sent[shard] += [f[4] for f in batch]
+        batches.append((shard, batch))
+    clock.advance(0.0123)  # every frame is applied 12.3 ms after it was received
+    for shard, batch in batches:
         gauges[shard].add(len(batch))
         writer.tell(m.AppendFrames(shard, batch))
-    clock.advance(0.002)
-    clock.advance(1.0)
+    writer.ask(m.Emit(0, 0, None))  # barrier: the writer ignores it, after applying everything before it
+    clock.advance(0.9897)
     writer.tell(m.Tick(clock.mono_ns()))
     writer.ask(m.CloseWriter())
     for shard in (0, 1):
@@ -144,6 +149,7 @@ def test_writer_applies_batches_in_order_and_reports_intervals(tmp_path):
     (interval,) = [x for x in metrics.ask("got") if isinstance(x, m.WriterInterval)]
     assert interval.shards[0]["frames"] == 50 and interval.shards[1]["frames"] == 50
     assert interval.interval_s == pytest.approx(1.002)
+    assert interval.shards[0]["hist"] == {bucket_of(12_300): 50} and interval.shards[0]["max_us"] == 12_300
     assert verify_run(tmp_path, show_progress=False)["ok"]
 
 

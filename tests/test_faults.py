@@ -196,6 +196,46 @@ def test_injected_enospc_at_the_writer_makes_the_run_fatal(tmp_path):
         pykka.ActorRegistry.stop_all()
 
 
+def test_a_failed_fsync_is_fatal_and_never_retried(tmp_path):
+    """After an fsync error the kernel may have dropped dirty pages: the run must stop, not retry.
+    fsync on a pipe fails for real (EINVAL), on the writer's syncer thread."""
+    from pm_arb.actors.writer import SyncFailed, Syncer
+
+    got = []
+    r, w = os.pipe()
+    try:
+        syncer = Syncer(got.append)
+        syncer.request([w])
+        syncer._thread.join(timeout=10)  # the syncer ends itself after reporting the failure
+        assert len(got) == 1 and isinstance(got[0], SyncFailed) and got[0].error.errno == errno.EINVAL
+    finally:
+        os.close(r)
+        os.close(w)
+
+    class Sup(pykka.ThreadingActor):
+        def __init__(self):
+            super().__init__()
+            self.got = []
+
+        def on_receive(self, msg):
+            if msg == "got":
+                return self.got
+            self.got.append(msg)
+
+    sup = Sup.start()
+    writer = WriterActor.start(tmp_path, Config(ws_shards=1), ManualClock(), {0: DepthGauge()})
+    try:
+        writer.ask(AttachWriterPeers(sup, None))
+        writer.tell(got[0])
+        writer.tell(SyncFailed(OSError(errno.EIO, "Input/output error")))  # a second failure is not reported again
+        summary = writer.ask(m.CloseWriter())
+        conds = [x for x in sup.ask("got") if isinstance(x, m.FatalCondition)]
+        assert [c.reason for c in conds] == ["fsync_error"] and "no retry" in conds[0].message
+        assert summary["failed"] == "fsync_error"
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
 def test_gamma_timeouts_are_retried_bounded_and_reported():
     """Fault 6: a Gamma that hangs; the never-ending pagination and 500s are in test_capture_online."""
     with SimExchange(markets=5, rate=0) as sim:

@@ -72,6 +72,23 @@ def test_classify_without_parsing(opcode, payload, flags):
     assert classify(opcode, payload) == flags
 
 
+def test_cheap_scan_agrees_with_a_full_parse_on_every_fixture_frame():
+    from pm_arb.capture.frame_parse import asset_ids, count_market_events, looks_complete
+    from pm_arb.fixtures_io import load_fixture_set
+
+    checked = 0
+    for f in load_fixture_set(None).frames:
+        if classify(f.opcode, f.payload) != 0:
+            continue
+        events, tokens, ok = scan_market_events(f.payload)
+        assert ok and looks_complete(f.payload)
+        assert count_market_events(f.payload) == events
+        assert asset_ids(f.payload) == tokens
+        checked += 1
+    assert checked > 3000
+    assert not looks_complete(b'{"event_type": "book", "asset_id": ') and looks_complete(b"[{}]  \n")
+
+
 def test_scan_market_events_counts_array_items_and_price_change_tokens():
     frame = orjson.dumps([
         {"event_type": "book", "asset_id": "1"},

@@ -14,10 +14,10 @@ import pykka
 
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
-from pm_arb.capture.frame_parse import scan_market_events
+from pm_arb.capture.frame_parse import asset_ids, count_market_events, looks_complete
 from pm_arb.config import Config
 from pm_arb.events import types as ev
-from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON
+from pm_arb.store.frames_format import FLAG_CONTROL
 
 # make_reader(shard, tokens, tell, clock) -> an object with start(), request_stop(),
 # set_tokens(tokens, not_before_mono_ns, added, removed), and `sink` (a ReaderSink)
@@ -55,10 +55,10 @@ class ShardActor(pykka.ThreadingActor):
         self.market_events = 0
         self.control_frames = 0
         self.not_json_frames = 0
-        self.bad_json_frames = 0
         self.dropped_write = 0
         self._reported_drops = {"parse_q": 0, "write_q": 0}
         self.tokens_seen: set[str] = set()
+        self.unseen: set[str] = set()  # this shard's tokens with no event yet: only these need token extraction
         self.confirmed = False
         self.stopping = False
         self.loop_lag_ms = 0.0
@@ -90,6 +90,7 @@ class ShardActor(pykka.ThreadingActor):
             if self.reader is None:
                 self._start_reader(msg.tokens)
             elif not self.stopping:
+                self.unseen = set(msg.tokens) - self.tokens_seen
                 self.reader.set_tokens(msg.tokens, msg.not_before_mono_ns, msg.added, msg.removed)
         elif isinstance(msg, m.StopShard):
             self.stopping = True
@@ -104,6 +105,7 @@ class ShardActor(pykka.ThreadingActor):
     def _start_reader(self, tokens) -> None:
         if self.stopping:
             return
+        self.unseen = set(tokens) - self.tokens_seen
         if self.started_ns is None:
             self.started_ns = self.clock.mono_ns()
         self.reader = self.make_reader(self.shard, tuple(tokens), self.actor_ref.tell, self.clock)
@@ -119,24 +121,30 @@ class ShardActor(pykka.ThreadingActor):
             self.writer.tell(m.AppendFrames(self.shard, frames))
         new_tokens: list[str] = []
         seen = self.tokens_seen
+        unseen = self.unseen
+        nbytes = events = control = not_json = 0
         for _mono, _wall, flags, _opcode, payload in frames:
-            self.bytes += len(payload)
-            if flags & FLAG_CONTROL:
-                self.control_frames += 1
+            nbytes += len(payload)
+            if flags:
+                if flags & FLAG_CONTROL:
+                    control += 1
+                else:
+                    not_json += 1
                 continue
-            if flags & FLAG_NOT_JSON:
-                self.not_json_frames += 1
+            if not looks_complete(payload):
+                not_json += 1
                 continue
-            events, tokens, ok = scan_market_events(payload)
-            if not ok:
-                self.bad_json_frames += 1
-                self.not_json_frames += 1
-                continue
-            self.market_events += events
-            for t in tokens:
-                if t not in seen:
-                    seen.add(t)
-                    new_tokens.append(t)
+            events += count_market_events(payload)
+            if unseen:
+                for t in asset_ids(payload):
+                    if t not in seen:
+                        seen.add(t)
+                        unseen.discard(t)
+                        new_tokens.append(t)
+        self.bytes += nbytes
+        self.market_events += events
+        self.control_frames += control
+        self.not_json_frames += not_json
         self.frames += n
         if new_tokens:
             self._emit(ev.TokensFirstSeen(shard=self.shard, tokens=new_tokens))

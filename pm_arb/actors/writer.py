@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections import deque
+import threading
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,55 @@ from pm_arb import bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.config import Config
-from pm_arb.latency_hist import bucket_of
 from pm_arb.store.shard_files import ShardFileWriter, write_frames_file
 
 RESERVE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SyncFailed:
+    """The syncer thread's fsync failed; handled on the writer's own thread."""
+
+    error: OSError
+
+
+class Syncer:
+    """fsyncs the writer's files on its own thread, so a slow disk flush (tens of ms measured)
+    never holds up appends. The writer stays the only code that writes; this only flushes."""
+
+    def __init__(self, report) -> None:
+        self._report = report
+        self._wake = threading.Event()
+        self._stop = False
+        self._fds: list[int] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="writer-fsync", daemon=True)
+        self._thread.start()
+
+    def request(self, fds: list[int]) -> None:
+        with self._lock:
+            self._fds = list(fds)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            with self._lock:
+                fds = self._fds
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            except OSError as exc:
+                self._report(SyncFailed(exc))
+                return
 
 
 @dataclass(frozen=True)
@@ -52,6 +98,8 @@ class WriterActor(pykka.ThreadingActor):
         self._metrics_fds: dict[str, int] = {}
         self._last_fsync_ns = 0
         self._last_interval_ns = 0
+        self._last_interval_tick_ns: int | None = None
+        self._syncer: Syncer | None = None
         self._reserve = run_dir / ".reserve"
         self.closed = False
 
@@ -68,6 +116,11 @@ class WriterActor(pykka.ThreadingActor):
         now = self.clock.mono_ns()
         self._last_fsync_ns = now
         self._last_interval_ns = now
+        self._syncer = Syncer(self.actor_ref.tell)
+
+    def on_stop(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()
 
     # -- messages ----------------------------------------------------------------------------
     def on_receive(self, msg: Any) -> Any:
@@ -88,6 +141,8 @@ class WriterActor(pykka.ThreadingActor):
         elif isinstance(msg, AttachWriterPeers):
             self.supervisor = msg.supervisor
             self.metrics = msg.metrics
+        elif isinstance(msg, SyncFailed):
+            self._fail(msg.error, "fsync")
         return None
 
     def _writer_for(self, shard: int) -> ShardFileWriter:
@@ -108,6 +163,7 @@ class WriterActor(pykka.ThreadingActor):
             return
         try:
             w = self._writer_for(shard)
+            bytes_before = w.bytes_written
             first_seq = w.append_batch(frames)
         except OSError as exc:
             if gauge is not None:
@@ -121,24 +177,29 @@ class WriterActor(pykka.ThreadingActor):
         if st is None:
             st = self.interval[shard] = {"frames": 0, "bytes": 0, "hist": {}, "max_us": 0}
         hist = st["hist"]
-        nbytes = 0
-        max_us = st["max_us"]
-        for f in frames:
-            us = (now - f[0]) // 1000
-            b = bucket_of(us)
-            hist[b] = hist.get(b, 0) + 1
-            if us > max_us:
-                max_us = us
-            nbytes += len(f[4])
-        st["max_us"] = max_us
+        lat = [(now - f[0]) // 1000 for f in frames]
+        # latency_hist.bucket_of, inlined and counted in C: this runs once per captured frame
+        keys = Counter([us if us < 256 else ((us.bit_length() - 8) << 8) | (us >> (us.bit_length() - 8)) for us in lat])
+        for b, k in keys.items():
+            hist[b] = hist.get(b, 0) + k
+        top = max(lat)
+        if top > st["max_us"]:
+            st["max_us"] = top
         st["frames"] += n
-        st["bytes"] += nbytes
+        st["bytes"] += w.bytes_written - bytes_before
         ring = self.last_frames[shard]
         tail = frames[-ring.maxlen :] if ring.maxlen else frames
         start = first_seq + n - len(tail)
         ring.extend((start + i, f) for i, f in enumerate(tail))
         if now - self._last_fsync_ns >= self.config.writer_fsync_interval_seconds * 1e9:
-            self._fsync_all()
+            self._request_sync(now)
+
+    def _request_sync(self, now: int) -> None:
+        self._last_fsync_ns = now
+        fds = [fd for w in self.shard_writers.values() for fd in w.fds()]
+        fds += [fd for fd in [self._runlog_fd, *self._metrics_fds.values()] if fd is not None]
+        if self._syncer is not None:
+            self._syncer.request(fds)
 
     def _append_fd(self, fd: int | None, data: bytes, what: str) -> None:
         if fd is None or self.closed:
@@ -194,8 +255,12 @@ class WriterActor(pykka.ThreadingActor):
     def _on_tick(self, tick: m.Tick) -> None:
         now = self.clock.mono_ns()
         if now - self._last_fsync_ns >= self.config.writer_fsync_interval_seconds * 1e9 and not self.failed:
-            self._fsync_all()
-        if now - self._last_interval_ns >= self.config.metrics_interval_seconds * 1e9 * 0.999:
+            self._request_sync(now)
+        # Cadence by the ticker's schedule, not by when the tick was handled: handling jitter
+        # must not skip an interval.
+        last = self._last_interval_tick_ns
+        if last is None or tick.scheduled_mono_ns - last >= self.config.metrics_interval_seconds * 1e9 * 0.999:
+            self._last_interval_tick_ns = tick.scheduled_mono_ns
             self._report_interval(now, max(0.0, (now - tick.scheduled_mono_ns) / 1e6))
 
     def _report_interval(self, now: int, loop_lag_ms: float, wait: bool = False) -> None:
@@ -233,6 +298,9 @@ class WriterActor(pykka.ThreadingActor):
     def _close(self) -> dict[str, Any]:
         if self.closed:
             return {}
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
         if not self.failed:
             self._fsync_all()
         summary = {s: {"frames": w.frames_written, "bytes": w.bytes_written} for s, w in self.shard_writers.items()}

@@ -85,12 +85,16 @@ class SimExchange:
         port: int = 0,
         record_sent: bool = False,
         extras: bool = True,
+        pool: int = 0,
     ) -> None:
         self.host = host
         self.port = port
         self.rate = rate
         self.seed = seed
         self.record_sent = record_sent
+        # Benchmarks: pre-generate this many messages per connection and cycle them, so the
+        # simulator spends its CPU on sending, not on building JSON (payload timestamps repeat).
+        self.pool = pool
         self._rows = make_gamma_rows(markets, seed=seed, extras=extras)
         self._rows_lock = threading.Lock()
         # fault knobs, read by the server's event loop
@@ -408,6 +412,9 @@ class SimExchange:
         tick = 0.01
         start = time.monotonic()
         sent = 0.0
+        pool: list[bytes] = []
+        pool_tokens: list[str] = []
+        k = 0
         try:
             while True:
                 await asyncio.sleep(tick)
@@ -422,8 +429,16 @@ class SimExchange:
                 if n <= 0:
                     continue
                 now_ms = int(time.time() * 1000)
-                for _ in range(min(n, 5000)):
-                    await self._send(ws, cid, stream.next_message(now_ms, tokens))
+                if self.pool:
+                    if tokens != pool_tokens:
+                        pool_tokens = list(tokens)
+                        pool = [stream.next_message(now_ms, tokens) for _ in range(self.pool)]
+                    for _ in range(min(n, 5000)):
+                        await self._send(ws, cid, pool[k % len(pool)])
+                        k += 1
+                else:
+                    for _ in range(min(n, 5000)):
+                        await self._send(ws, cid, stream.next_message(now_ms, tokens))
                 sent += n
         except (ConnectionClosed, asyncio.CancelledError):
             return

@@ -9,12 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import xxhash
+
 from pm_arb.store.frames_format import (
+    CHECKSUM,
     FILE_HEADER_SIZE,
     FRAMES_MAGIC,
     IDX_ENTRY,
     IDX_ENTRY_SIZE,
     IDX_MAGIC,
+    RECORD_HEADER,
+    RECORD_MARK,
     RECORD_OVERHEAD,
     FrameRecord,
     HeaderProblem,
@@ -28,6 +33,9 @@ from pm_arb.store.frames_format import (
 from pm_arb.store.scan import ScanSummary, scan
 
 _pack_idx = IDX_ENTRY.pack
+_pack_header = RECORD_HEADER.pack
+_pack_checksum = CHECKSUM.pack
+_xxh3 = xxhash.xxh3_64_intdigest
 
 
 def frames_path(capture_dir: Path, shard: int) -> Path:
@@ -99,7 +107,8 @@ class ShardFileWriter:
         """Append (rx_mono_ns, rx_wall_ns_utc, flags, opcode, payload) tuples; return first seq.
 
         One write for the frames and one for the idx per batch: the syscall, not the checksum,
-        is the cost worth saving.
+        is the cost worth saving. The record encoding is `frames_format.encode_record`, inlined
+        here because this loop runs once per captured frame.
         """
         first_seq = self.next_seq
         seq = first_seq
@@ -108,12 +117,15 @@ class ShardFileWriter:
         idx_parts: list[bytes] = []
         append = parts.append
         idx_append = idx_parts.append
+        pack_header = _pack_header
+        pack_checksum = _pack_checksum
+        xxh3 = _xxh3
         nbytes = 0
         for mono, wall, flags, opcode, payload in frames:
-            head, body = encode_record(seq, mono, wall, flags, opcode, payload)
-            append(head)
-            append(body)
-            n = len(body)
+            n = len(payload)
+            head = pack_header(RECORD_MARK, n, seq, mono, wall, flags, opcode, 0)
+            append(head + pack_checksum(xxh3(head + payload)))
+            append(payload)
             idx_append(_pack_idx(offset, n, flags, opcode, 0, seq, mono, wall))
             offset += RECORD_OVERHEAD + n
             nbytes += n
@@ -125,6 +137,9 @@ class ShardFileWriter:
         self.frames_written += seq - first_seq
         self.bytes_written += nbytes
         return first_seq
+
+    def fds(self) -> tuple[int, int]:
+        return self._frames_fd, self._idx_fd
 
     def fsync(self) -> None:
         os.fsync(self._frames_fd)
