@@ -209,11 +209,11 @@ def run_capture(
         per_shard = frames_by_shard(fixture, conditions, shards)
         source = f"fixture://{fixture.path}"
 
-        def make_reader(shard, tokens, tell, clk):
-            return OfflineReader(shard, tokens, per_shard[shard], tell, clk, config, parse_gauges[shard], source, offline_repeat)
+        def make_reader(shard, tokens, sink, tell, clk):
+            return OfflineReader(shard, tokens, per_shard[shard], sink, tell, clk, config, source, offline_repeat)
 
     else:
-        make_reader = ws_reader_factory(config, parse_gauges)
+        make_reader = ws_reader_factory(config)
     shard_refs = {
         s: ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
         for s in range(shards)

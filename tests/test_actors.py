@@ -154,57 +154,65 @@ def test_writer_applies_batches_in_order_and_reports_intervals(tmp_path):
 
 
 class FakeReader:
-    def __init__(self, shard, tokens, tell, clock):
-        self.tokens, self.tell = tokens, tell
+    """Stands in for a socket reader: the test thread plays the reader thread and feeds `sink`."""
+
+    def __init__(self, shard, tokens, sink, tell, clock):
+        self.tokens, self.sink, self.tell = tokens, sink, tell
         self.started = self.stopped = False
         self.token_changes = []
-
-        class _Sink:
-            dropped = 0
-            batch: list = []
-
-        self.sink = _Sink()
 
     def start(self):
         self.started = True
 
     def request_stop(self):
         self.stopped = True
+        self.sink.flush()
         self.tell(m.ReaderFinished("stop"))
 
     def set_tokens(self, tokens, not_before, added, removed):
         self.token_changes.append((tokens, not_before, added, removed))
 
 
-def test_shard_forwards_frames_counts_events_and_relays_reader_facts(tmp_path):
-    clock = ManualClock()
-    sup, writer, metrics = Probe.start(), Probe.start(), Probe.start()
+def start_shard(config, clock, sup, writer, metrics, pg, wg):
     readers = []
 
     def make_reader(*a):
         readers.append(FakeReader(*a))
         return readers[-1]
 
+    shard = ShardActor.start(0, config, clock, sup, writer, metrics, make_reader, pg, wg)
+    return shard, readers
+
+
+def test_shard_sends_frames_to_the_writer_counts_events_and_relays_reader_facts(tmp_path):
+    clock = ManualClock()
+    sup, writer, metrics = Probe.start(), Probe.start(), Probe.start()
     pg, wg = DepthGauge(), DepthGauge()
-    shard = ShardActor.start(0, cfg(), clock, sup, writer, metrics, make_reader, pg, wg)
-    shard.tell(m.StartShard(("t1", "t2")))
+    shard, readers = start_shard(cfg(), clock, sup, writer, metrics, pg, wg)
+    shard.ask(m.StartShard(("t1", "t2")))
+    sink = readers[0].sink
     book = orjson.dumps([{"event_type": "book", "asset_id": "t1", "market": "0xc"}, {"event_type": "book", "asset_id": "t2", "market": "0xc"}])
-    frames = [(1, 2, 0, 1, book), (3, 4, FLAG_CONTROL, 1, b"PONG"), (5, 6, 0, 1, b"{not json")]
-    pg.add(3)
-    shard.tell(m.FrameBatch(frames))
+    for payload in (book, b"PONG", b"{not json", b"\xff\xfe"):
+        sink.frame(1, payload)
+    sink.flush()
     shard.tell(m.ReaderEvent(7, 8, ev.ShardReconnect(shard=0, attempt=2, backoff_seconds=0.5, cause="server_close", planned=False)))
-    shard.tell(m.Tick(clock.mono_ns()))
+    shard.ask(m.Tick(clock.mono_ns()))
+    assert sink.want_tokens is False  # both tokens seen: the shard needs no more frames for coverage
+    sink.frame(1, book)
+    sink.flush()
     shard.ask(m.StopShard())
     assert readers[0].started and readers[0].stopped
-    (append,) = [x for x in writer.ask("got") if isinstance(x, m.AppendFrames)]
-    assert append.frames == frames and wg.depth == 3 and pg.depth == 0
+    appends = [x for x in writer.ask("got") if isinstance(x, m.AppendFrames)]
+    assert [f[4] for a in appends for f in a.frames] == [book, b"PONG", b"{not json", b"\xff\xfe", book]
+    assert [f[2] for f in appends[0].frames] == [0, 1, 0, 2]  # flags: market data, control text, looks like JSON (counted as not JSON at hand-off), not JSON
+    assert wg.depth == 5 and pg.depth == 0
     got = sup.ask("got")
     emitted = [x.event for x in got if isinstance(x, m.Emit)]
     assert ev.TokensFirstSeen(shard=0, tokens=["t1", "t2"]) in emitted
     assert any(isinstance(e, ev.ShardConfirmed) and e.market_events == 2 for e in emitted)
     assert ev.ShardReconnect(shard=0, attempt=2, backoff_seconds=0.5, cause="server_close", planned=False) in emitted
     status = [x for x in got if isinstance(x, m.ShardStatus)][-1]
-    assert (status.frames, status.market_events, status.control_frames, status.not_json_frames) == (3, 2, 1, 1)
+    assert (status.frames, status.market_events, status.control_frames, status.not_json_frames) == (5, 4, 1, 2)
     assert any(isinstance(x, m.ShardStopped) for x in got)
 
 
@@ -220,23 +228,24 @@ class GatedWriter(WriterActor):
 
 def test_slow_writer_fills_queue_then_drops_are_counted_and_logged_without_corruption(tmp_path):
     clock = ManualClock()
-    config = cfg(ws_shards=1, write_q_capacity=100)
+    config = cfg(ws_shards=1, write_q_capacity=100, batch_max_frames=10)
     wg, pg = DepthGauge(), DepthGauge()
     writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
     sup = Probe.start()
     writer.tell(AttachWriterPeers(sup, None))
-    shard = ShardActor.start(0, config, clock, sup, writer, None, FakeReader, pg, wg)
-    shard.tell(m.StartShard(("t1",)))
+    shard, readers = start_shard(config, clock, sup, writer, None, pg, wg)
+    shard.ask(m.StartShard(("t1",)))
     gate = threading.Event()
     writer.tell(gate)  # the writer is now stuck behind this message
     depths = []
+    sink = readers[0].sink
     for k in range(30):
-        pg.add(10)
-        shard.tell(m.FrameBatch([(k, k, 0, 1, f'{{"asset_id":"t1","k":{k},"i":{i}}}'.encode()) for i in range(10)]))
-        shard.ask(m.Tick(clock.mono_ns()))  # barrier: the batch has been handled
+        for i in range(10):  # the 10th frame fills the batch and hands it off
+            sink.frame(1, f'{{"asset_id":"t1","k":{k},"i":{i}}}'.encode())
         depths.append(wg.depth)
+        shard.ask(m.Tick(clock.mono_ns()))
     shard.ask(m.StopShard())
-    assert depths[:10] == sorted(depths[:10]) and depths[0] < depths[9] == 100  # rising, then at capacity
+    assert depths[:10] == list(range(10, 101, 10)) and depths[10:] == [100] * 20  # rising, then at capacity
     gate.set()
     writer.ask(m.CloseWriter())
     dropped = [x.event for x in sup.ask("got") if isinstance(x, m.Emit) and isinstance(x.event, ev.FramesDropped)]

@@ -11,6 +11,7 @@ import requests
 
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.messages import ReaderEvent, ReaderFinished
+from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.capture.ws_reader import WsReader
 from pm_arb.clock import SystemClock
 from pm_arb.config import Config
@@ -49,11 +50,21 @@ def test_sim_exchange_serves_gamma_and_prints_its_urls():
     assert proc.returncode == 0
 
 
+class Collector:
+    def __init__(self):
+        self.got = []
+
+    def tell(self, msg):
+        self.got.append(msg)
+
+
 def test_ws_reader_records_connect_failure_and_backoff():
     got = []
     config = Config(clob_ws_url="ws://127.0.0.1:9/ws/market", ws_reconnect_backoff_initial_seconds=0.01,
                     ws_reconnect_backoff_max_seconds=0.02, ws_connect_timeout_seconds=1)
-    reader = WsReader(0, ("t1",), got.append, SystemClock(), config, DepthGauge())
+    writer = Collector()
+    sink = ReaderSink(0, got.append, writer, SystemClock(), DepthGauge(), 100, DepthGauge(), 100, 10, 1.0, 1)
+    reader = WsReader(0, ("t1",), sink, got.append, SystemClock(), config)
     reader.start()
     import time
 

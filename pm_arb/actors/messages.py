@@ -56,7 +56,17 @@ class SetTokens:
 
 @dataclass(frozen=True)
 class FrameBatch:
+    """A batch the reader handed to the writer, shown to the shard actor for token coverage."""
+
     frames: list[Frame]
+
+
+@dataclass(frozen=True)
+class ConfirmReached:
+    """The shard's frames reached capture_confirm_min_events market events."""
+
+    market_events: int
+    mono_ns: int
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.messages import ReaderEvent, ReaderFinished
 from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.config import Config
@@ -19,10 +18,10 @@ class OfflineReader:
         shard: int,
         tokens: tuple[str, ...],
         frames: list[FixtureFrame],
+        sink: ReaderSink,
         tell: Callable[[Any], None],
         clock,
         config: Config,
-        parse_gauge: DepthGauge,
         source_name: str,
         repeat: int = 1,
     ) -> None:
@@ -34,7 +33,7 @@ class OfflineReader:
         self.speed = config.offline_speed
         self.repeat = repeat
         self.source_name = source_name
-        self.sink = ReaderSink(tell, clock, parse_gauge, config.parse_q_capacity, config.batch_max_frames, config.batch_max_delay_ms)
+        self.sink = sink
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"offline-reader-{shard:02d}", daemon=True)
 

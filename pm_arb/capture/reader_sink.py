@@ -1,9 +1,12 @@
 """The receive path: stamp, classify, batch, hand off. Runs on a shard's reader thread.
 
-Per frame it does two clock reads, a few byte comparisons and a list append; no JSON. Batches go
-to the shard actor when full or when the oldest frame has waited `batch_max_delay_ms`. When the
-shard actor already holds `capacity` frames, the batch is dropped and counted rather than
-queued without bound.
+Per frame: two clock reads, a few byte comparisons, a list append; no JSON. A batch goes
+straight to the writer (one queue hop between the socket and the file) when it is full, when
+its oldest frame has waited `batch_max_delay_ms`, or when the reader says the socket is
+drained. Counting is done here, at hand-off, with byte scans (ADR/0002). The shard actor gets
+the batch too, but only while some of its tokens have not produced an event yet: it extracts
+token ids for coverage. When the writer already holds `capacity` frames of this shard, the
+batch is dropped and counted, never queued without bound.
 """
 
 from __future__ import annotations
@@ -11,31 +14,50 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pm_arb.actors.gauge import DepthGauge
-from pm_arb.actors.messages import FrameBatch
-from pm_arb.capture.frame_parse import classify
+from pm_arb.actors.messages import AppendFrames, ConfirmReached, FrameBatch
+from pm_arb.capture.frame_parse import classify, count_market_events, looks_complete
 
 
 class ReaderSink:
     def __init__(
         self,
-        tell: Callable[[Any], None],
+        shard: int,
+        tell_shard: Callable[[Any], None],
+        writer,
         clock,
+        write_gauge: DepthGauge,
+        write_capacity: int,
         parse_gauge: DepthGauge,
-        capacity: int,
+        parse_capacity: int,
         batch_max_frames: int,
         batch_max_delay_ms: float,
+        confirm_min_events: int,
     ) -> None:
-        self._tell = tell
+        self.shard = shard
+        self._tell_shard = tell_shard
+        self._writer_tell = writer.tell
         self._mono = clock.mono_ns
         self._wall = clock.wall_ns
-        self._gauge = parse_gauge
-        self._capacity = capacity
+        self._write_gauge = write_gauge
+        self._write_capacity = write_capacity
+        self._parse_gauge = parse_gauge
+        self._parse_capacity = parse_capacity
         self._batch_max = batch_max_frames
         self._delay_ns = int(batch_max_delay_ms * 1e6)
+        self._confirm_min = confirm_min_events
         self.batch: list = []
         self._batch_started_ns = 0
+        # Written only on the reader thread; the shard actor reads them for its reports.
         self.received = 0
+        self.bytes = 0
+        self.market_events = 0
+        self.control_frames = 0
+        self.not_json_frames = 0
         self.dropped = 0
+        self.token_scans_skipped = 0
+        self.confirmed = False
+        # Written only by the shard actor: whether it still needs frames to find unseen tokens.
+        self.want_tokens = True
 
     def frame(self, opcode: int, payload: bytes) -> int:
         """Stamp and queue one frame as received; returns its flags."""
@@ -45,7 +67,6 @@ class ReaderSink:
         if not batch:
             self._batch_started_ns = mono
         batch.append((mono, self._wall(), flags, opcode, payload))
-        self.received += 1
         if len(batch) >= self._batch_max or mono - self._batch_started_ns >= self._delay_ns:
             self.flush()
         return flags
@@ -60,8 +81,34 @@ class ReaderSink:
             return
         n = len(batch)
         self.batch = []
-        if self._gauge.depth + n > self._capacity:
+        nbytes = events = control = not_json = 0
+        for _mono, _wall, flags, _opcode, payload in batch:
+            nbytes += len(payload)
+            if flags:
+                if flags & 1:
+                    control += 1
+                else:
+                    not_json += 1
+            elif looks_complete(payload):
+                events += count_market_events(payload)
+            else:
+                not_json += 1
+        self.received += n
+        self.bytes += nbytes
+        self.market_events += events
+        self.control_frames += control
+        self.not_json_frames += not_json
+        if self._write_gauge.depth + n > self._write_capacity:
             self.dropped += n
-            return
-        self._gauge.add(n)
-        self._tell(FrameBatch(batch))
+        else:
+            self._write_gauge.add(n)
+            self._writer_tell(AppendFrames(self.shard, batch))
+        if self.want_tokens and events:
+            if self._parse_gauge.depth + n > self._parse_capacity:
+                self.token_scans_skipped += n  # coverage catches up on later frames; no data is lost
+            else:
+                self._parse_gauge.add(n)
+                self._tell_shard(FrameBatch(batch))
+        if not self.confirmed and self.market_events >= self._confirm_min:
+            self.confirmed = True
+            self._tell_shard(ConfirmReached(self.market_events, batch[-1][0]))

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import orjson
 import websocket
 
-from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.messages import ReaderEvent, ReaderFinished
 from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
 from pm_arb.capture.reader_sink import ReaderSink
@@ -75,13 +74,13 @@ class _PendingTokens:
 
 
 class WsReader:
-    def __init__(self, shard: int, tokens: tuple[str, ...], tell: Callable[[Any], None], clock, config: Config, parse_gauge: DepthGauge) -> None:
+    def __init__(self, shard: int, tokens: tuple[str, ...], sink: ReaderSink, tell: Callable[[Any], None], clock, config: Config) -> None:
         self.shard = shard
         self.tokens = tokens
         self.tell = tell
         self.clock = clock
         self.config = config
-        self.sink = ReaderSink(tell, clock, parse_gauge, config.parse_q_capacity, config.batch_max_frames, config.batch_max_delay_ms)
+        self.sink = sink
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending: _PendingTokens | None = None
@@ -269,8 +268,8 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"[:300]
 
 
-def ws_reader_factory(config: Config, parse_gauges: dict[int, DepthGauge]):
-    def make(shard: int, tokens: tuple[str, ...], tell, clock) -> WsReader:
-        return WsReader(shard, tokens, tell, clock, config, parse_gauges[shard])
+def ws_reader_factory(config: Config):
+    def make(shard: int, tokens: tuple[str, ...], sink: ReaderSink, tell, clock) -> WsReader:
+        return WsReader(shard, tokens, sink, tell, clock, config)
 
     return make
