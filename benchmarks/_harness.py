@@ -59,6 +59,14 @@ def start_sim(markets: int, rate: float, pool: int = 4096) -> tuple[Proc, str, s
     return sim, gamma, ws
 
 
+def sim_sent_fps(sim_cost: dict) -> float | None:
+    """The simulator's own count of frames sent per second (it prints it when stopped)."""
+    import re
+
+    m = re.search(r"\(([\d,]+) frames/s\)", sim_cost.get("stderr_tail", ""))
+    return float(m.group(1).replace(",", "")) if m else None
+
+
 def run_capture(gamma: str, ws: str, data_dir: Path, run_id: str, shards: int, seconds: float, *extra: str) -> tuple[dict, Path]:
     cap = Proc(["capture", "--gamma-base-url", gamma, "--clob-ws-url", ws, "--data-dir", str(data_dir), "--run-id", run_id,
                 "--ws-shards", str(shards), "--duration-seconds", str(seconds), "--no-capture-universe-refresh-enable",
@@ -99,4 +107,4 @@ def table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Proc", "start_sim", "run_capture", "run_report", "steady_rate", "save", "table", "machine", "signal"]
+__all__ = ["Proc", "sim_sent_fps", "start_sim", "run_capture", "run_report", "steady_rate", "save", "table", "machine", "signal"]

@@ -391,6 +391,7 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
     """
     import signal
     import threading
+    import time
 
     from pm_arb.sim.exchange import SimExchange
 
@@ -405,8 +406,13 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
     stop.wait()
     sim.stop()
+    elapsed = time.monotonic() - started
+    sent = sum(c.sent_count for c in sim.connections.values())
+    click.echo(f"sim-exchange: sent {sent:,} frames on {len(sim.connections)} connection(s) in {elapsed:.1f} s "
+               f"({sent / max(elapsed, 1e-9):,.0f} frames/s)", err=True)
 
 
 @cli.command("capture-bench")

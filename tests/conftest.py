@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import orjson
+import pykka
 import pytest
+
+from pm_arb.store.shard_files import ShardReader, shard_numbers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,3 +117,33 @@ def run_copy(offline_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(offline_run, dst)
     return dst
+
+
+def records_by_shard(run_dir: Path) -> dict:
+    """Every valid record of a run's capture, per shard."""
+    out = {}
+    for s in shard_numbers(run_dir / "capture"):
+        with ShardReader(run_dir / "capture", s) as rd:
+            out[s] = list(rd)
+    return out
+
+
+class Probe(pykka.ThreadingActor):
+    """Records what it is told; answers "got" with the record. With a supervisor, it replies
+    ShardStopped to StopShard, standing in for a shard."""
+
+    def __init__(self, shard: int = -1, supervisor=None) -> None:
+        super().__init__()
+        self.got: list = []
+        self.shard = shard
+        self.supervisor = supervisor
+
+    def on_receive(self, msg):
+        from pm_arb.actors import messages as m
+
+        if msg == "got":
+            return list(self.got)
+        self.got.append(msg)
+        if isinstance(msg, m.StopShard) and self.supervisor is not None:
+            self.supervisor.tell(m.ShardStopped(self.shard))
+        return None

@@ -25,24 +25,7 @@ from pm_arb.events.runlog_file import read_runlog
 from pm_arb.latency_hist import bucket_of
 from pm_arb.store.frames_format import FLAG_CONTROL
 from pm_arb.store.shard_files import ShardReader
-
-
-class Probe(pykka.ThreadingActor):
-    """Records what it is told; answers "got" with the record. Replies ShardStopped to StopShard."""
-
-    def __init__(self, shard: int = -1, supervisor=None) -> None:
-        super().__init__()
-        self.got: list = []
-        self.shard = shard
-        self.supervisor = supervisor
-
-    def on_receive(self, msg):
-        if msg == "got":
-            return list(self.got)
-        self.got.append(msg)
-        if isinstance(msg, m.StopShard) and self.supervisor is not None:
-            self.supervisor.tell(m.ShardStopped(self.shard))
-        return None
+from tests.conftest import Probe
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,8 @@ import orjson
 import pytest
 
 from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
-from pm_arb.store.shard_files import ShardReader, shard_numbers
 from pm_arb.universe_select import select_markets
-from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 
 def fixture_frames_per_shard(shards: int):
@@ -19,17 +18,9 @@ def fixture_frames_per_shard(shards: int):
     return frames_by_shard(fx, {m.condition_id for m in markets}, shards)
 
 
-def captured(run_dir):
-    out = {}
-    for s in shard_numbers(run_dir / "capture"):
-        with ShardReader(run_dir / "capture", s) as rd:
-            out[s] = list(rd)
-    return out
-
-
 def test_full_offline_run_has_every_fixture_frame_byte_for_byte(offline_run):
     want = fixture_frames_per_shard(4)
-    got = captured(offline_run)
+    got = records_by_shard(offline_run)
     assert set(got) == {s for s, fr in want.items() if fr}
     for s, frames in want.items():
         if frames:
@@ -61,7 +52,7 @@ def test_signal_stops_cleanly_and_what_was_received_is_all_there(data_dir, sig):
     assert stop and stop[0]["reason"] == sig.name and runlog[-1]["type"] == "run_stop"
     assert run_cli("capture-verify", "--run-dir", str(run_dir)).returncode == 0
     want = fixture_frames_per_shard(4)
-    got = captured(run_dir)
+    got = records_by_shard(run_dir)
     total = 0
     for s, recs in got.items():
         assert [r.payload for r in recs] == [f.payload for f in want[s][: len(recs)]]  # an exact prefix, in order

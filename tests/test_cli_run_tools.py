@@ -5,8 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pm_arb.store.shard_files import ShardReader, shard_numbers
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, records_by_shard, run_cli
 
 
 def test_verify_clean_run_text_and_json(offline_run):
@@ -62,19 +61,11 @@ def test_inspect_lists_files_shards_and_metrics(offline_run):
     assert "frames total: 3,075" in text and "metrics/global.ndjson" in text
 
 
-def _all_records(run_dir):
-    out = {}
-    for s in shard_numbers(run_dir / "capture"):
-        with ShardReader(run_dir / "capture", s) as rd:
-            out[s] = list(rd)
-    return out
-
-
 def test_slice_by_seq_both_ends(offline_run, tmp_path):
     out = tmp_path / "slice"
     proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "10", "--to-seq", "99", "--json")
     assert proc.returncode == 0, proc.stderr
-    src, got = _all_records(offline_run), _all_records(out)
+    src, got = records_by_shard(offline_run), records_by_shard(out)
     for s, recs in src.items():
         want = [r for r in recs if 10 <= r.seq <= 99]
         assert [(r.seq, r.rx_mono_ns, r.rx_wall_ns_utc, r.flags, r.payload) for r in got[s]] == [
@@ -86,13 +77,13 @@ def test_slice_by_seq_both_ends(offline_run, tmp_path):
 
 
 def test_slice_by_wall_time_both_ends(offline_run, tmp_path):
-    recs = [r for rs in _all_records(offline_run).values() for r in rs]
+    recs = [r for rs in records_by_shard(offline_run).values() for r in rs]
     walls = sorted(r.rx_wall_ns_utc for r in recs)
     lo, hi = walls[len(walls) // 4], walls[3 * len(walls) // 4]
     out = tmp_path / "slice"
     proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-wall", str(lo), "--to-wall", str(hi))
     assert proc.returncode == 0, proc.stderr
-    got = [r for rs in _all_records(out).values() for r in rs]
+    got = [r for rs in records_by_shard(out).values() for r in rs]
     assert sorted(r.payload for r in got) == sorted(r.payload for r in recs if lo <= r.rx_wall_ns_utc <= hi)
     assert run_cli("capture-verify", "--run-dir", str(out)).returncode == 0
     runlog = [orjson.loads(x) for x in (out / "runlog.ndjson").read_bytes().splitlines()]

@@ -23,8 +23,7 @@ from pm_arb.clock import ManualClock
 from pm_arb.commands.verify import verify_run
 from pm_arb.config import Config
 from pm_arb.sim.exchange import SimExchange
-from pm_arb.store.shard_files import ShardReader, shard_numbers
-from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+from tests.conftest import Probe, assert_one_line_error, read_runlog_dicts, records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 from tests.test_capture_online import FAST, events, start_capture
 
 CHURN_SECONDS = float(os.environ.get("PM_ARB_TEST_CHURN_SECONDS", "60"))
@@ -39,11 +38,7 @@ def per_shard_tokens(run_dir: Path) -> dict[int, set[str]]:
 
 
 def captured_payloads(run_dir: Path) -> dict[int, list[bytes]]:
-    out = {}
-    for s in shard_numbers(run_dir / "capture"):
-        with ShardReader(run_dir / "capture", s) as rd:
-            out[s] = [r.payload for r in rd]
-    return out
+    return {s: [r.payload for r in recs] for s, recs in records_by_shard(run_dir).items()}
 
 
 def test_server_closing_every_connection_every_few_seconds_loses_nothing(data_dir):
@@ -87,9 +82,7 @@ def test_garbage_from_the_server_is_recorded_as_received_and_counted(data_dir):
         code, _, err = stop_with(proc)
         assert code == 0, err
     assert run_cli("capture-verify", "--run-dir", str(run_dir)).returncode == 0
-    for s in shard_numbers(run_dir / "capture"):
-        with ShardReader(run_dir / "capture", s) as rd:
-            recs = list(rd)
+    for recs in records_by_shard(run_dir).values():
         by_payload = {r.payload: r for r in recs}
         for payload, binary in garbage:
             rec = by_payload[payload]  # stored byte for byte
@@ -168,17 +161,7 @@ def test_injected_enospc_at_the_writer_makes_the_run_fatal(tmp_path):
             w.append_batch = full
             return w
 
-    class Sup(pykka.ThreadingActor):
-        def __init__(self):
-            super().__init__()
-            self.got = []
-
-        def on_receive(self, msg):
-            if msg == "got":
-                return self.got
-            self.got.append(msg)
-
-    sup = Sup.start()
+    sup = Probe.start()
     gauge = DepthGauge()
     writer = FullDiskWriter.start(tmp_path, config, clock, {0: gauge})
     writer.ask(AttachWriterPeers(sup, None))
@@ -212,17 +195,7 @@ def test_a_failed_fsync_is_fatal_and_never_retried(tmp_path):
         os.close(r)
         os.close(w)
 
-    class Sup(pykka.ThreadingActor):
-        def __init__(self):
-            super().__init__()
-            self.got = []
-
-        def on_receive(self, msg):
-            if msg == "got":
-                return self.got
-            self.got.append(msg)
-
-    sup = Sup.start()
+    sup = Probe.start()
     writer = WriterActor.start(tmp_path, Config(ws_shards=1), ManualClock(), {0: DepthGauge()})
     try:
         writer.ask(AttachWriterPeers(sup, None))
