@@ -47,6 +47,7 @@ class ReaderSink:
         self._confirm_min = confirm_min_events
         self.batch: list = []
         self._batch_started_ns = 0
+        self.last_mono_ns = 0  # receive stamp of the latest frame
         # Written only on the reader thread; the shard actor reads them for its reports.
         self.received = 0
         self.bytes = 0
@@ -61,7 +62,7 @@ class ReaderSink:
 
     def frame(self, opcode: int, payload: bytes) -> int:
         """Stamp and queue one frame as received; returns its flags."""
-        mono = self._mono()
+        self.last_mono_ns = mono = self._mono()
         flags = classify(opcode, payload)
         batch = self.batch
         if not batch:

@@ -201,37 +201,42 @@ class WsReader:
         current_timeout = None
         recv = ws.recv_data
         drained = ws.drained
+        on_frame = keepalive.on_frame
+        between_reads = True
         while True:
-            if self._stop.is_set():
-                return "stop", "stop requested", True, None
-            now = clock_mono()
-            due_tokens = self._take_due_tokens(now)
-            if due_tokens is not None:
-                self._report(
-                    ev.ShardRefreshBegin(shard=self.shard, added_count=due_tokens.added, removed_count=due_tokens.removed, tokens=len(due_tokens.tokens))
-                )
-                self.tokens = due_tokens.tokens
-                return "refresh", "token set changed by universe refresh", True, (now, due_tokens.added, due_tokens.removed)
-            action = keepalive.due(now)
-            if action == PING:
-                try:
-                    ws.send("PING")
-                except Exception as exc:
-                    return "error", f"sending PING failed: {_describe(exc)}", False, None
-                keepalive.ping_sent(now)
-            elif action == PING_TIMEOUT:
-                return PING_TIMEOUT, f"no PONG within {self.config.ws_ping_timeout_seconds:g} s", False, None
-            elif action == DATA_IDLE:
-                return DATA_IDLE, f"no market data for {self.config.ws_data_idle_reconnect_seconds:g} s", False, None
-            want = self.config.batch_max_delay_ms / 1000 if sink.batch else IDLE_RECV_TIMEOUT_S
-            want = max(want, 0.0005)
-            if want != current_timeout:
-                ws.settimeout(want)
-                current_timeout = want
+            if between_reads:
+                # Housekeeping runs when the frames of the last socket read are all parsed, not
+                # per frame: a read can hold hundreds of frames at high rates.
+                if self._stop.is_set():
+                    return "stop", "stop requested", True, None
+                now = clock_mono()
+                due_tokens = self._take_due_tokens(now)
+                if due_tokens is not None:
+                    self._report(
+                        ev.ShardRefreshBegin(shard=self.shard, added_count=due_tokens.added, removed_count=due_tokens.removed, tokens=len(due_tokens.tokens))
+                    )
+                    self.tokens = due_tokens.tokens
+                    return "refresh", "token set changed by universe refresh", True, (now, due_tokens.added, due_tokens.removed)
+                action = keepalive.due(now)
+                if action == PING:
+                    try:
+                        ws.send("PING")
+                    except Exception as exc:
+                        return "error", f"sending PING failed: {_describe(exc)}", False, None
+                    keepalive.ping_sent(now)
+                elif action == PING_TIMEOUT:
+                    return PING_TIMEOUT, f"no PONG within {self.config.ws_ping_timeout_seconds:g} s", False, None
+                elif action == DATA_IDLE:
+                    return DATA_IDLE, f"no market data for {self.config.ws_data_idle_reconnect_seconds:g} s", False, None
+                want = max(self.config.batch_max_delay_ms / 1000 if sink.batch else IDLE_RECV_TIMEOUT_S, 0.0005)
+                if want != current_timeout:
+                    ws.settimeout(want)
+                    current_timeout = want
             try:
                 opcode, data = recv()
             except websocket.WebSocketTimeoutException:
                 sink.flush()
+                between_reads = True
                 continue
             except websocket.WebSocketConnectionClosedException as exc:
                 return "server_close", f"connection closed ({_describe(exc)})", False, None
@@ -242,8 +247,9 @@ class WsReader:
                 reason = data[2:].decode("utf-8", "replace")
                 return "server_close", f"close frame code={code} reason={reason!r}", False, None
             flags = sink.frame(opcode, data)
-            keepalive.on_frame(now, flags, data)
-            if drained():
+            on_frame(sink.last_mono_ns, flags, data)
+            between_reads = drained()
+            if between_reads:
                 # Everything the socket had is parsed: hand the batch off now. At low rates this
                 # sends each frame at once; at high rates one read holds many frames, so batches
                 # grow by themselves and the hand-offs (thread wake-ups) stay few.
