@@ -256,3 +256,49 @@ def test_dead_exchange_at_start_is_one_line_exit_1(data_dir):
     line = assert_one_line_error(proc, 1)
     assert "cannot discover the universe" in line
     assert not (data_dir / "runs").exists() or not any((data_dir / "runs").iterdir())
+
+
+def test_refused_connections_are_retried_with_backoff_until_the_server_accepts(sim, data_dir):
+    sim.refuse_connections = True  # Gamma answers, the WebSocket upgrade gets HTTP 503
+    proc, run_dir = start_capture(sim, data_dir, "refused", "--no-capture-universe-refresh-enable", "--capture-confirm-timeout-seconds", "20")
+    def three_failures_each(_r) -> bool:
+        fails = [r["shard"] for r in events(run_dir, "shard_reconnect") if r["cause"] == "connect_failed"]
+        return len(set(fails)) == 4 and all(fails.count(s) >= 3 for s in set(fails))
+
+    wait_for_runlog(run_dir, three_failures_each)
+    sim.refuse_connections = False
+    wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed", timeout=30)
+    code, _, err = stop_with(proc)
+    assert code == 0, err
+    failed = [r for r in events(run_dir, "shard_disconnected") if r["cause"] == "connect_failed"]
+    assert failed and all("503" in r["detail"] for r in failed)
+    for shard in range(4):
+        backoffs = [r["backoff_seconds"] for r in events(run_dir, "shard_reconnect") if r["shard"] == shard]
+        assert backoffs[:3] == [0.1, 0.2, 0.4]
+    assert run_cli("capture-verify", "--run-dir", str(run_dir)).returncode == 0
+
+
+def test_sim_caps_assets_per_connection():
+    import websocket
+
+    with SimExchange(markets=10, rate=2000, record_sent=True) as s:
+        s.max_assets_per_connection = 2
+        markets, _ = select_markets(s.rows(), 100)
+        toks = [t for mk in markets[:3] for t in (mk.yes_token, mk.no_token)]
+        ws = websocket.create_connection(s.ws_url, timeout=5)
+        try:
+            ws.send(orjson.dumps({"assets_ids": toks, "type": "market", "initial_dump": True}))
+            seen = set()
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                data = ws.recv()
+                doc = orjson.loads(data)
+                for item in doc if isinstance(doc, list) else [doc]:
+                    seen.add(item.get("asset_id"))
+                    seen.update(c["asset_id"] for c in item.get("price_changes", []))
+            ws.send(orjson.dumps({"assets_ids": toks, "type": "market"}))
+            replies = [ws.recv() for _ in range(200)]
+            assert "INVALID OPERATION" in replies  # the initial form twice on one socket
+        finally:
+            ws.close()
+        assert seen - {None} <= set(toks[:2]) and toks[0] in seen
