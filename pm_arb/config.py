@@ -78,8 +78,12 @@ class Config:
     # --- pipeline ------------------------------------------------------------------------------
     heartbeat_interval_seconds: float = _setting(1.0, "Runlog heartbeat cadence (audit flags gaps over 2 s).", ">0", "pipeline")
     metrics_interval_seconds: float = _setting(1.0, "Metrics record cadence.", ">0", "pipeline")
-    parse_q_capacity: int = _setting(200_000, "Frames a shard may hold between its socket reader and itself before dropping.", "int>=1", "pipeline")
-    write_q_capacity: int = _setting(400_000, "Frames queued for the writer (all shards) before dropping.", "int>=1", "pipeline")
+    parse_q_capacity: int = _setting(
+        200_000, "Frames a shard actor may have waiting for its token-coverage scan (never drops frames).", "int>=1", "pipeline"
+    )
+    write_q_capacity: int = _setting(
+        250_000, "Frames queued for the writer (all shards) before dropping; ~620 B each in memory.", "int>=1", "pipeline"
+    )
     batch_max_frames: int = _setting(1024, "Frames per hand-off from a shard's reader.", "int>=1", "pipeline")
     batch_max_delay_ms: float = _setting(1.0, "Longest a received frame waits in the reader before hand-off.", ">=0", "pipeline")
     writer_fsync_interval_seconds: float = _setting(5.0, "fsync cadence of frames/idx/runlog files.", ">0", "pipeline")
