@@ -35,8 +35,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     )
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def reap_started_processes():
+    """A test that fails half-way must not leave a capture running: kill what it started."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "pm_arb", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -44,6 +58,8 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         env=cli_env(env),
         cwd=REPO,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def wait_for_line(proc: subprocess.Popen, timeout: float = 30) -> str:
