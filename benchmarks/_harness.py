@@ -31,8 +31,12 @@ class Proc:
         self.p = subprocess.Popen([sys.executable, "-m", "pm_arb", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if not k.startswith("PM_ARB_")})
 
+    def alive(self) -> bool:
+        """Whether the process still runs, without reaping it (wait4 must see it for its costs)."""
+        return os.waitid(os.P_PID, self.p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
     def finish(self, sig: int | None = None, timeout: float = 120) -> dict:
-        if sig is not None and self.p.poll() is None:
+        if sig is not None and self.alive():
             self.p.send_signal(sig)
         deadline = time.monotonic() + timeout
         while True:

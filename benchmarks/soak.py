@@ -46,7 +46,7 @@ def main() -> None:
                     "--ws-max-tokens-per-shard", "100000", "--gamma-page-limit", "500"])
         samples = []
         t0 = time.monotonic()
-        while cap.p.poll() is None:
+        while cap.alive():
             r = rss_mb(cap.p.pid)
             if r is not None:
                 samples.append((round(time.monotonic() - t0, 1), round(r, 1)))

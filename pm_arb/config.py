@@ -84,6 +84,10 @@ class Config:
     write_q_capacity: int = _setting(
         250_000, "Frames queued for the writer (all shards) before dropping; ~620 B each in memory.", "int>=1", "pipeline"
     )
+    write_q_full_wait_ms: float = _setting(
+        100.0, "When the writer's queue is full, the reader waits this long for room before dropping (bounded backpressure).",
+        ">=0", "pipeline",
+    )
     batch_max_frames: int = _setting(1024, "Frames per hand-off from a shard's reader.", "int>=1", "pipeline")
     batch_max_delay_ms: float = _setting(1.0, "Longest a received frame waits in the reader before hand-off.", ">=0", "pipeline")
     writer_fsync_interval_seconds: float = _setting(5.0, "fsync cadence of frames/idx/runlog files.", ">0", "pipeline")

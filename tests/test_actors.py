@@ -211,7 +211,7 @@ class GatedWriter(WriterActor):
 
 def test_slow_writer_fills_queue_then_drops_are_counted_and_logged_without_corruption(tmp_path):
     clock = ManualClock()
-    config = cfg(ws_shards=1, write_q_capacity=100, batch_max_frames=10)
+    config = cfg(ws_shards=1, write_q_capacity=100, batch_max_frames=10, write_q_full_wait_ms=0)
     wg, pg = DepthGauge(), DepthGauge()
     writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
     sup = Probe.start()
@@ -235,3 +235,39 @@ def test_slow_writer_fills_queue_then_drops_are_counted_and_logged_without_corru
     assert sum(e.dropped for e in dropped) == 200 and all(e.queue == "write_q" and e.capacity == 100 for e in dropped)
     result = verify_run(tmp_path, show_progress=False)
     assert result["ok"] and result["totals"]["frames"] == 100 and result["totals"]["crc_mismatch"] == 0
+
+
+def test_full_write_queue_waits_a_bounded_time_for_room_before_dropping(tmp_path):
+    """Backpressure: with the writer held for 30 ms and a 2 s bound, nothing is dropped; with the
+    writer held longer than the bound, the batch is dropped and counted."""
+    clock = ManualClock()
+    config = cfg(ws_shards=1, write_q_capacity=10, batch_max_frames=10, write_q_full_wait_ms=2000)
+    wg = DepthGauge()
+    writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
+    writer.tell(AttachWriterPeers(Probe.start(), None))
+    shard, readers = start_shard(config, clock, Probe.start(), writer, None, DepthGauge(), wg)
+    shard.ask(m.StartShard(("t1",)))
+    sink = readers[0].sink
+    gate = threading.Event()
+    writer.tell(gate)
+    for i in range(10):
+        sink.frame(1, b'{"asset_id":"t1","i":%d}' % i)
+    assert wg.depth == 10
+    threading.Timer(0.03, gate.set).start()
+    for i in range(10):
+        sink.frame(1, b'{"asset_id":"t1","j":%d}' % i)  # the writer's queue is full: this hand-off waits
+    assert sink.dropped == 0 and sink.full_waits == 1
+    short = DepthGauge()
+    sink2_config = cfg(ws_shards=1, write_q_capacity=10, batch_max_frames=10, write_q_full_wait_ms=20)
+    stuck = threading.Event()
+    writer2 = GatedWriter.start(tmp_path / "b", sink2_config, clock, {0: short})
+    writer2.tell(stuck)
+    shard2, readers2 = start_shard(sink2_config, clock, Probe.start(), writer2, None, DepthGauge(), short)
+    shard2.ask(m.StartShard(("t1",)))
+    for i in range(20):
+        readers2[0].sink.frame(1, b'{"asset_id":"t1","k":%d}' % i)
+    assert readers2[0].sink.dropped == 10
+    stuck.set()
+    writer.ask(m.CloseWriter())
+    writer2.ask(m.CloseWriter())
+    assert verify_run(tmp_path, show_progress=False)["totals"]["frames"] == 20

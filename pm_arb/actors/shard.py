@@ -64,6 +64,7 @@ class ShardActor(pykka.ThreadingActor):
         self.sink = ReaderSink(
             self.shard, self.actor_ref.tell, self.writer, self.clock, self.write_gauge, self.write_capacity,
             self.parse_gauge, cfg.parse_q_capacity, cfg.batch_max_frames, cfg.batch_max_delay_ms, cfg.capture_confirm_min_events,
+            cfg.write_q_full_wait_ms,
         )
 
     def _emit(self, event: ev.Event, mono_ns: int | None = None, wall_ns: int | None = None) -> None:

@@ -11,6 +11,7 @@ batch is dropped and counted, never queued without bound.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from pm_arb.actors.gauge import DepthGauge
@@ -32,6 +33,7 @@ class ReaderSink:
         batch_max_frames: int,
         batch_max_delay_ms: float,
         confirm_min_events: int,
+        write_full_wait_ms: float = 0.0,
     ) -> None:
         self.shard = shard
         self._tell_shard = tell_shard
@@ -45,6 +47,8 @@ class ReaderSink:
         self._batch_max = batch_max_frames
         self._delay_ns = int(batch_max_delay_ms * 1e6)
         self._confirm_min = confirm_min_events
+        self._full_wait_s = write_full_wait_ms / 1000.0
+        self.full_waits = 0
         self.batch: list = []
         self._batch_started_ns = 0
         self.last_mono_ns = 0  # receive stamp of the latest frame
@@ -71,6 +75,20 @@ class ReaderSink:
         if len(batch) >= self._batch_max or mono - self._batch_started_ns >= self._delay_ns:
             self.flush()
         return flags
+
+    def _wait_for_room(self, n: int) -> bool:
+        """Bounded backpressure: sleep (releasing the GIL to the writer, and letting TCP flow
+        control slow the sender) until the writer has room, at most write_q_full_wait_ms."""
+        if self._full_wait_s <= 0:
+            return False
+        self.full_waits += 1
+        deadline = time.monotonic() + self._full_wait_s
+        gauge, cap = self._write_gauge, self._write_capacity
+        while gauge.depth + n > cap:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
     def pending_deadline_ns(self) -> int | None:
         """When the oldest unsent frame is due for hand-off, or None with nothing pending."""
@@ -99,7 +117,7 @@ class ReaderSink:
         self.market_events += events
         self.control_frames += control
         self.not_json_frames += not_json
-        if self._write_gauge.depth + n > self._write_capacity:
+        if self._write_gauge.depth + n > self._write_capacity and not self._wait_for_room(n):
             self.dropped += n
         else:
             self._write_gauge.add(n)

@@ -108,6 +108,7 @@ class SimExchange:
         self.gamma_loop = False
         self.gamma_requests: list[str] = []
         self.connections: dict[int, SimConnection] = {}
+        self._served: dict[int, int] = {}  # live connection -> tokens it gets data for
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -407,8 +408,7 @@ class SimExchange:
             self._live.pop(cid, None)
 
     async def _stream(self, ws: ServerConnection, cid: int, stream: MarketStream, served) -> None:
-        """Paced market messages for this connection's share of the total rate."""
-        total_tokens = max(1, len(stream.token_market))
+        """Paced market messages: this connection's share, by tokens served, of the total rate."""
         tick = 0.01
         start = time.monotonic()
         sent = 0.0
@@ -419,11 +419,12 @@ class SimExchange:
             while True:
                 await asyncio.sleep(tick)
                 tokens = served()
+                self._served[cid] = len(tokens)
                 if not tokens or not self.send_data or self.rate <= 0:
                     start = time.monotonic()
                     sent = 0.0
                     continue
-                rate = self.rate * len(tokens) / total_tokens
+                rate = self.rate * len(tokens) / max(1, sum(self._served.values()))
                 due = (time.monotonic() - start) * rate - sent
                 n = int(due)
                 if n <= 0:
@@ -442,6 +443,8 @@ class SimExchange:
                 sent += n
         except (ConnectionClosed, asyncio.CancelledError):
             return
+        finally:
+            self._served.pop(cid, None)
 
 
 def _parse_json(raw: bytes) -> Any:
