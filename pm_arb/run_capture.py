@@ -5,6 +5,7 @@ This is the edge where the process meets the outside: signals, the terminal, the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -39,6 +40,7 @@ from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.progress import human_bytes
 from pm_arb.universe_select import shard_of
 
+OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEPENDENCIES = ("pykka", "websocket-client", "requests", "orjson", "xxhash", "click", "websockets")
 
@@ -169,6 +171,8 @@ def run_capture(
 
     if mode == "offline":
         fixture = fixture or load_fixture_set(config.fixtures or None)
+        # A replay has no socket to protect: it waits for the writer instead of ever dropping.
+        config = dataclasses.replace(config, write_q_full_wait_ms=OFFLINE_FULL_WAIT_MS)
 
         def fetch_rows(_deadline):
             return fixture.gamma_rows, 0
