@@ -222,7 +222,7 @@ def run_capture(
         s: ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
         for s in range(shards)
     }
-    supervisor.tell(AttachPeers(writer=writer, shards=shard_refs, metrics=metrics, universe=universe_actor))
+    supervisor.tell(AttachPeers(writer=writer, shards=shard_refs))
     ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor, *shard_refs.values()])
     ticker.start()
     supervisor.tell(m.StartRun(universe["shard_tokens"], len(universe["markets"])))

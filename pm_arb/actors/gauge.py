@@ -9,18 +9,14 @@ from __future__ import annotations
 
 
 class DepthGauge:
-    __slots__ = ("put", "taken", "peak")
+    __slots__ = ("put", "taken")
 
     def __init__(self) -> None:
         self.put = 0
         self.taken = 0
-        self.peak = 0
 
     def add(self, n: int) -> None:
         self.put += n
-        depth = self.put - self.taken
-        if depth > self.peak:
-            self.peak = depth
 
     def remove(self, n: int) -> None:
         self.taken += n

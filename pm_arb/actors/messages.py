@@ -109,11 +109,6 @@ class ShardStopped:
     shard: int
 
 
-@dataclass(frozen=True)
-class SourceExhausted:
-    shard: int
-
-
 # --- writer --------------------------------------------------------------------------------
 
 

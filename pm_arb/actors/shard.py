@@ -82,8 +82,6 @@ class ShardActor(pykka.ThreadingActor):
             elif isinstance(e, ev.ShardDisconnected):
                 self.connected = False
             self._emit(e, msg.mono_ns, msg.wall_ns)
-            if isinstance(e, ev.ShardSourceExhausted):
-                self.supervisor.tell(m.SourceExhausted(self.shard))
         elif isinstance(msg, m.ConfirmReached):
             secs = round((msg.mono_ns - (self.started_ns or msg.mono_ns)) / 1e9, 3)
             self._emit(ev.ShardConfirmed(shard=self.shard, market_events=msg.market_events, seconds_after_start=max(0.0, secs)))

@@ -28,8 +28,6 @@ EXIT_FATAL = 1
 class AttachPeers:
     writer: Any
     shards: dict[int, Any]
-    metrics: Any = None
-    universe: Any = None
 
 
 class SupervisorActor(pykka.ThreadingActor):

@@ -59,7 +59,6 @@ class ReaderSink:
         self.control_frames = 0
         self.not_json_frames = 0
         self.dropped = 0
-        self.token_scans_skipped = 0
         self.confirmed = False
         # Written only by the shard actor: whether it still needs frames to find unseen tokens.
         self.want_tokens = True
@@ -90,10 +89,6 @@ class ReaderSink:
             time.sleep(0.001)
         return True
 
-    def pending_deadline_ns(self) -> int | None:
-        """When the oldest unsent frame is due for hand-off, or None with nothing pending."""
-        return self._batch_started_ns + self._delay_ns if self.batch else None
-
     def flush(self) -> None:
         batch = self.batch
         if not batch:
@@ -123,9 +118,8 @@ class ReaderSink:
             self._write_gauge.add(n)
             self._writer_tell(AppendFrames(self.shard, batch))
         if self.want_tokens and events:
-            if self._parse_gauge.depth + n > self._parse_capacity:
-                self.token_scans_skipped += n  # coverage catches up on later frames; no data is lost
-            else:
+            # Past capacity the batch is not scanned: coverage catches up on later frames.
+            if self._parse_gauge.depth + n <= self._parse_capacity:
                 self._parse_gauge.add(n)
                 self._tell_shard(FrameBatch(batch))
         if not self.confirmed and self.market_events >= self._confirm_min:

@@ -294,10 +294,6 @@ class ShardReader:
         entries = self.idx
         return bisect.bisect_left(_WallView(entries), wall_ns)
 
-    def records_between(self, start: int, stop: int) -> Iterable[FrameRecord]:
-        for entry in self.idx[start:stop]:
-            yield self.record_at(entry)
-
 
 class _WallView(Sequence):
     def __init__(self, entries: list[IdxEntry]) -> None:
