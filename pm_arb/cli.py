@@ -214,8 +214,9 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         mode = "sim"
 
     def announce(run_dir: Path) -> None:
-        click.echo(str(run_dir))
-        sys.stdout.flush()
+        if not as_json:  # with --json, stdout is one JSON document (the run dir is in it)
+            click.echo(str(run_dir))
+            sys.stdout.flush()
         click.echo(f"capturing ({mode}, {config.ws_shards} shards) into {run_dir}; stop with Ctrl-C", err=True)
 
     try:
@@ -226,7 +227,8 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     finally:
         if sim_exchange is not None:
             sim_exchange.stop()
-    summary = {"run_dir": str(run_dir), "exit_code": code, **last}
+    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
+    summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys}}
     if as_json:
         _emit_json(summary)
     verdict = "stopped cleanly" if code == 0 else f"FATAL ({last.get('fatal_reason')}): see {run_dir / 'fatal.json'}"

@@ -66,3 +66,11 @@ def test_existing_run_id_is_refused_and_nothing_overwritten(offline_run):
     line = assert_one_line_error(proc, 2)
     assert "already exists" in line and "choose another --run-id" in line
     assert (offline_run / "runlog.ndjson").read_bytes() == before
+
+
+def test_capture_json_is_one_document_on_stdout(data_dir):
+    proc = run_cli("capture", "--offline", "--offline-speed", "0", "--ws-shards", "2", "--run-id", "j", "--data-dir", str(data_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = orjson.loads(proc.stdout)
+    assert doc["run_dir"] == str(data_dir / "runs" / "j") and doc["exit_code"] == 0 and doc["phase"] == "stopped"
+    assert doc["frames"] == 3071 and doc["dropped"] == 0 and doc["fatal_reason"] is None
