@@ -8,14 +8,15 @@ from typing import Any
 from pm_arb.bundle import CAPTURE_DIR, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.progress import Progress
-from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, IDX_MAGIC, RECORD_OVERHEAD, HeaderProblem, parse_file_header
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, RECORD_OVERHEAD, HeaderProblem, parse_file_header
 from pm_arb.store.scan import ScanSummary, scan
 from pm_arb.store.shard_files import (
+    close_view,
     frames_path,
     idx_entry_for,
     idx_path,
+    load_idx,
     map_file,
-    read_idx_entries,
     repair_shard,
     shard_numbers,
 )
@@ -26,11 +27,6 @@ MISSING_FRAMES_HINT = (
     "no capture/*.frames in {run_dir}: confirm the run dir path (the one `pm_arb capture` printed) "
     "and that capture/*.frames exists"
 )
-
-
-def _close(buf) -> None:
-    if hasattr(buf, "close"):
-        buf.close()
 
 
 def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None) -> dict[str, Any]:
@@ -66,7 +62,7 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
         except HeaderProblem as exc:
             result["file_error"] = str(exc)
             return result
-        idx_entries, idx_problem = _load_idx(capture_dir, shard)
+        idx_entries, idx_problem = load_idx(idx_path(capture_dir, shard))
         by_offset = {e.offset: e for e in idx_entries}
         summary = ScanSummary()
         records = []
@@ -129,25 +125,8 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
                 defect(kind="idx_extra_entries", entries=extra)
             result["idx_mismatch"] = mismatched + extra
     finally:
-        _close(buf)
+        close_view(buf)
     return result
-
-
-def _load_idx(capture_dir: Path, shard: int):
-    ipath = idx_path(capture_dir, shard)
-    if not ipath.exists():
-        return [], f"{ipath.name} is missing"
-    try:
-        ibuf = map_file(ipath)
-    except OSError as exc:
-        return [], f"cannot read {ipath.name}: {exc.strerror}"
-    try:
-        parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, ipath.name)
-        return read_idx_entries(ibuf), None
-    except HeaderProblem as exc:
-        return [], str(exc)
-    finally:
-        _close(ibuf)
 
 
 def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None = None) -> dict[str, Any]:

@@ -55,9 +55,32 @@ def map_file(path: Path):
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def close_view(buf) -> None:
+    """Release a view from map_file (an empty file's view is plain bytes)."""
+    if hasattr(buf, "close"):
+        buf.close()
+
+
 def read_idx_entries(buf) -> list[IdxEntry]:
     usable = (len(buf) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE
     return [decode_idx(buf, FILE_HEADER_SIZE + i * IDX_ENTRY_SIZE) for i in range(max(0, usable))]
+
+
+def load_idx(path: Path) -> tuple[list[IdxEntry], str | None]:
+    """An idx file's entries, or ([], why it cannot be used): missing, unreadable, bad header."""
+    if not path.exists():
+        return [], f"{path.name} is missing"
+    try:
+        buf = map_file(path)
+    except OSError as exc:
+        return [], f"cannot read {path.name}: {exc.strerror}"
+    try:
+        parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), IDX_MAGIC, path.name)
+        return read_idx_entries(buf), None
+    except HeaderProblem as exc:
+        return [], str(exc)
+    finally:
+        close_view(buf)
 
 
 def idx_entry_for(rec: FrameRecord) -> IdxEntry:
@@ -160,20 +183,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _idx_ends(idx: Path) -> dict[int, int]:
-    if not idx.exists():
-        return {}
-    ibuf = map_file(idx)
-    try:
-        parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, idx.name)
-        return {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in read_idx_entries(ibuf)}
-    except HeaderProblem:
-        return {}
-    finally:
-        if hasattr(ibuf, "close"):
-            ibuf.close()
-
-
 def repair_shard(frames: Path, idx: Path, shard: int) -> RepairReport:
     """Truncate a torn frames tail and make the idx match the frames file exactly.
 
@@ -181,33 +190,20 @@ def repair_shard(frames: Path, idx: Path, shard: int) -> RepairReport:
     them); only what a crash can leave at the tail is removed.
     """
     summary = ScanSummary()
-    idx_ends = _idx_ends(idx)
+    old_idx, idx_problem = load_idx(idx)
+    idx_ends = {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in old_idx}
     buf = map_file(frames)
     try:
         parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, frames.name)
         good_idx = [idx_entry_for(r) for r in scan(buf, summary, idx_ends)]
     finally:
-        if hasattr(buf, "close"):
-            buf.close()
+        close_view(buf)
     truncated = 0
     if summary.torn_tail_bytes:
         truncated = summary.torn_tail_bytes
         os.truncate(frames, summary.end_of_valid)
-    old_idx: list[IdxEntry] = []
-    idx_size = 0
-    idx_ok = False
-    if idx.exists():
-        idx_size = idx.stat().st_size
-        ibuf = map_file(idx)
-        try:
-            parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, idx.name)
-            old_idx = read_idx_entries(ibuf)
-            idx_ok = True
-        except HeaderProblem:
-            idx_ok = False
-        finally:
-            if hasattr(ibuf, "close"):
-                ibuf.close()
+    idx_ok = idx_problem is None
+    idx_size = idx.stat().st_size if idx.is_file() else 0
     expected_size = FILE_HEADER_SIZE + len(good_idx) * IDX_ENTRY_SIZE
     rebuilt = 0
     idx_truncated = 0
@@ -241,8 +237,7 @@ class ShardReader:
         self._idx: list[IdxEntry] | None = None
 
     def close(self) -> None:
-        if hasattr(self._buf, "close"):
-            self._buf.close()
+        close_view(self._buf)
 
     def __enter__(self) -> "ShardReader":
         return self
@@ -258,21 +253,13 @@ class ShardReader:
 
     @property
     def idx(self) -> list[IdxEntry]:
-        """The idx entries; rebuilt in memory from the frames when the idx file is missing or lags."""
+        """Index entries of the records that pass their checksum, from one scan of the frames.
+
+        Built from the frames rather than read from the idx file so that readers (slice above
+        all) never hand on a damaged record; the idx file is cross-checked by capture-verify.
+        """
         if self._idx is None:
-            entries: list[IdxEntry] = []
-            if self.idx_path.exists():
-                ibuf = map_file(self.idx_path)
-                try:
-                    parse_file_header(bytes(ibuf[:FILE_HEADER_SIZE]), IDX_MAGIC, self.idx_path.name)
-                    entries = read_idx_entries(ibuf)
-                except HeaderProblem:
-                    entries = []
-                finally:
-                    if hasattr(ibuf, "close"):
-                        ibuf.close()
-            rebuilt = [idx_entry_for(r) for r in scan(self._buf)]
-            self._idx = entries if entries == rebuilt else rebuilt
+            self._idx = [idx_entry_for(r) for r in scan(self._buf)]
         return self._idx
 
     def record_at(self, entry: IdxEntry) -> FrameRecord:
