@@ -202,10 +202,8 @@ class SupervisorActor(pykka.ThreadingActor):
             "state": self.state.to_dict(),
             "config": self.config.snapshot(),
         }
-        missing = []
-        for t in self.state.missing_tokens():
-            owner = next((s for s, v in self.state.shards.items() if t in v.tokens), -1)
-            missing.append({"token": t, "shard": owner})
+        owner = {t: s for s, v in self.state.shards.items() for t in v.tokens}
+        missing = [{"token": t, "shard": owner.get(t, -1)} for t in self.state.missing_tokens()]
         if self.writer is not None:
             try:
                 self.writer.ask(m.WriteFatalBundle(doc, missing), timeout=30)
