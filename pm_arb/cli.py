@@ -421,10 +421,11 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
 @click.option("--frames", type=click.IntRange(min=1), default=200_000, show_default=True, help="Frames to push through the pipeline.")
 @click.option("--shards", type=click.IntRange(min=1), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
 @click.option("--fixtures", type=click.Path(path_type=Path), help="Fixture set (default: the bundled one).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
 @json_option
 @handle_errors
-def capture_bench(frames: int, shards: int, fixtures: Path | None, keep: bool, as_json: bool) -> None:
+def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, keep: bool, as_json: bool) -> None:
     """Offline ingest benchmark: the full actor pipeline on fixtures, flat out, against a bare append loop.
 
     Prints frames/s and MB/s for both, their ratio, ws_rx_to_applied_ms percentiles, peak queue
@@ -432,5 +433,5 @@ def capture_bench(frames: int, shards: int, fixtures: Path | None, keep: bool, a
     """
     from pm_arb.commands.bench import render_bench, run_bench
 
-    result = run_bench(frames, shards, fixtures, keep, show_progress=False if as_json else None)
+    result = run_bench(frames, shards, fixtures, keep, show_progress=False if as_json else None, rounds=rounds)
     _emit_json(result) if as_json else click.echo(render_bench(result))

@@ -271,3 +271,26 @@ def test_full_write_queue_waits_a_bounded_time_for_room_before_dropping(tmp_path
     writer.ask(m.CloseWriter())
     writer2.ask(m.CloseWriter())
     assert verify_run(tmp_path, show_progress=False)["totals"]["frames"] == 20
+
+
+def test_empty_initial_dump_and_control_text_do_not_confirm_a_shard():
+    """`[]` (a subscription whose tokens have no book yet) and PONG are frames, not market events."""
+    from pm_arb.capture.reader_sink import ReaderSink
+
+    told, written = [], []
+
+    class Writer:
+        def tell(self, msg):
+            written.append(msg)
+
+    clock = ManualClock()
+    sink = ReaderSink(0, told.append, Writer(), clock, DepthGauge(), 100, DepthGauge(), 100, 10, 1.0, 1)
+    for payload in (b"[]", b"PONG", b" [ ]\n"):
+        sink.frame(1, payload)
+    sink.flush()
+    assert not [x for x in told if isinstance(x, m.ConfirmReached)] and sink.market_events == 0
+    assert (sink.received, sink.control_frames, sink.not_json_frames) == (3, 1, 0)
+    sink.frame(1, b'{"event_type":"book","asset_id":"t1"}')
+    sink.flush()
+    assert [x.market_events for x in told if isinstance(x, m.ConfirmReached)] == [1]
+    assert [f[4] for w in written for f in w.frames] == [b"[]", b"PONG", b" [ ]\n", b'{"event_type":"book","asset_id":"t1"}']

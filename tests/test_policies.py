@@ -9,7 +9,7 @@ from pm_arb.capture.frame_parse import classify, scan_market_events
 from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
 from pm_arb.capture.ws_reader import subscribe_messages
 from pm_arb.config import Config
-from pm_arb.latency_hist import RELATIVE_ERROR_BOUND, bucket_floor, bucket_of, merge, percentiles
+from pm_arb.latency_hist import RELATIVE_ERROR_BOUND, add_batch, bucket_floor, bucket_of, merge, percentiles
 from pm_arb.refresh_policy import decide
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON
@@ -180,3 +180,47 @@ def test_histogram_bound_and_exact_small_values():
     p = percentiles(h, (0.5, 0.99, 1.0))
     assert p == {0.5: 0.05, 0.99: 0.099, 1.0: 0.1}
     assert percentiles({}, (0.5,)) == {0.5: None}
+
+
+def _per_frame(applied_ns, stamps):
+    h = {}
+    for s in stamps:
+        k = bucket_of((applied_ns - s) // 1000)
+        h[k] = h.get(k, 0) + 1
+    return h
+
+
+def test_batch_histogram_equals_per_frame_buckets():
+    import random
+
+    rng = random.Random(7)
+    applied = 10**15
+    cases = [
+        [],
+        [applied - 5_000],
+        [applied - 400_000_000 + i * 900 for i in range(1024)],  # a loaded pipeline: deep queue
+        [applied - 3_000_000 + i * 1_000 for i in range(3000)],  # latencies falling through many buckets
+        [applied - 900 + i for i in range(600)],  # the last ones are newer than `applied`: bucket 0
+    ]
+    for _ in range(50):
+        n = rng.randint(1, 2000)
+        cases.append(sorted(applied - rng.randint(-2_000, 10**9) for _ in range(n)))
+    for stamps in cases:
+        h = {}
+        top = add_batch(h, applied, stamps)
+        assert h == _per_frame(applied, stamps)
+        assert top == (max(0, (applied - min(stamps)) // 1000) if stamps else 0)
+    # out of order (a clock that is not monotonic): still every frame counted once
+    stamps = [applied - rng.randint(0, 10**8) for _ in range(500)]
+    h = {}
+    add_batch(h, applied, stamps)
+    assert sum(h.values()) == 500
+
+
+def test_market_events_one_per_object_and_counted_in_arrays():
+    from pm_arb.capture.frame_parse import count_market_events
+
+    assert count_market_events(b'{"event_type":"price_change","price_changes":[{"event_type":"x"}]}') == 1
+    assert count_market_events(b'  {"event_type":"book"}') == 1
+    assert count_market_events(b'[{"event_type":"book"},{"event_type":"book"},{"event_type":"book"}]') == 3
+    assert count_market_events(b"[]") == 0 and count_market_events(b" [ ] ") == 0

@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections import Counter, deque
+from collections import deque
+from operator import itemgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from pm_arb import bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.config import Config
+from pm_arb.latency_hist import add_batch
 from pm_arb.store.shard_files import ShardFileWriter, write_frames_file
 
 RESERVE_BYTES = 2 * 1024 * 1024
+_rx_mono_of = itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -176,13 +179,7 @@ class WriterActor(pykka.ThreadingActor):
         st = self.interval.get(shard)
         if st is None:
             st = self.interval[shard] = {"frames": 0, "bytes": 0, "hist": {}, "max_us": 0}
-        hist = st["hist"]
-        lat = [(now - f[0]) // 1000 for f in frames]
-        # latency_hist.bucket_of, inlined and counted in C: this runs once per captured frame
-        keys = Counter([us if us < 256 else ((us.bit_length() - 8) << 8) | (us >> (us.bit_length() - 8)) for us in lat])
-        for b, k in keys.items():
-            hist[b] = hist.get(b, 0) + k
-        top = max(lat)
+        top = add_batch(st["hist"], now, list(map(_rx_mono_of, frames)))
         if top > st["max_us"]:
             st["max_us"] = top
         st["frames"] += n

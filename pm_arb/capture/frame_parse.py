@@ -1,8 +1,9 @@
 """What a received frame is, decided cheaply, without parsing JSON on the capture path.
 
-`classify` runs on the socket reader thread for every frame: a few byte comparisons.
-`count_market_events` and `asset_ids` run on the shard actor's thread, after the frame is on its
-way to the writer; they scan bytes at C speed (a full JSON parse costs ~4 us a frame, measured).
+`classify`, `looks_complete` and `count_market_events` back the reader thread's per-frame path
+(`ReaderSink.frame` inlines their common case: a `{...}` text frame is one market event).
+`asset_ids` runs on the shard actor's thread, after the frame is on its way to the writer. All
+scan bytes at C speed (a full JSON parse costs ~4 us a frame, measured).
 Full parsing is for analysis of the recorded bytes, which are kept exactly as received.
 """
 
@@ -48,8 +49,12 @@ def looks_complete(payload: bytes) -> bool:
 
 
 def count_market_events(payload: bytes) -> int:
-    """Events in a JSON frame: one per `event_type` key (arrays carry several), at least one."""
-    return payload.count(_EVENT_KEY) or 1
+    """Events in a JSON frame: an object is one event; an array (the initial book dump) has one
+    per `event_type` key, so an empty dump `[]` has none and confirms nothing. Only arrays are
+    scanned, which keeps this off the per-frame cost of the common single-event frame."""
+    if payload[:1] == b"{" or payload.lstrip()[:1] == b"{":
+        return 1
+    return payload.count(_EVENT_KEY)
 
 
 def asset_ids(payload: bytes) -> list[str]:

@@ -1,9 +1,10 @@
 """The receive path: stamp, classify, batch, hand off. Runs on a shard's reader thread.
 
-Per frame: two clock reads, a few byte comparisons, a list append; no JSON. A batch goes
+Per frame: two clock reads, two one-byte slices, a counter, a list append; no JSON. A batch goes
 straight to the writer (one queue hop between the socket and the file) when it is full, when
 its oldest frame has waited `batch_max_delay_ms`, or when the reader says the socket is
-drained. Counting is done here, at hand-off, with byte scans (ADR/0002). The shard actor gets
+drained. Market events are counted per frame (an object is one; arrays are scanned for
+`event_type`), frames and bytes at hand-off (ADR/0002). The shard actor gets
 the batch too, but only while some of its tokens have not produced an event yet: it extracts
 token ids for coverage. When the writer already holds `capacity` frames of this shard, the
 batch is dropped and counted, never queued without bound.
@@ -12,11 +13,15 @@ batch is dropped and counted, never queued without bound.
 from __future__ import annotations
 
 import time
+from operator import itemgetter
 from typing import Any, Callable
 
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.messages import AppendFrames, ConfirmReached, FrameBatch
 from pm_arb.capture.frame_parse import classify, count_market_events, looks_complete
+from pm_arb.store.frames_format import FLAG_CONTROL
+
+_payload_of = itemgetter(4)
 
 
 class ReaderSink:
@@ -50,7 +55,8 @@ class ReaderSink:
         self._full_wait_s = write_full_wait_ms / 1000.0
         self.full_waits = 0
         self.batch: list = []
-        self._batch_started_ns = 0
+        self._flush_at_ns = 0  # the current batch is handed off once a frame arrives at/after this
+        self._events_handed_off = 0
         self.last_mono_ns = 0  # receive stamp of the latest frame
         # Written only on the reader thread; the shard actor reads them for its reports.
         self.received = 0
@@ -64,15 +70,37 @@ class ReaderSink:
         self.want_tokens = True
 
     def frame(self, opcode: int, payload: bytes) -> int:
-        """Stamp and queue one frame as received; returns its flags."""
+        """Stamp and queue one frame as received; returns its flags.
+
+        The common frame (a text `{...}` object: one market event) takes the first branch and
+        nothing else; `_classify_rare` handles arrays, control text, binary and garbage with
+        `frame_parse`'s rules. This runs once per captured frame, so it stays this short.
+        """
         self.last_mono_ns = mono = self._mono()
-        flags = classify(opcode, payload)
+        if opcode == 1 and payload[-1:] == b"}" and payload[:1] == b"{":
+            flags = 0
+            self.market_events += 1
+        else:
+            flags = self._classify_rare(opcode, payload)
         batch = self.batch
         if not batch:
-            self._batch_started_ns = mono
+            self._flush_at_ns = mono + self._delay_ns
         batch.append((mono, self._wall(), flags, opcode, payload))
-        if len(batch) >= self._batch_max or mono - self._batch_started_ns >= self._delay_ns:
+        if len(batch) >= self._batch_max or mono >= self._flush_at_ns:
             self.flush()
+        return flags
+
+    def _classify_rare(self, opcode: int, payload: bytes) -> int:
+        flags = classify(opcode, payload)
+        if flags:
+            if flags & FLAG_CONTROL:
+                self.control_frames += 1
+            else:
+                self.not_json_frames += 1
+        elif looks_complete(payload):
+            self.market_events += count_market_events(payload)
+        else:
+            self.not_json_frames += 1
         return flags
 
     def _wait_for_room(self, n: int) -> bool:
@@ -95,23 +123,10 @@ class ReaderSink:
             return
         n = len(batch)
         self.batch = []
-        nbytes = events = control = not_json = 0
-        for _mono, _wall, flags, _opcode, payload in batch:
-            nbytes += len(payload)
-            if flags:
-                if flags & 1:
-                    control += 1
-                else:
-                    not_json += 1
-            elif looks_complete(payload):
-                events += count_market_events(payload)
-            else:
-                not_json += 1
         self.received += n
-        self.bytes += nbytes
-        self.market_events += events
-        self.control_frames += control
-        self.not_json_frames += not_json
+        self.bytes += sum(map(len, map(_payload_of, batch)))
+        events = self.market_events - self._events_handed_off
+        self._events_handed_off = self.market_events
         if self._write_gauge.depth + n > self._write_capacity and not self._wait_for_room(n):
             self.dropped += n
         else:
