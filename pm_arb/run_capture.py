@@ -37,6 +37,7 @@ from pm_arb.config import Config
 from pm_arb.errors import UserError
 from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
 from pm_arb.gamma import GammaError, fetch_active_rows
+from pm_arb.malloc_tuning import tune_malloc
 from pm_arb.progress import human_bytes
 from pm_arb.universe_select import shard_of
 
@@ -157,6 +158,7 @@ def run_capture(
     extra_manifest: dict[str, Any] | None = None,
 ) -> tuple[int, Path, dict[str, Any]]:
     """Run one capture to its end; returns (exit code, run dir, final status)."""
+    malloc_settings = tune_malloc()  # before any actor thread creates its allocator arena
     clock = SystemClock()
     run_id = default_run_id() if run_id is None else run_id
     shards = config.ws_shards
@@ -201,6 +203,7 @@ def run_capture(
         on_run_dir(run_dir)
     started_wall, started_mono = clock.wall_ns(), clock.mono_ns()
     extra = dict(extra_manifest or {})
+    extra["malloc"] = malloc_settings
     if mode == "offline":
         extra["fixtures"] = str(fixture.path)
     bundle.write_json(run_dir / bundle.MANIFEST, build_manifest(run_id, mode, config, universe, started_wall, started_mono, extra))
