@@ -90,6 +90,10 @@ class Config:
     )
     batch_max_frames: int = _setting(1024, "Frames per hand-off from a shard's reader.", "int>=1", "pipeline")
     batch_max_delay_ms: float = _setting(1.0, "Longest a received frame waits in the reader before hand-off.", ">=0", "pipeline")
+    gil_switch_interval_ms: float = _setting(
+        1.0, "Longest one thread may hold the GIL while others wait (Python's default is 5): bounds how long a reader "
+        "parsing a burst can hold the writer off.", ">0", "pipeline",
+    )
     writer_fsync_interval_seconds: float = _setting(5.0, "fsync cadence of frames/idx/runlog files.", ">0", "pipeline")
     last_frames_per_shard: int = _setting(64, "Frames kept per shard for last_frames_shard_NN.bin on a fatal.", "int>=1", "pipeline")
     # --- offline -------------------------------------------------------------------------------

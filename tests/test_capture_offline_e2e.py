@@ -89,3 +89,32 @@ def test_capture_tunes_glibc_malloc_unless_the_environment_already_does(data_dir
     manifest = orjson.loads((data_dir / "runs" / "m" / "manifest.json").read_bytes())
     assert manifest["malloc"]["MALLOC_ARENA_MAX"] == "from environment: 4"
     assert manifest["malloc"]["MALLOC_MMAP_THRESHOLD_"] == 131072
+
+
+def test_gil_switch_interval_holds_during_the_run_and_is_restored_after(tmp_path):
+    import dataclasses
+    import sys
+    import threading
+
+    from pm_arb.config import Config
+    from pm_arb.run_capture import run_capture
+
+    before = sys.getswitchinterval()
+    config = dataclasses.replace(Config(), offline=True, offline_speed=1.0, ws_shards=1, data_dir=str(tmp_path), gil_switch_interval_ms=2.5)
+    seen: list[float] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.01):
+            seen.append(sys.getswitchinterval())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        code, _run_dir, _last = run_capture(config, "gil", "offline", duration_s=1.0, status=False)
+    finally:
+        done.set()
+        watcher.join()
+    assert code == 0
+    assert 0.0025 in seen  # what the capture ran with
+    assert sys.getswitchinterval() == before
