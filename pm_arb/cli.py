@@ -423,9 +423,10 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
 @click.option("--fixtures", type=click.Path(path_type=Path), help="Fixture set (default: the bundled one).")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON result to this file (e.g. benchmarks/results/capture_bench.json).")
 @json_option
 @handle_errors
-def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, keep: bool, as_json: bool) -> None:
+def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, keep: bool, out_path: Path | None, as_json: bool) -> None:
     """Offline ingest benchmark: the full actor pipeline on fixtures, flat out, against a bare append loop.
 
     Prints frames/s and MB/s for both, their ratio, ws_rx_to_applied_ms percentiles, peak queue
@@ -433,5 +434,9 @@ def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, 
     """
     from pm_arb.commands.bench import render_bench, run_bench
 
+    if out_path is not None and not out_path.parent.is_dir():
+        raise UserError(f"--out {out_path}: directory {out_path.parent} does not exist; create it or choose another path", 2)
     result = run_bench(frames, shards, fixtures, keep, show_progress=False if as_json else None, rounds=rounds)
+    if out_path is not None:
+        out_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     _emit_json(result) if as_json else click.echo(render_bench(result))

@@ -100,6 +100,7 @@ def test_empty_run_dir(cmd, tmp_path):
         (["capture", "--bogus-flag"], 2, "No such option"),
         (["capture-verify"], 2, "Missing option '--run-dir'"),
         (["capture-bench", "--frames", "0"], 2, "Invalid value for '--frames'"),
+        (["capture-bench", "--out", "/nonexistent/dir/bench.json"], 2, "directory /nonexistent/dir does not exist"),
         (["capture-audit", "--run-dir", ".", "--gap-threshold-seconds", "-1"], 2, "Invalid value for '--gap-threshold-seconds'"),
         (["capture-replay", "--run-dir", ".", "--until-seq", "x"], 2, "Invalid value for '--until-seq'"),
         (["discover", "--gamma-base-url", "ftp://x"], 2, "expected an http:// or https:// URL"),

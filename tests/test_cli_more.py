@@ -19,10 +19,13 @@ from pm_arb.events import types as ev
 from tests.conftest import REPO, cli_env, run_cli
 
 
-def test_capture_bench_reports_pipeline_and_baseline():
-    proc = run_cli("capture-bench", "--frames", "5000", "--shards", "2", "--json")
+def test_capture_bench_reports_pipeline_and_baseline(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("capture-bench", "--frames", "5000", "--shards", "2", "--rounds", "2", "--json", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     doc = orjson.loads(proc.stdout)
+    assert orjson.loads(out.read_bytes()) == doc and doc["machine"]["cpus"] >= 1
+    assert len(doc["per_round"]) == 2 and doc["ratio_vs_plain_append"] in [r["ratio_vs_plain_append"] for r in doc["per_round"]]
     assert doc["frames"] >= 5000 and doc["verify"]["crc_mismatch"] == 0 and doc["drops"] == 0
     assert doc["pipeline"]["frames_per_s"] > 0 and doc["baseline"]["plain_append"]["frames_per_s"] > 0
     assert doc["ratio_vs_plain_append"] == round(doc["pipeline"]["frames_per_s"] / doc["baseline"]["plain_append"]["frames_per_s"], 3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import platform
 import resource
 import shutil
 import tempfile
@@ -155,6 +156,8 @@ def run_bench(
         mid = sorted(per_round, key=lambda r: r["ratio_vs_plain_append"])[len(per_round) // 2]
         pipe = mid["_pipe"]
         result = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "processor": platform.processor() or platform.machine()},
             "frames": n,
             "bytes": nbytes,
             "shards": shards,
