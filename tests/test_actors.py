@@ -294,3 +294,28 @@ def test_empty_initial_dump_and_control_text_do_not_confirm_a_shard():
     sink.flush()
     assert [x.market_events for x in told if isinstance(x, m.ConfirmReached)] == [1]
     assert [f[4] for w in written for f in w.frames] == [b"[]", b"PONG", b" [ ]\n", b'{"event_type":"book","asset_id":"t1"}']
+
+
+def test_a_batch_counts_as_received_only_once_it_is_queued_or_dropped():
+    """The shard actor reads received, then dropped, then the write gauge, from another thread:
+    received must never include a batch that is in neither, or received - dropped - write_q_depth
+    would claim frames the writer never got (capture-verify's frames_missing floor)."""
+    from pm_arb.capture.reader_sink import ReaderSink
+
+    gauge = DepthGauge()
+    seen_at_tell = []
+
+    class Writer:
+        def tell(self, msg):
+            seen_at_tell.append((sink.received, gauge.depth))
+
+    sink = ReaderSink(0, lambda _msg: None, Writer(), ManualClock(), gauge, 3, DepthGauge(), 100, 100, 1.0, 1)
+    for _ in range(2):
+        sink.frame(1, b'{"event_type":"book"}')
+    sink.flush()
+    assert seen_at_tell == [(0, 2)] and sink.received == 2  # in the gauge before it is counted
+    for _ in range(2):
+        sink.frame(1, b'{"event_type":"book"}')
+    sink.flush()  # 2 queued + 2 > capacity 3, no wait allowed: dropped
+    assert (sink.received, sink.dropped, gauge.depth) == (4, 2, 2)
+    assert sink.received - sink.dropped - gauge.depth == 0  # nothing applied yet, and the floor says so

@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, IDX_ENTRY_SIZE
+from pm_arb.store.shard_files import frames_path, idx_path, load_idx
 from tests.conftest import assert_one_line_error, records_by_shard, run_cli
 
 
@@ -16,7 +18,61 @@ def test_verify_clean_run_text_and_json(offline_run):
     doc = orjson.loads(proc.stdout)
     assert doc["ok"] is True and "shards" not in doc
     assert doc["totals"] == {"shards": 4, "frames": 3075, "bytes": doc["totals"]["bytes"], "crc_mismatch": 0, "seq_gaps": 0,
-                             "idx_mismatch": 0, "torn_tail_bytes": 0, "file_errors": 0}
+                             "idx_mismatch": 0, "torn_tail_bytes": 0, "frames_missing": 0, "file_errors": 0}
+    assert doc["runlog_check"] == {"checked": True, "reason": None}
+
+
+def _run_stop(run_dir):
+    lines = [orjson.loads(x) for x in (run_dir / "runlog.ndjson").read_bytes().splitlines()]
+    return next(x for x in lines if x["type"] == "run_stop")
+
+
+def test_run_stop_records_what_the_writer_wrote_per_shard(offline_run):
+    written = _run_stop(offline_run)["frames_written"]
+    on_disk = {str(s): len(recs) for s, recs in records_by_shard(offline_run).items()}
+    assert written == on_disk and sum(written.values()) == 3075
+
+
+def test_verify_finds_frames_cut_at_a_record_boundary(run_copy):
+    """A file cut exactly between records scans clean; only the runlog can tell frames are gone."""
+    capture = run_copy / "capture"
+    shard = max(records_by_shard(run_copy).items(), key=lambda kv: len(kv[1]))[0]
+    idx_entries = load_idx(idx_path(capture, shard))[0]
+    keep = len(idx_entries) - 40
+    with open(frames_path(capture, shard), "r+b") as fh:
+        fh.truncate(idx_entries[keep].offset)
+    with open(idx_path(capture, shard), "r+b") as fh:
+        fh.truncate(FILE_HEADER_SIZE + keep * IDX_ENTRY_SIZE)
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = orjson.loads(proc.stdout)
+    row = next(r for r in doc["shards"] if r["shard"] == shard)
+    assert (row["crc_mismatch"], row["seq_gaps"], row["idx_mismatch"], row["torn_tail_bytes"]) == (0, 0, 0, 0)
+    assert row["frames_missing"] == 40 and doc["totals"]["frames_missing"] == 40
+    assert row["defects"][-1]["kind"] == "frames_missing" and row["defects"][-1]["source"] == "run_stop"
+    check = run_cli("capture-check", "--run-dir", str(run_copy))
+    assert check.returncode == 1 and "frames_missing=40" in check.stdout
+    # --repair cannot invent frames: the shortfall stays reported.
+    assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 1
+
+
+def test_verify_reports_a_deleted_shard_the_runlog_says_was_written(run_copy):
+    (run_copy / "capture" / "shard_02.frames").unlink()
+    (run_copy / "capture" / "shard_02.idx").unlink()
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy))
+    assert proc.returncode == 1
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("shard 02"))
+    n = _run_stop(run_copy)["frames_written"]["2"]
+    assert line == f"shard 02: ERROR shard_02.frames is missing; the runlog (run_stop, seq {_run_stop(run_copy)['seq']}) says at least {n:,} frames were written to it"
+    assert f"frames_missing={n} file_errors=1" in proc.stdout and "hint: the runlog says more frames" in proc.stdout
+
+
+def test_verify_of_a_slice_says_the_runlog_check_does_not_apply(offline_run, tmp_path):
+    out = tmp_path / "slice"
+    assert run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "5", "--to-seq", "20").returncode == 0
+    proc = run_cli("capture-verify", "--run-dir", str(out), "--json")
+    assert proc.returncode == 0, proc.stdout
+    assert orjson.loads(proc.stdout)["runlog_check"] == {"checked": False, "reason": "a slice holds part of its source run's frames"}
 
 
 def test_verify_reports_corruption_and_repairs_torn_tail(run_copy):

@@ -131,3 +131,43 @@ def test_supervisor_fold_tracks_universe_grace_and_coverage():
     assert fold(events, until_seq=2).universe_tokens() == {"a", "b", "c", "d"}
     later = events + [LogRecord(len(events), 40 * S, 0, hb())]
     assert fold(later).grace_until_mono_ns == {} and fold(later).coverage_pct() == 60.0
+
+
+def shard_hb(**per_shard):
+    """per_shard: shard=(frames, dropped, write_q_depth)"""
+    shards = {k.lstrip("s"): {"frames": f, "dropped": d, "write_q_depth": q} for k, (f, d, q) in per_shard.items()}
+    return ev.Heartbeat(phase="running", shards=shards, frames_total=0, dropped_total=0, coverage_pct=100.0)
+
+
+def stop(**written):
+    return ev.RunStop(reason="SIGINT", frames_total=0, bytes_total=0, dropped_total=0, duration_seconds=1.0,
+                      frames_written={k.lstrip("s"): n for k, n in written.items()})
+
+
+def test_written_floor_is_handed_off_minus_dropped_minus_queued_and_never_goes_down():
+    from pm_arb.events.folds.written import written_floor
+
+    got = written_floor(recs((1, shard_hb(s0=(100, 10, 30), s1=(5, 5, 0))), (2, shard_hb(s0=(150, 10, 0), s1=(0, 0, 0))),
+                             (3, shard_hb(s0=(20, 0, 0)))))  # a counter that restarted (new shard actor) lowers nothing
+    assert got == {"checked": True, "reason": None, "shards": {0: {"frames_at_least": 140, "runlog_seq": 1, "source": "heartbeat"}}}
+
+
+def test_written_floor_takes_the_writers_exact_count_from_run_stop():
+    from pm_arb.events.folds.written import written_floor
+
+    got = written_floor(recs((1, shard_hb(s0=(100, 0, 40), s1=(50, 0, 0))), (2, stop(s0=100, s1=50, s2=0))))
+    assert got["shards"] == {0: {"frames_at_least": 100, "runlog_seq": 1, "source": "run_stop"},
+                             1: {"frames_at_least": 50, "runlog_seq": 0, "source": "heartbeat"}}
+
+
+def test_written_floor_after_a_write_failure_trusts_only_the_writer():
+    """Once a write failed, shards keep handing off frames that are never written: heartbeats overstate."""
+    from pm_arb.events.folds.written import written_floor
+
+    failed = ev.Fatal(reason="disk_full", message="write failed", shard=-1)
+    with_stop = written_floor(recs((1, shard_hb(s0=(500, 0, 0))), (2, failed), (3, stop(s0=320))))
+    assert with_stop["shards"] == {0: {"frames_at_least": 320, "runlog_seq": 2, "source": "run_stop"}}
+    crashed = written_floor(recs((1, shard_hb(s0=(500, 0, 0))), (2, failed)))
+    assert crashed["checked"] is False and crashed["shards"] == {} and "disk_full" in crashed["reason"]
+    other_fatal = ev.Fatal(reason="confirm_timeout", message="x", shard=0)
+    assert written_floor(recs((1, shard_hb(s0=(9, 0, 0))), (2, other_fatal)))["shards"][0]["frames_at_least"] == 9

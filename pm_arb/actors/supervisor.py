@@ -234,11 +234,14 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         st = self.state
         self._heartbeat()
+        frames_written: dict[str, int] = {}
         if self.writer is not None:
             try:
-                self.writer.ask(m.FlushMetrics(), timeout=15)
+                reply = self.writer.ask(m.FlushMetrics(), timeout=15)
             except Exception:
-                pass
+                reply = None
+            if isinstance(reply, dict):
+                frames_written = dict(reply.get("frames_written", {}))
         duration = (self.clock.mono_ns() - (st.started_mono_ns or self.clock.mono_ns())) / 1e9
         frames = sum(s.frames for s in self.latest_status.values())
         nbytes = sum(s.bytes for s in self.latest_status.values())
@@ -250,6 +253,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 bytes_total=nbytes,
                 dropped_total=dropped,
                 duration_seconds=round(duration, 3),
+                frames_written=frames_written,
             )
         )
         self._finished = True

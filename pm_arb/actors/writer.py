@@ -137,6 +137,7 @@ class WriterActor(pykka.ThreadingActor):
             self._on_tick(msg)
         elif isinstance(msg, m.FlushMetrics):
             self._report_interval(self.clock.mono_ns(), 0.0, wait=True)
+            return {"frames_written": {str(s): w.frames_written for s, w in sorted(self.shard_writers.items())}}
         elif isinstance(msg, m.WriteFatalBundle):
             return self._write_fatal(msg)
         elif isinstance(msg, m.CloseWriter):

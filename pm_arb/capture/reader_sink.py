@@ -123,7 +123,6 @@ class ReaderSink:
             return
         n = len(batch)
         self.batch = []
-        self.received += n
         self.bytes += sum(map(len, map(_payload_of, batch)))
         events = self.market_events - self._events_handed_off
         self._events_handed_off = self.market_events
@@ -132,6 +131,11 @@ class ReaderSink:
         else:
             self._write_gauge.add(n)
             self._writer_tell(AppendFrames(self.shard, batch))
+        # Counted only after the batch is in `dropped` or in the write gauge: the shard actor
+        # reads received, then dropped, then the gauge from its own thread, so that
+        # received - dropped - write_q_depth never exceeds what the writer has applied
+        # (capture-verify's frames_missing check relies on it).
+        self.received += n
         if self.want_tokens and events:
             # Past capacity the batch is not scanned: coverage catches up on later frames.
             if self._parse_gauge.depth + n <= self._parse_capacity:

@@ -1,12 +1,16 @@
-"""capture-verify: every record's checksum, seq continuity, idx agreement and torn tails."""
+"""capture-verify: every record's checksum, seq continuity, idx agreement and torn tails, and
+whether the files still hold every frame the runlog says was written (folds/written.py)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
-from pm_arb.bundle import CAPTURE_DIR, require_run_dir
+from pm_arb.bundle import CAPTURE_DIR, read_manifest, require_run_dir
 from pm_arb.errors import UserError
+from pm_arb.events.folds.written import written_floor
+from pm_arb.events.runlog_file import read_runlog
 from pm_arb.progress import Progress
 from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, RECORD_OVERHEAD, HeaderProblem, parse_file_header
 from pm_arb.store.scan import ScanSummary, scan
@@ -22,6 +26,7 @@ from pm_arb.store.shard_files import (
 )
 
 MAX_LISTED_DEFECTS = 50
+DEFECT_TOTALS = ("crc_mismatch", "seq_gaps", "idx_mismatch", "torn_tail_bytes", "frames_missing", "file_errors")
 
 MISSING_FRAMES_HINT = (
     "no capture/*.frames in {run_dir}: confirm the run dir path (the one `pm_arb capture` printed) "
@@ -29,7 +34,43 @@ MISSING_FRAMES_HINT = (
 )
 
 
-def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None) -> dict[str, Any]:
+def runlog_floor(run_dir: Path) -> dict[str, Any]:
+    """What the runlog says each shard's file must hold; unchecked (with the reason) for a
+    slice, whose runlog is a window of its source's, or when there is no readable runlog."""
+    try:
+        if "slice_of" in read_manifest(run_dir):
+            return {"checked": False, "reason": "a slice holds part of its source run's frames", "shards": {}}
+        records = read_runlog(run_dir, skip_bad_lines=True).records
+    except UserError as exc:
+        return {"checked": False, "reason": str(exc), "shards": {}}
+    return written_floor(records)
+
+
+def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None, floor: dict[str, Any] | None = None) -> dict[str, Any]:
+    result, last_damaged_seq = _verify_shard_file(capture_dir, shard, progress)
+    result["runlog_frames_at_least"] = floor["frames_at_least"] if floor else None
+    if not floor:
+        return result
+    # How far the file reaches: its last record's seq, damaged or not; a hole before it is a
+    # seq gap, records lost past it are frames_missing.
+    reach = max([s + 1 for s in (result["last_seq"], last_damaged_seq) if s is not None], default=0)
+    missing = floor["frames_at_least"] - reach
+    if missing > 0:
+        result["frames_missing"] = missing
+        if result["file_error"] and reach == 0:
+            result["file_error"] += (
+                f"; the runlog ({floor['source']}, seq {floor['runlog_seq']}) says at least "
+                f"{floor['frames_at_least']:,} frames were written to it"
+            )
+        elif len(result["defects"]) < MAX_LISTED_DEFECTS:
+            result["defects"].append({"kind": "frames_missing", "frames": missing, "file_holds_seq_below": reach,
+                                      "runlog_frames_at_least": floor["frames_at_least"],
+                                      "runlog_seq": floor["runlog_seq"], "source": floor["source"]})
+    return result
+
+
+def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None) -> tuple[dict[str, Any], int | None]:
+    """The file's own checks; also the seq of its last damaged record (None if none)."""
     fpath = frames_path(capture_dir, shard)
     result: dict[str, Any] = {
         "shard": shard,
@@ -40,6 +81,7 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
         "idx_mismatch": 0,
         "idx_entries": 0,
         "torn_tail_bytes": 0,
+        "frames_missing": 0,
         "first_seq": None,
         "last_seq": None,
         "file_error": None,
@@ -54,14 +96,14 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
     try:
         buf = map_file(fpath)
     except OSError as exc:
-        result["file_error"] = f"cannot read {fpath.name}: {exc.strerror}"
-        return result
+        result["file_error"] = f"{fpath.name} is missing" if exc.errno == errno.ENOENT else f"cannot read {fpath.name}: {exc.strerror}"
+        return result, None
     try:
         try:
             parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, fpath.name)
         except HeaderProblem as exc:
             result["file_error"] = str(exc)
-            return result
+            return result, None
         idx_entries, idx_problem = load_idx(idx_path(capture_dir, shard))
         by_offset = {e.offset: e for e in idx_entries}
         summary = ScanSummary()
@@ -85,6 +127,7 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
         # A damaged record is reported once, as a checksum mismatch, at the seq the idx or its
         # neighbours say it had; the hole it leaves is not counted again as a seq gap.
         corrupt_at = sorted(summary.corrupt, key=lambda c: c.offset)
+        last_damaged_seq = None
         for region in corrupt_at:
             result["crc_mismatch"] += 1
             entry = by_offset.get(region.offset)
@@ -93,6 +136,7 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
                 before = [r for r in records if r.offset < region.offset]
                 seq = before[-1].seq + 1 if before else (records[0].seq - 1 if records else 0)
             defect(kind="crc_mismatch", offset=region.offset, bytes=region.length, seq=seq, reason=region.reason)
+            last_damaged_seq = seq if last_damaged_seq is None else max(last_damaged_seq, seq)
         if records:
             result["first_seq"] = records[0].seq
             result["last_seq"] = records[-1].seq
@@ -126,18 +170,20 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
             result["idx_mismatch"] = mismatched + extra
     finally:
         close_view(buf)
-    return result
+    return result, last_damaged_seq
 
 
 def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
     require_run_dir(run_dir)
     capture_dir = run_dir / CAPTURE_DIR
-    shards = shard_numbers(capture_dir) if capture_dir.is_dir() else []
+    on_disk = shard_numbers(capture_dir) if capture_dir.is_dir() else []
+    floor = runlog_floor(run_dir)
+    shards = sorted(set(on_disk) | set(floor["shards"]))
     if not shards:
         raise UserError(MISSING_FRAMES_HINT.format(run_dir=run_dir), 2)
     repairs = []
     if repair:
-        for shard in shards:
+        for shard in on_disk:
             try:
                 rep = repair_shard(frames_path(capture_dir, shard), idx_path(capture_dir, shard), shard)
             except HeaderProblem as exc:
@@ -152,9 +198,9 @@ def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None =
                     "corrupt_regions_left": rep.corrupt_regions,
                 }
             )
-    total_bytes = sum(frames_path(capture_dir, s).stat().st_size for s in shards)
+    total_bytes = sum(frames_path(capture_dir, s).stat().st_size for s in on_disk)
     progress = Progress(total_bytes, "verify", enabled=show_progress)
-    per_shard = [verify_shard(capture_dir, s, progress) for s in shards]
+    per_shard = [verify_shard(capture_dir, s, progress, floor["shards"].get(s)) for s in shards]
     progress.close()
     totals = {
         "shards": len(per_shard),
@@ -164,10 +210,12 @@ def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None =
         "seq_gaps": sum(r["seq_gaps"] for r in per_shard),
         "idx_mismatch": sum(r["idx_mismatch"] for r in per_shard),
         "torn_tail_bytes": sum(r["torn_tail_bytes"] for r in per_shard),
+        "frames_missing": sum(r["frames_missing"] for r in per_shard),
         "file_errors": sum(1 for r in per_shard if r["file_error"]),
     }
-    ok = not any(totals[k] for k in ("crc_mismatch", "seq_gaps", "idx_mismatch", "torn_tail_bytes", "file_errors"))
-    out = {"run_dir": str(run_dir), "ok": ok, "totals": totals, "shards": per_shard}
+    ok = not any(totals[k] for k in DEFECT_TOTALS)
+    runlog_check = {"checked": floor["checked"], "reason": floor["reason"]}
+    out = {"run_dir": str(run_dir), "ok": ok, "totals": totals, "runlog_check": runlog_check, "shards": per_shard}
     if repair:
         out["repairs"] = repairs
     return out
@@ -181,12 +229,12 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
             if r["file_error"]:
                 lines.append(f"shard {r['shard']:02d}: ERROR {r['file_error']}")
                 continue
-            status = "ok" if not (r["crc_mismatch"] or r["seq_gaps"] or r["idx_mismatch"] or r["torn_tail_bytes"]) else "DEFECTS"
+            status = "ok" if not any(r[k] for k in DEFECT_TOTALS if k != "file_errors") else "DEFECTS"
             seqs = f"seq {r['first_seq']}..{r['last_seq']}" if r["first_seq"] is not None else "no frames"
             lines.append(
                 f"shard {r['shard']:02d}: {status:7s} {r['frames']:>10,} frames {r['bytes']:>14,} B  {seqs}  "
                 f"crc_mismatch={r['crc_mismatch']} seq_gaps={r['seq_gaps']} idx_mismatch={r['idx_mismatch']} "
-                f"torn_tail={r['torn_tail_bytes']} B"
+                f"torn_tail={r['torn_tail_bytes']} B frames_missing={r['frames_missing']}"
             )
             for d in r["defects"][:5]:
                 lines.append("    " + ", ".join(f"{k}={v}" for k, v in d.items()))
@@ -196,8 +244,16 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
     lines.append(
         f"{verdict}: {t['shards']} shards, {t['frames']:,} frames, {t['bytes']:,} B payload; "
         f"crc_mismatch={t['crc_mismatch']} seq_gaps={t['seq_gaps']} idx_mismatch={t['idx_mismatch']} "
-        f"torn_tail_bytes={t['torn_tail_bytes']} file_errors={t['file_errors']}"
+        f"torn_tail_bytes={t['torn_tail_bytes']} frames_missing={t['frames_missing']} file_errors={t['file_errors']}"
     )
+    check = result.get("runlog_check", {})
+    if check and not check["checked"]:
+        lines.append(f"note: files not checked against the runlog's frame counts: {check['reason']}")
+    if t["frames_missing"]:
+        lines.append(
+            "hint: the runlog says more frames were written than the files hold: a file was deleted, truncated "
+            "or replaced after the run; restore it from a copy (--repair cannot bring frames back)"
+        )
     if not result["ok"] and t["torn_tail_bytes"] and "repairs" not in result:
         lines.append("hint: a torn tail is what a crash leaves; `pm_arb capture-verify --repair` truncates it and rebuilds the idx")
     elif not result["ok"] and t["idx_mismatch"] and not t["crc_mismatch"] and "repairs" not in result:

@@ -107,6 +107,9 @@ class RunStop(Event):
     bytes_total: int
     dropped_total: int
     duration_seconds: float
+    # shard -> frames the writer had appended to its file when the run stopped (after its last
+    # flush); empty when the writer did not answer. capture-verify checks the files against it.
+    frames_written: dict[str, int] = field(default_factory=dict)
 
 
 @event("fatal")
