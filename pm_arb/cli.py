@@ -299,7 +299,7 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
 @json_option
 @handle_errors
 def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
-    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, checksums, fatal.json.
+    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, file integrity, a recorded stop, fatal.json.
 
     One line per gate; exit 0 when all pass, 1 when any fails.
     """

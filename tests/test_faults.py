@@ -112,6 +112,11 @@ def test_sigkill_mid_run_then_verify_and_repair(data_dir):
     assert doc["totals"]["frames"] == before["totals"]["frames"]
     audit = run_cli("capture-audit", "--run-dir", str(run_dir))
     assert "torn last line (a crash cut it short), ignored" in audit.stdout and "Traceback" not in audit.stderr
+    # Killed from outside: no fatal.json, no run_stop. The files hold every frame the heartbeats
+    # say was written, and the check still fails the run, saying where it ends.
+    check = run_cli("capture-check", "--run-dir", str(run_dir))
+    assert check.returncode == 1 and "PASS  crc_mismatch" in check.stdout and "PASS  fatal" in check.stdout
+    assert "FAIL  clean_stop         no run_stop: the runlog ends at seq" in check.stdout
     replay = orjson.loads(run_cli("capture-replay", "--run-dir", str(run_dir), "--json").stdout)
     assert replay["state"]["phase"] == "running" and replay["warnings"], runlog_torn
 

@@ -32,9 +32,10 @@ def recs(*items):
 
 def test_audit_empty_and_single():
     assert audit([]) == {"threshold_s": 2.0, "heartbeats": 0, "intervals": 0, "max_gap_s": 0.0, "mean_gap_s": None,
-                         "gaps_over_threshold": 0, "gaps": [], "pass": True}
+                         "gaps_over_threshold": 0, "gaps": [], "pass": True, "run_stop": None, "last_record": None}
     one = audit(recs((0, hb())))
     assert (one["heartbeats"], one["intervals"], one["gaps_over_threshold"], one["pass"]) == (1, 0, 0, True)
+    assert one["run_stop"] is None and one["last_record"] == {"seq": 0, "type": "heartbeat", "wall_ns_utc": 1_700_000_000 * S}
 
 
 def test_audit_gap_exactly_at_threshold_passes_and_above_fails():
@@ -79,6 +80,7 @@ def test_latency_report_merges_histograms_and_folds_reconnects_and_disconnection
         (5, ev.FramesDropped(shard=0, queue="write_q", dropped=7, dropped_total=7, capacity=10)),
         (6, ev.ShardDisconnected(shard=0, cause="ping_timeout", detail="", planned=False)),
         (7, ev.StopRequested(reason="SIGINT")),
+        (7.5, ev.RunStop(reason="SIGINT", frames_total=20, bytes_total=1, dropped_total=7, duration_seconds=7.5)),
     )
     glob = [metric(10, lat_us=range(1, 51), ws_in=3), metric(20, dropped=7, dropped_total=7, lat_us=range(51, 101), write=9)]
     r = latency_report(events, glob, {0: glob[:1], 1: glob[1:]})
@@ -94,12 +96,13 @@ def test_latency_report_merges_histograms_and_folds_reconnects_and_disconnection
     g = gates(aud, r, {"crc_mismatch": 0, "seq_gaps": 0, "idx_mismatch": 0, "torn_tail_bytes": 0, "file_errors": 0}, False)
     assert g["verdict"] == "FAIL"
     assert {k: v["pass"] for k, v in g["gates"].items()} == {
-        "heartbeat_gaps": True, "reconnects_midrun": False, "drops": False, "crc_mismatch": True, "fatal": True}
+        "heartbeat_gaps": True, "reconnects_midrun": False, "drops": False, "crc_mismatch": True, "clean_stop": True, "fatal": True}
 
 
 def test_gates_each_failure_alone():
     clean_lat = {"reconnects": {"total": 0}, "disconnected": {"midrun": {"incidents": 0}}, "drops": {"dropped_messages_total": 0}}
-    clean_aud = {"gaps_over_threshold": 0, "threshold_s": 2.0, "max_gap_s": 1.0}
+    clean_aud = {"gaps_over_threshold": 0, "threshold_s": 2.0, "max_gap_s": 1.0, "run_stop": {"seq": 9, "reason": "SIGINT"},
+                 "last_record": {"seq": 9, "type": "run_stop", "wall_ns_utc": 0}}
     clean_ver = {"crc_mismatch": 0}
     assert gates(clean_aud, clean_lat, clean_ver, False)["verdict"] == "PASS"
     assert gates(dict(clean_aud, gaps_over_threshold=1), clean_lat, clean_ver, False)["verdict"] == "FAIL"
@@ -107,6 +110,10 @@ def test_gates_each_failure_alone():
     assert gates(clean_aud, dict(clean_lat, drops={"dropped_messages_total": 3}), clean_ver, False)["verdict"] == "FAIL"
     assert gates(clean_aud, clean_lat, {"crc_mismatch": 2}, False)["verdict"] == "FAIL"
     assert gates(clean_aud, clean_lat, clean_ver, True)["verdict"] == "FAIL"
+    killed = gates(dict(clean_aud, run_stop=None, last_record={"seq": 41, "type": "heartbeat", "wall_ns_utc": 1_795_546_520 * S}),
+                   clean_lat, clean_ver, False)
+    assert killed["verdict"] == "FAIL" and killed["gates"]["clean_stop"]["figure"].startswith(
+        "no run_stop: the runlog ends at seq 41 (heartbeat, 2026-11-24T18:55:20Z); the capture is still running, or it was killed")
     unchecked = gates(clean_aud, clean_lat, None, False)
     assert unchecked["gates"]["crc_mismatch"]["pass"] is None and unchecked["verdict"] == "PASS"
 
@@ -155,9 +162,10 @@ def test_written_floor_is_handed_off_minus_dropped_minus_queued_and_never_goes_d
 def test_written_floor_takes_the_writers_exact_count_from_run_stop():
     from pm_arb.events.folds.written import written_floor
 
-    got = written_floor(recs((1, shard_hb(s0=(100, 0, 40), s1=(50, 0, 0))), (2, stop(s0=100, s1=50, s2=0))))
+    got = written_floor(recs((1, shard_hb(s0=(100, 0, 40), s1=(50, 0, 0), s3=(80, 0, 0))), (2, stop(s0=100, s1=50, s2=0))))
     assert got["shards"] == {0: {"frames_at_least": 100, "runlog_seq": 1, "source": "run_stop"},
-                             1: {"frames_at_least": 50, "runlog_seq": 0, "source": "heartbeat"}}
+                             1: {"frames_at_least": 50, "runlog_seq": 1, "source": "run_stop"},  # a tie cites the exact count
+                             3: {"frames_at_least": 80, "runlog_seq": 0, "source": "heartbeat"}}
 
 
 def test_written_floor_after_a_write_failure_trusts_only_the_writer():

@@ -47,6 +47,8 @@ def audit(records: Iterable[LogRecord], threshold_s: float = 2.0) -> dict[str, A
                 }
             )
     intervals = max(0, len(anchors) - 1)
+    stop = recs[end] if end is not None else None
+    last = recs[-1] if recs else None
     return {
         "threshold_s": threshold_s,
         "heartbeats": heartbeats,
@@ -56,4 +58,8 @@ def audit(records: Iterable[LogRecord], threshold_s: float = 2.0) -> dict[str, A
         "gaps_over_threshold": len(gaps),
         "gaps": gaps,
         "pass": len(gaps) == 0,
+        # A run killed from outside (SIGKILL, OOM, power loss) leaves no run_stop and no
+        # fatal.json; the clean_stop gate needs to tell it from a run that ended.
+        "run_stop": {"seq": stop.seq, "reason": stop.event.reason} if stop is not None else None,
+        "last_record": {"seq": last.seq, "type": last.event.TYPE, "wall_ns_utc": last.wall_ns_utc} if last is not None else None,
     }

@@ -1,8 +1,27 @@
-"""The five FAIL gates of MASTER.md section 6, from already-folded figures. Pure."""
+"""The five FAIL gates of MASTER.md section 6, and clean_stop (ADR/0005), from already-folded
+figures. Pure."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
+
+
+def _utc(wall_ns: int) -> str:
+    return datetime.fromtimestamp(wall_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clean_stop(audit: dict[str, Any]) -> dict[str, Any]:
+    stop, last = audit.get("run_stop"), audit.get("last_record")
+    if stop is not None:
+        return {"pass": True, "figure": f"run_stop at seq {stop['seq']} (reason {stop['reason']})", "value": True}
+    where = f"the runlog ends at seq {last['seq']} ({last['type']}, {_utc(last['wall_ns_utc'])})" if last else "the runlog is empty"
+    return {
+        "pass": False,
+        "figure": f"no run_stop: {where}; the capture is still running, or it was killed (SIGKILL, OOM, power "
+                  "loss) and nothing after that moment was captured",
+        "value": False,
+    }
 
 
 def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[str, Any] | None, fatal_present: bool) -> dict[str, Any]:
@@ -33,6 +52,7 @@ def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[st
         other = {k: verify_totals[k] for k in ("seq_gaps", "idx_mismatch", "torn_tail_bytes", "frames_missing", "file_errors") if verify_totals.get(k)}
         extra = ("; also " + ", ".join(f"{k}={v}" for k, v in other.items())) if other else ""
         out["crc_mismatch"] = {"pass": bad == 0 and not other, "figure": f"totals.crc_mismatch={bad}{extra}", "value": bad}
+    out["clean_stop"] = _clean_stop(audit)
     out["fatal"] = {"pass": not fatal_present, "figure": "fatal.json present" if fatal_present else "no fatal.json", "value": fatal_present}
     checked = [g["pass"] for g in out.values() if g["pass"] is not None]
     verdict = "PASS" if all(checked) else "FAIL"

@@ -23,8 +23,9 @@ from pm_arb.events.codec import LogRecord
 WRITE_FAILURES = ("disk_full", "write_error")
 
 
-def _raise(floor: dict[int, dict[str, Any]], shard: int, frames: int, seq: int, source: str) -> None:
-    if frames > 0 and frames > floor.get(shard, {}).get("frames_at_least", 0):
+def _raise(floor: dict[int, dict[str, Any]], shard: int, frames: int, seq: int, source: str, on_tie: bool = False) -> None:
+    held = floor.get(shard, {}).get("frames_at_least", 0)
+    if frames > 0 and (frames > held or (on_tie and frames == held)):
         floor[shard] = {"frames_at_least": frames, "runlog_seq": seq, "source": source}
 
 
@@ -51,5 +52,6 @@ def written_floor(records: Iterable[LogRecord]) -> dict[str, Any]:
         return {"checked": True, "reason": None, "shards": from_stop}
     shards = dict(from_heartbeats)
     for shard, entry in from_stop.items():
-        _raise(shards, shard, entry["frames_at_least"], entry["runlog_seq"], "run_stop")
+        # On a tie the writer's exact count is the better citation.
+        _raise(shards, shard, entry["frames_at_least"], entry["runlog_seq"], "run_stop", on_tie=True)
     return {"checked": True, "reason": None, "shards": shards}
