@@ -67,6 +67,26 @@ def test_verify_reports_a_deleted_shard_the_runlog_says_was_written(run_copy):
     assert f"frames_missing={n} file_errors=1" in proc.stdout and "hint: the runlog says more frames" in proc.stdout
 
 
+def test_latency_report_warns_when_metrics_lines_are_lost(offline_run, run_copy):
+    clean = orjson.loads(run_cli("capture-latency-report", "--run-dir", str(offline_run), "--no-verify", "--json").stdout)
+    assert clean["metrics_coverage"]["complete"] is True and not clean["warnings"]
+    glob = run_copy / "metrics" / "global.ndjson"
+    # This run has one metrics interval; a run whose later lines were lost looks like this one,
+    # whose cumulative count stops short.
+    lines = [orjson.loads(x) for x in glob.read_bytes().splitlines()]
+    lines[-1]["frames_total"] = 1000
+    glob.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    doc = orjson.loads(run_cli("capture-latency-report", "--run-dir", str(run_copy), "--no-verify", "--json").stdout)
+    cov = doc["metrics_coverage"]
+    assert (cov["complete"], cov["frames_written"], cov["frames_in_metrics"]) == (False, 3075, 1000)
+    assert doc["warnings"] == [f"metrics cover {cov['frames_in_metrics']:,} of the 3,075 frames run_stop says were written: "
+                               "the latency and queue figures describe part of the run (metrics lines lost or truncated)"]
+    glob.unlink()
+    text = run_cli("capture-latency-report", "--run-dir", str(run_copy), "--no-verify").stdout
+    assert "warning: metrics/global.ndjson is missing or empty: no latency, queue-depth or loop-lag figures; " \
+           "the runlog says 3,075 frames were written" in text
+
+
 def test_verify_of_a_slice_says_the_runlog_check_does_not_apply(offline_run, tmp_path):
     out = tmp_path / "slice"
     assert run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "5", "--to-seq", "20").returncode == 0

@@ -179,3 +179,15 @@ def test_written_floor_after_a_write_failure_trusts_only_the_writer():
     assert crashed["checked"] is False and crashed["shards"] == {} and "disk_full" in crashed["reason"]
     other_fatal = ev.Fatal(reason="confirm_timeout", message="x", shard=0)
     assert written_floor(recs((1, shard_hb(s0=(9, 0, 0))), (2, other_fatal)))["shards"][0]["frames_at_least"] == 9
+
+
+def test_latency_report_says_whether_metrics_cover_every_frame_written():
+    start = (0, ev.RunStart(run_id="r", mode="online", pm_arb_version="0", shards=2, confirm_timeout_seconds=45,
+                            confirm_min_events=1, heartbeat_interval_seconds=1))
+    glob = [metric(10), metric(20)]
+    full = latency_report(recs(start, (3, stop(s0=12, s1=8))), glob, {})
+    assert full["metrics_coverage"] == {"frames_in_metrics": 20, "frames_written": 20, "complete": True}
+    short = latency_report(recs(start, (3, stop(s0=12, s1=8))), glob[:1], {})
+    assert short["metrics_coverage"] == {"frames_in_metrics": 10, "frames_written": 20, "complete": False}
+    killed = latency_report(recs(start), glob[:1], {})  # no run_stop: nothing exact to compare with
+    assert killed["metrics_coverage"] == {"frames_in_metrics": 10, "frames_written": None, "complete": None}

@@ -89,6 +89,15 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
     if bad:
         warnings.append(f"metrics: {bad} unreadable line(s) skipped")
     report = latency_report(read.records, glob, shards)
+    cov = report["metrics_coverage"]
+    said = f"; the runlog says {cov['frames_written']:,} frames were written" if cov["frames_written"] else ""
+    if not glob:
+        warnings.append(f"{bundle.METRICS_DIR}/{bundle.GLOBAL_METRICS} is missing or empty: no latency, queue-depth or loop-lag figures{said}")
+    elif cov["complete"] is False:
+        warnings.append(
+            f"metrics cover {cov['frames_in_metrics']:,} of the {cov['frames_written']:,} frames run_stop says were written: "
+            "the latency and queue figures describe part of the run (metrics lines lost or truncated)"
+        )
     aud = audit(read.records, gap_threshold_s)
     report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
     report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists()))

@@ -83,10 +83,13 @@ def latency_report(
     drops_by_queue: dict[str, int] = {}
     drops_by_shard: dict[str, int] = {}
     run_id = None
+    frames_written = None
     for r in recs:
         e = r.event
         if isinstance(e, ev.RunStart):
             run_id = e.run_id
+        elif isinstance(e, ev.RunStop) and e.frames_written:
+            frames_written = sum(e.frames_written.values())
         elif isinstance(e, ev.ShardReconnect):
             if e.planned:
                 reconnects["planned"] += 1
@@ -128,5 +131,12 @@ def latency_report(
         "reconnects": reconnects,
         "disconnected": _disconnections(recs),
         "metrics_intervals": len(global_metrics),
+        # Metrics are complete for a run that stopped (the writer flushes its last interval
+        # before run_stop): fewer frames in them than the writer wrote means lines were lost.
+        "metrics_coverage": {
+            "frames_in_metrics": frames,
+            "frames_written": frames_written,
+            "complete": None if frames_written is None else frames >= frames_written,
+        },
     }
     return report
