@@ -1,9 +1,18 @@
-"""The two clocks of a run, injectable so tests freeze time instead of sleeping."""
+"""The two clocks of a run, injectable so tests freeze time instead of sleeping, and how a
+wall stamp is shown."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
+
+
+def wall_iso(ns: int | None) -> str | None:
+    """A wall stamp (ns since the epoch, UTC) as ISO-8601 with microseconds and a Z."""
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class SystemClock:

@@ -113,7 +113,7 @@ def test_gates_each_failure_alone():
     killed = gates(dict(clean_aud, run_stop=None, last_record={"seq": 41, "type": "heartbeat", "wall_ns_utc": 1_795_546_520 * S}),
                    clean_lat, clean_ver, False)
     assert killed["verdict"] == "FAIL" and killed["gates"]["clean_stop"]["figure"].startswith(
-        "no run_stop: the runlog ends at seq 41 (heartbeat, 2026-11-24T18:55:20Z); the capture is still running, or it was killed")
+        "no run_stop: the runlog ends at seq 41 (heartbeat, 2026-11-24T18:55:20.000000Z); the capture is still running, or it was killed")
     unchecked = gates(clean_aud, clean_lat, None, False)
     assert unchecked["gates"]["crc_mismatch"]["pass"] is None and unchecked["verdict"] == "PASS"
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from pm_arb.bundle import CAPTURE_DIR, METRICS_DIR, read_manifest, require_run_dir
+from pm_arb.clock import wall_iso
 from pm_arb.progress import human_bytes
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardReader, shard_numbers
 
 TAIL_LINES = 3
-
-
-def wall_iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _tail(path: Path, n: int) -> list[Any]:

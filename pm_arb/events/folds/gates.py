@@ -3,19 +3,16 @@ figures. Pure."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
-
-def _utc(wall_ns: int) -> str:
-    return datetime.fromtimestamp(wall_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from pm_arb.clock import wall_iso
 
 
 def _clean_stop(audit: dict[str, Any]) -> dict[str, Any]:
     stop, last = audit.get("run_stop"), audit.get("last_record")
     if stop is not None:
         return {"pass": True, "figure": f"run_stop at seq {stop['seq']} (reason {stop['reason']})", "value": True}
-    where = f"the runlog ends at seq {last['seq']} ({last['type']}, {_utc(last['wall_ns_utc'])})" if last else "the runlog is empty"
+    where = f"the runlog ends at seq {last['seq']} ({last['type']}, {wall_iso(last['wall_ns_utc'])})" if last else "the runlog is empty"
     return {
         "pass": False,
         "figure": f"no run_stop: {where}; the capture is still running, or it was killed (SIGKILL, OOM, power "
