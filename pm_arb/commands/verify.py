@@ -38,8 +38,12 @@ def runlog_floor(run_dir: Path) -> dict[str, Any]:
     """What the runlog says each shard's file must hold; unchecked (with the reason) for a
     slice, whose runlog is a window of its source's, or when there is no readable runlog."""
     try:
-        if "slice_of" in read_manifest(run_dir):
-            return {"checked": False, "reason": "a slice holds part of its source run's frames", "shards": {}}
+        manifest = read_manifest(run_dir)
+    except UserError:
+        return {"checked": False, "reason": "manifest.json is not readable JSON, so whether this run is a slice is unknown", "shards": {}}
+    if "slice_of" in manifest:
+        return {"checked": False, "reason": "a slice holds part of its source run's frames", "shards": {}}
+    try:
         records = read_runlog(run_dir, skip_bad_lines=True).records
     except UserError as exc:
         return {"checked": False, "reason": str(exc), "shards": {}}
