@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pm_arb import bundle
 from pm_arb.commands.reports import run_latency_report
 from pm_arb.commands.verify import verify_run
@@ -80,7 +78,7 @@ def _rate(n: int, nbytes: int, seconds: float) -> dict[str, Any]:
 
 def _pipeline_inputs(fixture, run_dir: Path, shards: int, repeat: int) -> list[bytes]:
     """The payload objects the offline readers pushed, shard by shard, lap by lap."""
-    manifest = orjson.loads((run_dir / bundle.MANIFEST).read_bytes())
+    manifest = bundle.read_manifest(run_dir)
     conditions = {mk["condition_id"] for mk in manifest["universe"]["markets"]}
     out: list[bytes] = []
     for frames in frames_by_shard(fixture, conditions, shards).values():

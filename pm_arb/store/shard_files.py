@@ -130,8 +130,8 @@ class ShardFileWriter:
         """Append (rx_mono_ns, rx_wall_ns_utc, flags, opcode, payload) tuples; return first seq.
 
         One writev for the frames (per 512 records) and one write for the idx per batch: the
-        syscall, not the checksum, is the cost worth saving. The record encoding is `frames_format.encode_record`, inlined
-        here because this loop runs once per captured frame.
+        syscall, not the checksum, is the cost worth saving. The record encoding is
+        `frames_format.encode_record`, inlined here because this loop runs once per captured frame.
         """
         first_seq = self.next_seq
         seq = first_seq
