@@ -70,12 +70,35 @@ def build_config(kwargs: dict[str, Any]) -> Config:
     return config
 
 
+class _RunDirNotFound(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # one line, the project's error format
+        click.echo(f"error: {self.message}", err=True)
+
+
+class RunDirType(click.ParamType):
+    """A path, a bare run id under DATA_DIR/runs, or `latest` (pm_arb/commands/run_dir.py)."""
+
+    name = "RUN"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path:
+        from pm_arb.commands.run_dir import resolve_run_dir
+
+        if isinstance(value, Path):
+            return value
+        try:
+            return resolve_run_dir(value)
+        except UserError as exc:
+            raise _RunDirNotFound(exc.message) from None
+
+
 def run_dir_option(fn: Callable) -> Callable:
     return click.option(
         "--run-dir",
         required=True,
-        type=click.Path(path_type=Path, file_okay=True, dir_okay=True),
-        help="Run bundle directory (data/runs/<run_id>), as printed by `pm_arb capture`.",
+        type=RunDirType(),
+        help="Run bundle: a path (as printed by `pm_arb capture`), a run id under DATA_DIR/runs, or `latest`.",
     )(fn)
 
 
@@ -196,6 +219,7 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     """
     import dataclasses
 
+    from pm_arb.commands.next_step import next_command
     from pm_arb.run_capture import run_capture
 
     config = build_config(kwargs)
@@ -221,7 +245,7 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
 
     try:
         code, run_dir, last = run_capture(
-            config, run_id, "online" if mode == "sim" else mode, duration_s=duration_seconds,
+            config, run_id, mode, duration_s=duration_seconds,
             offline_repeat=offline_repeat, status=status, on_run_dir=announce, extra_manifest=extra,
         )
     finally:
@@ -234,7 +258,7 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     verdict = "stopped cleanly" if code == 0 else f"FATAL ({last.get('fatal_reason')}): see {run_dir / 'fatal.json'}"
     click.echo(
         f"{verdict}: {last.get('frames', 0):,} frames, {last.get('bytes', 0):,} B, drops {last.get('dropped', 0)}, "
-        f"reconnects {last.get('reconnects', 0)}; next: pm_arb capture-check --run-dir {run_dir}",
+        f"reconnects {last.get('reconnects', 0)}; next: {next_command('capture-check', '--run-dir', str(run_dir))}",
         err=True,
     )
     sys.exit(code)
@@ -305,7 +329,12 @@ def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
     """
     from pm_arb.commands.reports import run_latency_report
 
+    from pm_arb.commands.runs import record_check
+
     report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json))
+    note = record_check(run_dir, report)
+    if note:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         _emit_json({"run_dir": str(run_dir), "gates": report["gates"], "verdict": report["verdict"], "warnings": report["warnings"]})
     else:
@@ -316,6 +345,22 @@ def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
             click.echo(f"{mark}  {name:18s} {g['figure']}")
         click.echo(f"verdict: {report['verdict']}")
     sys.exit(0 if report["verdict"] == "PASS" else 1)
+
+
+@cli.command("runs")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Data dir to list (default: PM_ARB_DATA_DIR, else ./data).")
+@json_option
+@handle_errors
+def runs(data_dir: Path | None, as_json: bool) -> None:
+    """List the runs under DATA_DIR/runs: id, mode, start, duration, frames, size, last capture-check verdict.
+
+    Any of these run ids, or `latest`, can be passed as --run-dir to the other commands.
+    """
+    from pm_arb.commands.run_dir import data_dir_from_env
+    from pm_arb.commands.runs import list_runs, render_runs
+
+    result = list_runs(data_dir if data_dir is not None else data_dir_from_env())
+    _emit_json(result) if as_json else click.echo(render_runs(result))
 
 
 @cli.command("capture-replay")

@@ -33,7 +33,7 @@ class Event:
 @dataclass(frozen=True)
 class RunStart(Event):
     run_id: str
-    mode: str  # "online" | "offline"
+    mode: str  # "online" | "sim" | "offline"
     pm_arb_version: str
     shards: int
     confirm_timeout_seconds: float
