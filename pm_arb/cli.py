@@ -161,8 +161,8 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
 @cli.command("capture-slice")
 @run_dir_option
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="New bundle directory (must not exist or be empty).")
-@click.option("--from-wall", help="Start receive time, inclusive: ISO-8601 (UTC if no offset) or integer ns.")
-@click.option("--to-wall", help="End receive time, inclusive.")
+@click.option("--from-wall", help="Start receive time, inclusive: ISO-8601 (UTC if no offset), integer ns, a time of day on the run's date (12:52:30), or +OFFSET from the run's first frame / -OFFSET from its last (+10s, -5m).")
+@click.option("--to-wall", help="End receive time, inclusive (same forms).")
 @click.option("--from-seq", type=click.IntRange(min=0), help="First per-shard seq, inclusive.")
 @click.option("--to-seq", type=click.IntRange(min=0), help="Last per-shard seq, inclusive.")
 @click.option("--shard", "shards", type=click.IntRange(min=0), multiple=True, help="Only these shards (repeatable; default all).")
@@ -174,13 +174,14 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
     Payloads, seq numbers and timestamps are copied unchanged; the runlog and metrics lines
     inside the window come along, and the manifest names the source run and range.
     """
-    from pm_arb.commands.slice_run import parse_time_ns, slice_run
+    from pm_arb.commands.slice_run import slice_run
+    from pm_arb.commands.time_input import parse_time
 
     result = slice_run(
         run_dir,
         out_dir,
-        from_wall=parse_time_ns(from_wall, "--from-wall") if from_wall else None,
-        to_wall=parse_time_ns(to_wall, "--to-wall") if to_wall else None,
+        from_wall=parse_time(from_wall, "--from-wall") if from_wall else None,
+        to_wall=parse_time(to_wall, "--to-wall") if to_wall else None,
         from_seq=from_seq,
         to_seq=to_seq,
         shards=list(shards) or None,
@@ -191,6 +192,9 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
     else:
         for s in result["shards"]:
             click.echo(f"shard {s['shard']:02d}: {s['frames']:,} frames (seq {s['first_seq']}..{s['last_seq']})")
+        rng = result["range"]
+        if "from_wall_utc" in rng:
+            click.echo(f"window: {rng['from_wall_utc'] or 'start'} .. {rng['to_wall_utc'] or 'end'}")
         click.echo(f"wrote {result['frames']:,} frames and {result['runlog_events']} runlog events to {result['out_dir']}")
 
 
@@ -329,6 +333,7 @@ def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
     """
     from pm_arb.commands.reports import run_latency_report
 
+    from pm_arb.commands.reports import render_gates
     from pm_arb.commands.runs import record_check
 
     report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json))
@@ -340,9 +345,8 @@ def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
     else:
         for w in report["warnings"]:
             click.echo(f"warning: {w}")
-        for name, g in report["gates"].items():
-            mark = "PASS" if g["pass"] else ("FAIL" if g["pass"] is False else "----")
-            click.echo(f"{mark}  {name:18s} {g['figure']}")
+        for line in render_gates(report["gates"]):
+            click.echo(line)
         click.echo(f"verdict: {report['verdict']}")
     sys.exit(0 if report["verdict"] == "PASS" else 1)
 

@@ -9,6 +9,7 @@ import orjson
 
 from pm_arb import bundle
 from pm_arb.bundle import require_run_dir
+from pm_arb.errors import UserError
 from pm_arb.events.folds.audit import audit
 from pm_arb.events.folds.gates import gates
 from pm_arb.events.folds.latency import latency_report
@@ -35,6 +36,15 @@ def _read_ndjson(path: Path) -> tuple[list[dict[str, Any]], int]:
     return recs, bad
 
 
+def slice_of(run_dir: Path) -> dict[str, Any] | None:
+    """The source run a slice was cut from (its manifest's `slice_of`), or None for a whole run."""
+    try:
+        source = bundle.read_manifest(run_dir).get("slice_of")
+    except UserError:
+        return None
+    return source if isinstance(source, dict) else None
+
+
 def load_runlog(run_dir: Path, skip_bad_lines: bool) -> tuple[RunlogRead, list[str]]:
     require_run_dir(run_dir)
     read = read_runlog(run_dir, skip_bad_lines=skip_bad_lines)
@@ -42,7 +52,10 @@ def load_runlog(run_dir: Path, skip_bad_lines: bool) -> tuple[RunlogRead, list[s
     for b in read.bad_lines:
         kind = "torn last line (a crash cut it short), ignored" if b.torn_tail else f"skipped: {b.reason}"
         warnings.append(f"runlog.ndjson:{b.line_no}: {kind}")
-    for expected, found in read.seq_gaps:
+    # A slice's runlog holds the events stamped inside its window: it starts past seq 0, and
+    # events are stamped by their sender before the runlog orders them, so seq skips inside too.
+    gaps = [] if slice_of(run_dir) else read.seq_gaps
+    for expected, found in gaps:
         warnings.append(f"runlog.ndjson: seq jumps from {expected - 1} to {found}")
     return read, warnings
 
@@ -100,7 +113,7 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
         )
     aud = audit(read.records, gap_threshold_s)
     report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
-    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists()))
+    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), slice_of(run_dir)))
     report["warnings"] = warnings
     return report
 
@@ -130,12 +143,22 @@ def render_latency(r: dict[str, Any]) -> str:
     mid = r["disconnected"]["midrun"]
     lines.append(f"disconnected midrun: incidents={mid['incidents']}, total {mid['total_seconds']:.3f} s")
     lines.append("gates:")
-    for name, g in r["gates"].items():
-        mark = "PASS" if g["pass"] else ("FAIL" if g["pass"] is False else "----")
-        lines.append(f"  {mark}  {name:18s} {g['figure']}")
+    lines.extend(f"  {line}" for line in render_gates(r["gates"]))
     lines.append(f"verdict: {r['verdict']}")
     lines.extend(f"warning: {w}" for w in r["warnings"])
     return "\n".join(lines)
+
+
+def render_gates(gates: dict[str, Any]) -> list[str]:
+    """One line per gate: PASS, FAIL, n/a (does not apply, e.g. to a slice) or ---- (not checked)."""
+    lines = []
+    for name, g in gates.items():
+        if g.get("applies") is False:
+            mark = "n/a "
+        else:
+            mark = "PASS" if g["pass"] else ("FAIL" if g["pass"] is False else "----")
+        lines.append(f"{mark}  {name:18s} {g['figure']}")
+    return lines
 
 
 def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> dict[str, Any]:

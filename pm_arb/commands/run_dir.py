@@ -64,5 +64,7 @@ def resolve_run_dir(text: str, data_dir: Path | None = None) -> Path:
     else:
         what = f"no runs under {root}"
     raise UserError(
-        f"--run-dir {text}: no such path and no such run id; {what}; pass a path, a run id or `latest` (`pm_arb runs` lists them)", 2
+        f"run dir {text} does not exist (not a path, not a run id); {what}; pass the dir `pm_arb capture` printed, "
+        "a run id or `latest` (`pm_arb runs` lists them)",
+        2,
     )

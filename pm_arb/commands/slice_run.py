@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from pm_arb.bundle import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_run_dir, write_json
+from pm_arb.clock import wall_iso
+from pm_arb.commands.time_input import TimeSpec, resolve
 from pm_arb.errors import UserError
 from pm_arb.progress import Progress
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardFileWriter, ShardReader, shard_numbers
 
 
-def parse_time_ns(text: str, flag: str) -> int:
-    """ISO-8601 (naive means UTC) or integer nanoseconds since the epoch."""
-    s = text.strip()
-    if s.lstrip("-").isdigit():
-        return int(s)
-    try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise UserError(
-            f"invalid value {text!r} for {flag}: expected ISO-8601 (2026-11-24T13:00:00Z) or integer ns since the epoch", 2
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
 def slice_run(
     run_dir: Path,
     out_dir: Path,
-    from_wall: int | None = None,
-    to_wall: int | None = None,
+    from_wall: TimeSpec | None = None,
+    to_wall: TimeSpec | None = None,
     from_seq: int | None = None,
     to_seq: int | None = None,
     shards: list[int] | None = None,
@@ -54,16 +38,6 @@ def slice_run(
     if not available:
         raise UserError(f"no capture/*.frames in {run_dir}: confirm the run dir path and that capture/*.frames exists", 2)
     chosen = [s for s in available if shards is None or s in shards]
-    lo_w = from_wall if from_wall is not None else -(2**63)
-    hi_w = to_wall if to_wall is not None else 2**63 - 1
-    lo_s = from_seq if from_seq is not None else 0
-    hi_s = to_seq if to_seq is not None else 2**64 - 1
-    if lo_w > hi_w or lo_s > hi_s:
-        raise UserError("the range is empty: its start is after its end", 2)
-    out_capture = out_dir / CAPTURE_DIR
-    out_capture.mkdir(parents=True, exist_ok=True)
-    per_shard = []
-    mono_lo, mono_hi = None, None
     readers = []
     try:
         for shard in chosen:
@@ -72,6 +46,28 @@ def slice_run(
         for r in readers:
             r.close()
         raise UserError(f"cannot slice: {exc}", 1) from None
+    extent = run_extent(readers)
+    if extent["first_wall_ns_utc"] is None:
+        for r in readers:
+            r.close()
+        raise UserError(f"cannot slice: the chosen shards of {run_dir} hold no frames", 2)
+    lo_w = resolve(from_wall, extent["first_wall_ns_utc"], extent["last_wall_ns_utc"]) if from_wall is not None else -(2**63)
+    hi_w = resolve(to_wall, extent["first_wall_ns_utc"], extent["last_wall_ns_utc"]) if to_wall is not None else 2**63 - 1
+    lo_s = from_seq if from_seq is not None else 0
+    hi_s = to_seq if to_seq is not None else 2**64 - 1
+    problem = None
+    if lo_w > hi_w or lo_s > hi_s:
+        problem = f"the range is empty: its start ({_show_bound(lo_w, lo_s, by_time)}) is after its end ({_show_bound(hi_w, hi_s, by_time)})"
+    elif _misses(extent, by_time, lo_w, hi_w, lo_s, hi_s):
+        problem = f"the window {_show_bound(lo_w, lo_s, by_time)} .. {_show_bound(hi_w, hi_s, by_time)} misses the run"
+    if problem:
+        for r in readers:
+            r.close()
+        raise UserError(f"{problem}; {describe_extent(extent)}; nothing was written", 2)
+    out_capture = out_dir / CAPTURE_DIR
+    out_capture.mkdir(parents=True, exist_ok=True)
+    per_shard = []
+    mono_lo, mono_hi = None, None
     total = sum(len(r.idx) for r in readers)
     progress = Progress(total, "slice", unit="frames", enabled=show_progress)
     for reader in readers:
@@ -97,11 +93,50 @@ def slice_run(
         for p in sorted(metrics_dir.glob("*.ndjson")):
             _copy_window(p, out_dir / METRICS_DIR / p.name, by_time, lo_w, hi_w, mono_lo, mono_hi)
     source_manifest = read_manifest(run_dir)
-    rng = {"from_wall_ns_utc": from_wall, "to_wall_ns_utc": to_wall} if by_time else {"from_seq": from_seq, "to_seq": to_seq}
+    if by_time:  # the window as resolved, beside what was typed
+        rng = {
+            "from_wall_ns_utc": lo_w if from_wall is not None else None,
+            "to_wall_ns_utc": hi_w if to_wall is not None else None,
+            "from_wall_utc": wall_iso(lo_w) if from_wall is not None else None,
+            "to_wall_utc": wall_iso(hi_w) if to_wall is not None else None,
+            "from_wall_input": from_wall.text if from_wall is not None else None,
+            "to_wall_input": to_wall.text if to_wall is not None else None,
+        }
+    else:
+        rng = {"from_seq": from_seq, "to_seq": to_seq}
     manifest = dict(source_manifest)
     manifest["slice_of"] = {"run_id": source_manifest.get("run_id"), "run_dir": str(run_dir.resolve()), "range": rng, "shards": chosen}
     write_json(out_dir / MANIFEST, manifest)
     return {"out_dir": str(out_dir), "frames": sum(s["frames"] for s in per_shard), "runlog_events": events, "shards": per_shard, "range": rng}
+
+
+def run_extent(readers: list[ShardReader]) -> dict[str, Any]:
+    """The receive-time span of the chosen shards and each one's seq range, from the idx alone."""
+    walls = [(r.idx[0].rx_wall_ns_utc, r.idx[-1].rx_wall_ns_utc) for r in readers if len(r.idx)]
+    return {
+        "first_wall_ns_utc": min((w[0] for w in walls), default=None),
+        "last_wall_ns_utc": max((w[1] for w in walls), default=None),
+        "shards": {r.shard: (r.idx[0].seq, r.idx[-1].seq) for r in readers if len(r.idx)},
+    }
+
+
+def _misses(extent: dict[str, Any], by_time: bool, lo_w: int, hi_w: int, lo_s: int, hi_s: int) -> bool:
+    if by_time:
+        return hi_w < extent["first_wall_ns_utc"] or lo_w > extent["last_wall_ns_utc"]
+    return all(hi_s < first or lo_s > last for first, last in extent["shards"].values())
+
+
+def _show_bound(wall: int, seq: int, by_time: bool) -> str:
+    if not by_time:
+        return f"seq {seq}"
+    if abs(wall) >= 2**62:  # an open end
+        return "open"
+    return wall_iso(wall) or "-"
+
+
+def describe_extent(extent: dict[str, Any]) -> str:
+    seqs = ", ".join(f"shard {s:02d} seq {a}..{b}" for s, (a, b) in sorted(extent["shards"].items()))
+    return f"the run's frames were received {wall_iso(extent['first_wall_ns_utc'])} .. {wall_iso(extent['last_wall_ns_utc'])} ({seqs})"
 
 
 class _SliceShardWriter:

@@ -21,7 +21,20 @@ def _clean_stop(audit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[str, Any] | None, fatal_present: bool) -> dict[str, Any]:
+def _not_for_a_slice(gate: dict[str, Any], slice_of: dict[str, Any], why: str) -> dict[str, Any]:
+    source = slice_of.get("run_dir") or slice_of.get("run_id") or "the source run"
+    return {"pass": None, "applies": False, "figure": f"does not apply to a slice: {why}; check the source run {source}", "value": gate["value"]}
+
+
+def gates(
+    audit: dict[str, Any],
+    latency: dict[str, Any],
+    verify_totals: dict[str, Any] | None,
+    fatal_present: bool,
+    slice_of: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every gate; on a slice (a window of a run) the whole-run gates say they do not apply
+    instead of failing: a window need not hold the run's stop, and fatal.json stays with the source."""
     reconnects = latency["reconnects"]["total"]
     incidents = latency["disconnected"]["midrun"]["incidents"]
     dropped = latency["drops"]["dropped_messages_total"]
@@ -51,6 +64,13 @@ def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[st
         out["crc_mismatch"] = {"pass": bad == 0 and not other, "figure": f"totals.crc_mismatch={bad}{extra}", "value": bad}
     out["clean_stop"] = _clean_stop(audit)
     out["fatal"] = {"pass": not fatal_present, "figure": "fatal.json present" if fatal_present else "no fatal.json", "value": fatal_present}
+    if slice_of is not None:
+        if not out["clean_stop"]["pass"]:
+            out["clean_stop"] = _not_for_a_slice(out["clean_stop"], slice_of, "its window ends before the run's run_stop")
+        if not fatal_present:
+            out["fatal"] = _not_for_a_slice(out["fatal"], slice_of, "fatal.json is written to the source run only")
+    for g in out.values():
+        g.setdefault("applies", True)
     checked = [g["pass"] for g in out.values() if g["pass"] is not None]
     verdict = "PASS" if all(checked) else "FAIL"
     return {"gates": out, "verdict": verdict}
