@@ -131,6 +131,11 @@ def render_latency(r: dict[str, Any]) -> str:
     )
     for s, v in lat["per_shard"].items():
         lines.append(f"  shard {int(s):02d}: p50 {_fmt(v['p50'])} p95 {_fmt(v['p95'])} p99 {_fmt(v['p99'])} max {_fmt(v['max'])} ms (n={v['count']:,})")
+    st = r["ws_rx_to_applied_ms_steady"]
+    lines.append(
+        f"  steady state: p50 {_fmt(st['p50'], ' ms')}  p95 {_fmt(st['p95'], ' ms')}  p99 {_fmt(st['p99'], ' ms')}  "
+        f"max {_fmt(st['max'], ' ms')}  (n={st['count']:,} over {st['intervals']} intervals; start-up excluded, ADR/0005)"
+    )
     lines.append(f"  ({lat['method']})")
     for q, st in r["queue_depth"].items():
         lines.append(f"{q}: mean {_fmt(st['mean'])}  p99 {_fmt(st['p99'])}  max {_fmt(st['max'])} frames ({st['samples']} samples)")
