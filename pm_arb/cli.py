@@ -224,7 +224,8 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     import dataclasses
 
     from pm_arb.commands.next_step import next_command
-    from pm_arb.run_capture import run_capture
+    from pm_arb.progress import human_bytes
+    from pm_arb.run_capture import disk_figures, run_capture
 
     config = build_config(kwargs)
     mode = "offline" if config.offline else "online"
@@ -255,14 +256,17 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     finally:
         if sim_exchange is not None:
             sim_exchange.stop()
-    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
+    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason",
+                  "disk_bytes", "bytes_per_s", "bytes_per_hour", "bytes_per_day", "disk_free_bytes")
     summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys}}
     if as_json:
         _emit_json(summary)
     verdict = "stopped cleanly" if code == 0 else f"FATAL ({last.get('fatal_reason')}): see {run_dir / 'fatal.json'}"
     click.echo(
         f"{verdict}: {last.get('frames', 0):,} frames, {last.get('bytes', 0):,} B, drops {last.get('dropped', 0)}, "
-        f"reconnects {last.get('reconnects', 0)}; next: {next_command('capture-check', '--run-dir', str(run_dir))}",
+        f"reconnects {last.get('reconnects', 0)}; on disk {human_bytes(last.get('disk_bytes', 0))}, "
+        f"{disk_figures(last.get('bytes_per_s'))} (run average), {human_bytes(last.get('disk_free_bytes', 0))} free; "
+        f"next: {next_command('capture-check', '--run-dir', str(run_dir))}",
         err=True,
     )
     sys.exit(code)

@@ -42,6 +42,10 @@ class Config:
     capture_universe_refresh_interval_seconds: float = _setting(60.0, "Base universe refresh cadence.", ">0")
     capture_max_markets: int = _setting(2000, "Upper bound on the active-binary universe.", "int>=1")
     data_dir: str = _setting("./data", "Run bundles go under DATA_DIR/runs/<run_id>/.", "path")
+    capture_disk_warn_hours: float = _setting(
+        12.0, "Warn (a line and a disk_space_low runlog event) when the data dir's free space will last fewer hours "
+        "than this at the current write rate; 0 disables, at most 8760 (a year).", "hours",
+    )
     # --- universe refresh tuning ---------------------------------------------------------------
     capture_universe_refresh_timeout_seconds: float = _setting(30.0, "Deadline for one refresh's Gamma fetch.", ">0", "refresh")
     capture_universe_refresh_stagger_seconds: float = _setting(0.25, "Delay between shard reconnects during a refresh.", ">=0", "refresh")
@@ -123,6 +127,7 @@ def _describe(check: str) -> str:
         ">0": "a number > 0",
         ">=0": "a number >= 0",
         "pct": "a percentage > 0 and <= 100",
+        "hours": "a number of hours >= 0 and <= 8760",
         "bool": "one of true/false/1/0/yes/no/on/off",
         "path": "a non-empty path",
         "str": "a string",
@@ -157,7 +162,7 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         if value < (1 if check == "int>=1" else 0):
             raise bad()
         return value
-    if check in (">0", ">=0", "pct"):
+    if check in (">0", ">=0", "pct", "hours"):
         try:
             value = float(str(raw).strip())
         except ValueError:
@@ -169,6 +174,8 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         if check == ">=0" and value < 0:
             raise bad()
         if check == "pct" and not (0 < value <= 100):
+            raise bad()
+        if check == "hours" and not (0 <= value <= 8760):
             raise bad()
         return value
     text = str(raw)

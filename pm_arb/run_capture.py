@@ -9,6 +9,7 @@ import dataclasses
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -35,13 +36,16 @@ from pm_arb.capture.ws_reader import ws_reader_factory
 from pm_arb.clock import SystemClock
 from pm_arb.config import Config
 from pm_arb.errors import UserError
+from pm_arb.events import types as ev
 from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
 from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.malloc_tuning import tune_malloc
+from pm_arb.plant.disk_watch import DiskLow, DiskWatch, RateWindow, projection
 from pm_arb.progress import human_bytes
 from pm_arb.universe_select import shard_of
 
 OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
+DISK_FORECAST_MIN_SPAN_S = 3.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEPENDENCIES = ("pykka", "websocket-client", "requests", "orjson", "xxhash", "click", "websockets")
 
@@ -113,37 +117,66 @@ def build_manifest(run_id: str, mode: str, config: Config, universe: dict[str, A
     }
 
 
+def dir_bytes(path: Path) -> int:
+    """Bytes a run dir holds on disk now (a few files per shard: cheap to walk every poll)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # a file renamed or removed under us: counted at the next poll
+    return total
+
+
+def disk_figures(bytes_per_s: float | None) -> str:
+    if bytes_per_s is None:
+        return "disk -"
+    p = projection(bytes_per_s)
+    return f"disk {human_bytes(p['bytes_per_s'])}/s = {human_bytes(p['bytes_per_hour'])}/h, {human_bytes(p['bytes_per_day'])}/day"
+
+
 class StatusLine:
     """One live line on stderr while capturing, only when stderr is a terminal."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._last_frames = 0
-        self._last_t = time.monotonic()
         self._start = time.monotonic()
         self.shown = False
 
-    def update(self, st: dict[str, Any]) -> None:
+    def update(self, st: dict[str, Any], frames_per_s: float | None, disk_bytes_per_s: float | None) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        rate = (st["frames"] - self._last_frames) / max(now - self._last_t, 1e-6)
-        self._last_frames, self._last_t = st["frames"], now
-        el = int(now - self._start)
+        el = int(time.monotonic() - self._start)
+        rate = "-" if frames_per_s is None else f"{frames_per_s:,.0f}"
         line = (
             f"[{el // 3600:02d}:{el % 3600 // 60:02d}:{el % 60:02d}] {st['phase']:<10} "
-            f"{rate:>9,.0f} frames/s  {st['frames']:>11,} frames  {human_bytes(st['bytes'])}  "
+            f"{rate:>9} frames/s  {st['frames']:>11,} frames  {human_bytes(st['bytes'])}  "
             f"shards {st['shards_connected']}/{st['shards_active']} connected  drops {st['dropped']:,}  "
-            f"reconnects {st['reconnects']}  coverage {st['coverage_pct']:.1f}%"
+            f"reconnects {st['reconnects']}  coverage {st['coverage_pct']:.1f}%  {disk_figures(disk_bytes_per_s)}"
         )
-        sys.stderr.write("\r" + line[:200] + "\x1b[K")
+        sys.stderr.write("\r" + line[:240] + "\x1b[K")
         sys.stderr.flush()
         self.shown = True
+
+    def say(self, text: str) -> None:
+        """A line of its own (a warning) without leaving the live line half-drawn."""
+        self.clear()
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
     def clear(self) -> None:
         if self.shown:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+
+
+def disk_low_line(low: DiskLow, data_dir: str) -> str:
+    return (
+        f"warning: data dir {data_dir} has {human_bytes(low.free_bytes)} free: {low.hours_left:.1f} h at the current "
+        f"{human_bytes(low.bytes_per_s)}/s (threshold {low.threshold_hours:g} h, --capture-disk-warn-hours); "
+        "free space or move --data-dir before it fills (a full disk ends the run as fatal)"
+    )
 
 
 def run_capture(
@@ -253,16 +286,30 @@ def run_capture(
     line = StatusLine(sys.stderr.isatty() if status is None else status)
     last = {}
     t0 = time.monotonic()
+    frame_rate, disk_rate = RateWindow(), RateWindow()
+    disk_watch = DiskWatch(config.capture_disk_warn_hours)
     try:
         while not done.wait(0.5):
-            if duration_s and time.monotonic() - t0 >= duration_s and not signals_seen:
+            now = time.monotonic()
+            if duration_s and now - t0 >= duration_s and not signals_seen:
                 signals_seen.append("duration")
                 supervisor.tell(m.RequestStop("duration"))
             try:
                 last = supervisor.ask(m.GetStatus(), timeout=2)
             except pykka.Timeout:
                 continue
-            line.update(last)
+            frame_rate.add(now, last["frames"])
+            disk_rate.add(now, dir_bytes(run_dir))
+            line.update(last, frame_rate.rate(), disk_rate.rate())
+            # no forecast from the first seconds alone: they hold the start-up burst
+            forecast_rate = disk_rate.rate() if disk_rate.span_s() >= DISK_FORECAST_MIN_SPAN_S else None
+            low = disk_watch.check(shutil.disk_usage(run_dir).free, forecast_rate)
+            if low is not None:
+                supervisor.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.DiskSpaceLow(
+                    data_dir=str(config.data_dir), free_bytes=low.free_bytes, bytes_per_s=round(low.bytes_per_s, 1),
+                    hours_left=round(low.hours_left, 3), threshold_hours=low.threshold_hours,
+                )))
+                line.say(disk_low_line(low, config.data_dir))
     finally:
         ticker.stop()
         line.clear()
@@ -274,4 +321,8 @@ def run_capture(
             pass
         pykka.ActorRegistry.stop_all(block=True, timeout=10)
         sys.setswitchinterval(previous_switch_interval)
+    elapsed = time.monotonic() - t0
+    on_disk = dir_bytes(run_dir)
+    last = {**last, "disk_bytes": on_disk, **projection(on_disk / elapsed if elapsed > 0 else 0.0),
+            "disk_free_bytes": shutil.disk_usage(run_dir).free}
     return result.get("code", 1), run_dir, last

@@ -237,3 +237,13 @@ class ShardRefreshApplied(Event):
     shard: int
     tokens: int
     duration_ms: float
+
+
+@event("disk_space_low")
+@dataclass(frozen=True)
+class DiskSpaceLow(Event):
+    data_dir: str
+    free_bytes: int
+    bytes_per_s: float  # the run's write rate to disk when the forecast was made
+    hours_left: float  # free_bytes at bytes_per_s
+    threshold_hours: float  # capture_disk_warn_hours
