@@ -355,6 +355,23 @@ def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
     sys.exit(0 if report["verdict"] == "PASS" else 1)
 
 
+@cli.command("capture-plot")
+@run_dir_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Directory for run_plot.png and run_plot.html (default: the run dir).")
+@click.option("--gap-threshold-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="Heartbeat gaps longer than this are shaded.")
+@skip_bad_lines_option
+@json_option
+@handle_errors
+def capture_plot(run_dir: Path, out_dir: Path | None, gap_threshold_seconds: float, skip_bad_lines: bool, as_json: bool) -> None:
+    """Draw a run: frames/s, p50/p99 latency per interval, queue depths, drops, each shard's
+    disconnected windows, heartbeat gaps and universe refreshes, as a PNG and an HTML page with
+    the image inside it (one file to send or open)."""
+    from pm_arb.commands.plot import plot_run, render_plot
+
+    result = plot_run(run_dir, out_dir, skip_bad_lines, gap_threshold_seconds)
+    _emit_json(result) if as_json else click.echo(render_plot(result))
+
+
 @cli.command("runs")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Data dir to list (default: PM_ARB_DATA_DIR, else ./data).")
 @json_option

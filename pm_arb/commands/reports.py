@@ -84,7 +84,7 @@ def render_audit(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]], int]:
+def load_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]], int]:
     mdir = run_dir / bundle.METRICS_DIR
     glob, bad = _read_ndjson(mdir / bundle.GLOBAL_METRICS)
     shards: dict[int, list[dict[str, Any]]] = {}
@@ -98,7 +98,7 @@ def _metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[s
 
 def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[str, Any] | None, gap_threshold_s: float = 2.0) -> dict[str, Any]:
     read, warnings = load_runlog(run_dir, skip_bad_lines)
-    glob, shards, bad = _metrics(run_dir)
+    glob, shards, bad = load_metrics(run_dir)
     if bad:
         warnings.append(f"metrics: {bad} unreadable line(s) skipped")
     report = latency_report(read.records, glob, shards)

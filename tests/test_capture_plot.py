@@ -1,0 +1,118 @@
+"""capture-plot draws what the run recorded: checked against the runlog, the image and the page."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import orjson
+import pytest
+
+from conftest import read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+from pm_arb.commands.plot import GID_DISCONNECTS, GID_REFRESHES, build_figure
+from pm_arb.commands.reports import load_metrics
+from pm_arb.events.folds.timeline import timeline
+from pm_arb.events.runlog_file import read_runlog
+from pm_arb.sim.exchange import SimExchange
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory):
+    """A 4-shard capture whose connections the server closes twice, with refreshes every second."""
+    data = tmp_path_factory.mktemp("plot") / "data"
+    with SimExchange(markets=40, rate=400) as sim:
+        proc = start_cli(
+            "capture", "--gamma-base-url", sim.gamma_url, "--clob-ws-url", sim.ws_url, "--run-id", "faulty",
+            "--data-dir", str(data), "--ws-shards", "4", "--ws-reconnect-backoff-initial-seconds", "0.1",
+            "--ws-reconnect-backoff-max-seconds", "0.3", "--capture-universe-refresh-interval-seconds", "1",
+        )
+        run_dir = data / "runs" / "faulty"
+        assert wait_for_line(proc) == str(run_dir)
+        wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+        sim.close_all_connections()
+        wait_for_runlog(run_dir, lambda r: sum(x["type"] == "shard_connected" for x in read_runlog_dicts(run_dir)) >= 8)
+        sim.close_all_connections()
+        wait_for_runlog(run_dir, lambda r: sum(x["type"] == "shard_connected" for x in read_runlog_dicts(run_dir)) >= 12)
+        wait_for_runlog(run_dir, lambda r: r["type"] == "universe_refresh")
+        code, _, err = stop_with(proc)
+        assert code == 0, err
+    return run_dir
+
+
+def disconnect_windows_in_runlog(run_dir) -> int:
+    """Counted from the raw runlog lines, independently of the fold: a shard that was up goes down."""
+    up: set[int] = set()
+    windows = 0
+    for r in read_runlog_dicts(run_dir):
+        if r["type"] == "shard_connected":
+            up.add(r["shard"])
+        elif r["type"] == "shard_disconnected" and r["cause"] != "stop" and r["shard"] in up:
+            up.discard(r["shard"])
+            windows += 1
+    return windows
+
+
+def test_the_figure_draws_one_span_per_disconnection_and_one_line_per_refresh(faulty_run):
+    recs = read_runlog(faulty_run).records
+    glob, _, _ = load_metrics(faulty_run)
+    fig = build_figure(timeline(recs, glob))
+    (spans,) = [c for ax in fig.axes for c in ax.collections if c.get_gid() == GID_DISCONNECTS]
+    expected = disconnect_windows_in_runlog(faulty_run)
+    assert expected >= 8
+    assert len(spans.get_paths()) == expected
+    refreshes = [ln for ln in fig.axes[0].lines if (ln.get_gid() or "").startswith(GID_REFRESHES)]
+    assert len(refreshes) == sum(r["type"] == "universe_refresh" for r in read_runlog_dicts(faulty_run)) >= 1
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+        self.other_refs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a.get("src") or "")
+        for key in ("href", "src"):
+            if key in a and not (a[key] or "").startswith("data:"):
+                self.other_refs.append(a[key])
+
+
+def test_capture_plot_writes_a_png_that_is_not_blank_and_a_page_that_carries_it(faulty_run, tmp_path):
+    proc = run_cli("capture-plot", "--run-dir", str(faulty_run), "--out", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = orjson.loads(proc.stdout)
+    assert doc["drawn"]["disconnect_spans"] == disconnect_windows_in_runlog(faulty_run)
+    png = (tmp_path / "run_plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib import image
+
+    pixels = image.imread(str(tmp_path / "run_plot.png"))[..., :3]
+    height, width, _ = pixels.shape
+    assert (width, height) == (1200, 1300)
+    non_white = (pixels.min(axis=2) < 0.95).mean()
+    assert 0.02 < non_white < 0.9, non_white
+    # the unplanned-disconnect red (tab:red, #d62728) is on the page
+    red = ((abs(pixels[..., 0] - 0.839) < 0.02) & (abs(pixels[..., 1] - 0.153) < 0.02) & (abs(pixels[..., 2] - 0.157) < 0.02))
+    assert red.sum() > 200
+    page = (tmp_path / "run_plot.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    (src,) = parser.srcs
+    assert src.startswith("data:image/png;base64,") and parser.other_refs == []  # self-contained
+    assert base64.b64decode(src.split(",", 1)[1]) == png
+    # default output: beside the run, and the text form names both files
+    text = run_cli("capture-plot", "--run-dir", str(faulty_run))
+    assert text.returncode == 0 and "run_plot.html" in text.stdout and (faulty_run / "run_plot.png").is_file()
+
+
+def test_matplotlib_is_loaded_only_by_the_plot_command():
+    code = (
+        "import sys, pm_arb.cli, pm_arb.run_capture, pm_arb.commands.reports, pm_arb.commands.verify; "
+        "print('matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
