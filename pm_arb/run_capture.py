@@ -227,7 +227,8 @@ def run_capture(
         try:
             universe = universe_actor.ask(m.LoadUniverse())
         except GammaError as exc:
-            raise UserError(f"cannot discover the universe from Gamma: {exc.message}", 1) from None
+            hint = "; without network access, `capture --sim` captures from a loopback simulated exchange" if mode == "online" else ""
+            raise UserError(f"cannot discover the universe from Gamma: {exc.message}{hint}", 1) from None
         run_dir = prepare_run_dir(config.data_dir, run_id)
     except BaseException:
         pykka.ActorRegistry.stop_all()
