@@ -129,7 +129,17 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
     """
     from pm_arb.commands.verify import render_verify, verify_run
 
+    from pm_arb.bundle import read_manifest
+    from pm_arb.commands.runs import empty_shards_note, shards_without_tokens
+
     result = verify_run(run_dir, repair=repair, show_progress=None if not as_json else False)
+    try:
+        manifest = read_manifest(run_dir)
+    except UserError:
+        manifest = {}
+    result["shards_without_tokens"] = shards_without_tokens(manifest)
+    if not as_json and empty_shards_note(manifest):
+        click.echo(f"note: {empty_shards_note(manifest)}")
     if as_json:
         if summary_only:
             result = {k: v for k, v in result.items() if k != "shards"}
@@ -262,6 +272,10 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     if as_json:
         _emit_json(summary)
     verdict = "stopped cleanly" if code == 0 else f"FATAL ({last.get('fatal_reason')}): see {run_dir / 'fatal.json'}"
+    active = last.get("shards_active")
+    if active is not None and active < config.ws_shards:
+        click.echo(f"note: {config.ws_shards - active} of {config.ws_shards} shards had no tokens (few markets): "
+                   f"{active} shard(s) connected and have files", err=True)
     click.echo(
         f"{verdict}: {last.get('frames', 0):,} frames, {last.get('bytes', 0):,} B, drops {last.get('dropped', 0)}, "
         f"reconnects {last.get('reconnects', 0)}; on disk {human_bytes(last.get('disk_bytes', 0))}, "

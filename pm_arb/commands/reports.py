@@ -171,7 +171,13 @@ def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> di
     state = fold(read.records, until_seq=until_seq)
     out = state.to_dict()
     out["missing_token_ids"] = state.missing_tokens()
-    return {"state": out, "warnings": warnings}
+    notes = []
+    if any(v["market_events"] > v["frames"] for v in out["shards"].values()):
+        notes.append(
+            "market events count each message inside a frame: an initial dump (and any array frame) carries one "
+            "book message per token, so a shard can show more market events than frames"
+        )
+    return {"state": out, "warnings": warnings, "notes": notes}
 
 
 def render_replay(r: dict[str, Any]) -> str:
@@ -192,4 +198,5 @@ def render_replay(r: dict[str, Any]) -> str:
             f"confirmed={v['confirmed']}, frames {v['frames']:,}, market events {v['market_events']:,}, "
             f"reconnects {v['reconnects_unplanned']} (+{v['reconnects_planned']} planned), last cause {v['last_disconnect_cause']}"
         )
+    lines.extend(f"note: {n}" for n in r.get("notes", []))
     return "\n".join(lines)

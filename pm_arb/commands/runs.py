@@ -141,3 +141,20 @@ def record_check(run_dir: Path, report: dict[str, Any]) -> str | None:
     except OSError as exc:
         return f"verdict not recorded in {run_dir / CHECK_JSON} ({exc.strerror}); `pm_arb runs` will show it as not checked"
     return None
+
+
+def shards_without_tokens(manifest: dict[str, Any]) -> list[int]:
+    """Shards the universe at start left empty: no connection, no files (few markets, many shards)."""
+    counts = (manifest.get("universe") or {}).get("shard_token_counts") or {}
+    return sorted(int(s) for s, n in counts.items() if str(s).isdigit() and n == 0)
+
+
+def empty_shards_note(manifest: dict[str, Any]) -> str | None:
+    empty = shards_without_tokens(manifest)
+    if not empty:
+        return None
+    names = ", ".join(f"{s:02d}" for s in empty)
+    configured = (manifest.get("config") or {}).get("ws_shards")
+    of = f" of the {configured} configured" if configured else ""
+    return (f"shard(s) {names}{of} had no tokens at start (manifest universe.shard_token_counts): "
+            "no connection and no files, so they are not counted here")
