@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import orjson
@@ -53,3 +54,16 @@ def read_manifest(run_dir: Path) -> dict:
 
 def write_json(path: Path, doc) -> None:
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes the files under a run dir hold now (a few files per shard: cheap enough to walk
+    on every status poll)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # renamed or removed while walking: counted at the next look
+    return total

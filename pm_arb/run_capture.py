@@ -117,18 +117,6 @@ def build_manifest(run_id: str, mode: str, config: Config, universe: dict[str, A
     }
 
 
-def dir_bytes(path: Path) -> int:
-    """Bytes a run dir holds on disk now (a few files per shard: cheap to walk every poll)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                pass  # a file renamed or removed under us: counted at the next poll
-    return total
-
-
 def disk_figures(bytes_per_s: float | None) -> str:
     if bytes_per_s is None:
         return "disk -"
@@ -300,7 +288,7 @@ def run_capture(
             except pykka.Timeout:
                 continue
             frame_rate.add(now, last["frames"])
-            disk_rate.add(now, dir_bytes(run_dir))
+            disk_rate.add(now, bundle.dir_bytes(run_dir))
             line.update(last, frame_rate.rate(), disk_rate.rate())
             # no forecast from the first seconds alone: they hold the start-up burst
             forecast_rate = disk_rate.rate() if disk_rate.span_s() >= DISK_FORECAST_MIN_SPAN_S else None
@@ -323,7 +311,7 @@ def run_capture(
         pykka.ActorRegistry.stop_all(block=True, timeout=10)
         sys.setswitchinterval(previous_switch_interval)
     elapsed = time.monotonic() - t0
-    on_disk = dir_bytes(run_dir)
+    on_disk = bundle.dir_bytes(run_dir)
     last = {**last, "disk_bytes": on_disk, **projection(on_disk / elapsed if elapsed > 0 else 0.0),
             "disk_free_bytes": shutil.disk_usage(run_dir).free}
     return result.get("code", 1), run_dir, last

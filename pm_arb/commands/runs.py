@@ -49,17 +49,6 @@ def _runlog_tail(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _dir_bytes(run_dir: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(run_dir):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def read_check(run_dir: Path) -> dict[str, Any] | None:
     try:
         doc = orjson.loads((run_dir / CHECK_JSON).read_bytes())
@@ -98,7 +87,7 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
         "started_utc": wall_iso(started) if isinstance(started, int) else None,
         "duration_s": round(duration_s, 3) if isinstance(duration_s, (int, float)) else None,
         "frames": frames,
-        "bytes": _dir_bytes(run_dir),
+        "bytes": bundle.dir_bytes(run_dir),
         "state": state,
         "check_verdict": check.get("verdict") if check else None,
         "checked_utc": check.get("checked_utc") if check else None,
