@@ -22,8 +22,10 @@ from pm_arb.errors import UserError
 CONFIG_GROUP_ORDER = ("capture", "refresh", "endpoints", "discovery", "websocket", "pipeline", "offline")
 
 
-def _emit_json(doc: Any) -> None:
-    click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+def _emit_json(doc: dict[str, Any]) -> None:
+    from pm_arb.commands.vocabulary import document
+
+    click.echo(orjson.dumps(document(doc), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -331,10 +333,11 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
     """
     from pm_arb import bundle
     from pm_arb.commands.reports import render_latency, run_latency_report
+    from pm_arb.commands.vocabulary import document
 
     report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None)
     text = render_latency(report)
-    bundle.write_json(run_dir / bundle.LATENCY_JSON, report)
+    bundle.write_json(run_dir / bundle.LATENCY_JSON, document(report))
     (run_dir / bundle.LATENCY_TXT).write_text(text + "\n")
     _emit_json(report) if as_json else click.echo(text)
 
@@ -522,5 +525,7 @@ def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, 
         raise UserError(f"--out {out_path}: directory {out_path.parent} does not exist; create it or choose another path", 2)
     result = run_bench(frames, shards, fixtures, keep, show_progress=False if as_json else None, rounds=rounds)
     if out_path is not None:
-        out_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        from pm_arb.commands.vocabulary import document
+
+        out_path.write_bytes(orjson.dumps(document(result), option=orjson.OPT_INDENT_2) + b"\n")
     _emit_json(result) if as_json else click.echo(render_bench(result))

@@ -13,6 +13,7 @@ import orjson
 from pm_arb import bundle
 from pm_arb.clock import wall_iso
 from pm_arb.commands.run_dir import run_dirs
+from pm_arb.commands.vocabulary import SCHEMA_VERSION
 from pm_arb.errors import UserError
 from pm_arb.progress import human_bytes
 
@@ -120,6 +121,7 @@ def render_runs(result: dict[str, Any]) -> str:
 def record_check(run_dir: Path, report: dict[str, Any]) -> str | None:
     """Keep capture-check's verdict in the run dir for `pm_arb runs`; a read-only run dir is no error."""
     doc = {
+        "schema_version": SCHEMA_VERSION,
         "verdict": report["verdict"],
         "checked_wall_ns_utc": time.time_ns(),
         "gates": {name: g["pass"] for name, g in report["gates"].items()},

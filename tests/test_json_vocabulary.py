@@ -1,0 +1,49 @@
+"""One JSON vocabulary: every document says its schema_version, and the same quantity has the
+same key in every command (pm_arb/commands/vocabulary.py, README "JSON documents")."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from conftest import run_cli
+from pm_arb.sim.exchange import SimExchange
+
+
+@pytest.fixture(scope="module")
+def documents(offline_run, tmp_path_factory):
+    """Every reporting command's --json document, keyed by command."""
+    tmp = tmp_path_factory.mktemp("vocab")
+    data = tmp / "data"
+    run = str(offline_run)
+    docs = {}
+
+    def take(name, *args, env=None):
+        proc = run_cli(*args, "--json", env=env)
+        assert proc.stdout, (name, proc.stderr)
+        docs[name] = orjson.loads(proc.stdout)
+
+    take("capture", "capture", "--offline", "--offline-speed", "0", "--ws-shards", "2", "--data-dir", str(data), "--run-id", "v")
+    take("capture-verify", "capture-verify", "--run-dir", run)
+    take("capture-inspect", "capture-inspect", "--run-dir", run)
+    take("capture-audit", "capture-audit", "--run-dir", run)
+    take("capture-latency-report", "capture-latency-report", "--run-dir", str(data / "runs" / "v"))
+    take("capture-check", "capture-check", "--run-dir", str(data / "runs" / "v"))
+    take("capture-replay", "capture-replay", "--run-dir", run)
+    take("capture-slice", "capture-slice", "--run-dir", run, "--out", str(tmp / "cut"), "--from-seq", "0", "--to-seq", "3")
+    take("capture-plot", "capture-plot", "--run-dir", run, "--out", str(tmp / "plot"))
+    take("runs", "runs", "--data-dir", str(data))
+    take("capture-bench", "capture-bench", "--frames", "2000", "--shards", "2", "--rounds", "1")
+    with SimExchange(markets=6, rate=0) as sim:
+        take("discover", "discover", "--gamma-base-url", sim.gamma_url)
+    docs["latency_report.json"] = orjson.loads((data / "runs" / "v" / "latency_report.json").read_bytes())
+    docs["check.json"] = orjson.loads((data / "runs" / "v" / "check.json").read_bytes())
+    return docs
+
+
+def test_every_document_starts_with_its_schema_version(documents):
+    assert len(documents) == 14
+    for name, doc in documents.items():
+        assert doc["schema_version"] == 1, name
+        if not name.endswith(".json"):  # files are written with sorted keys; printed documents lead with it
+            assert next(iter(doc)) == "schema_version", name
