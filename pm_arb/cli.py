@@ -133,6 +133,7 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
 
     from pm_arb.bundle import read_manifest
     from pm_arb.commands.runs import empty_shards_note, shards_without_tokens
+    from pm_arb.commands.vocabulary import verdict
 
     result = verify_run(run_dir, repair=repair, show_progress=None if not as_json else False)
     try:
@@ -143,9 +144,8 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
     if not as_json and empty_shards_note(manifest):
         click.echo(f"note: {empty_shards_note(manifest)}")
     if as_json:
-        if summary_only:
-            result = {k: v for k, v in result.items() if k != "shards"}
-        _emit_json(result)
+        drop = {"ok", "shards"} if summary_only else {"ok"}
+        _emit_json({"verdict": verdict(result["ok"]), **{k: v for k, v in result.items() if k not in drop}})
     else:
         click.echo(render_verify(result, summary_only))
     sys.exit(0 if result["ok"] else 1)
@@ -307,7 +307,7 @@ def capture_audit(run_dir: Path, gap_threshold_seconds: float, skip_bad_lines: b
 
     result = run_audit(run_dir, gap_threshold_seconds, skip_bad_lines)
     _emit_json(result) if as_json else click.echo(render_audit(result))
-    sys.exit(0 if result["pass"] else 1)
+    sys.exit(0 if result["verdict"] == "PASS" else 1)
 
 
 def _verify_totals(run_dir: Path, as_json: bool) -> dict[str, Any] | None:

@@ -13,10 +13,10 @@ from tests.conftest import assert_one_line_error, records_by_shard, run_cli
 def test_verify_clean_run_text_and_json(offline_run):
     proc = run_cli("capture-verify", "--run-dir", str(offline_run))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].startswith("OK: 4 shards, 3,075 frames")
+    assert proc.stdout.strip().splitlines()[-1].startswith("PASS: 4 shards, 3,075 frames")
     proc = run_cli("capture-verify", "--run-dir", str(offline_run), "--json", "--summary-only")
     doc = orjson.loads(proc.stdout)
-    assert doc["ok"] is True and "shards" not in doc
+    assert doc["verdict"] == "PASS" and "ok" not in doc and "shards" not in doc
     assert doc["totals"] == {"shards": 4, "frames": 3075, "bytes": doc["totals"]["bytes"], "crc_mismatch": 0, "seq_gaps": 0,
                              "idx_mismatch": 0, "torn_tail_bytes": 0, "frames_missing": 0, "file_errors": 0}
     assert doc["runlog_check"] == {"checked": True, "reason": None}

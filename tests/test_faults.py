@@ -108,7 +108,7 @@ def test_sigkill_mid_run_then_verify_and_repair(data_dir):
         (run_dir / "runlog.ndjson").write_bytes(runlog + b'{"type":"heartbeat","seq":')
     proc = run_cli("capture-verify", "--run-dir", str(run_dir), "--repair", "--json")
     doc = orjson.loads(proc.stdout)
-    assert proc.returncode == 0 and doc["ok"], doc["totals"]
+    assert proc.returncode == 0 and doc["verdict"] == "PASS", doc["totals"]
     assert doc["totals"]["frames"] == before["totals"]["frames"]
     audit = run_cli("capture-audit", "--run-dir", str(run_dir))
     assert "torn last line (a crash cut it short), ignored" in audit.stdout and "Traceback" not in audit.stderr

@@ -47,3 +47,14 @@ def test_every_document_starts_with_its_schema_version(documents):
         assert doc["schema_version"] == 1, name
         if not name.endswith(".json"):  # files are written with sorted keys; printed documents lead with it
             assert next(iter(doc)) == "schema_version", name
+
+
+def test_a_checks_outcome_is_verdict_pass_or_fail_in_every_command(documents):
+    for name in ("capture-verify", "capture-audit", "capture-latency-report", "capture-check", "check.json"):
+        doc = documents[name]
+        assert doc["verdict"] in ("PASS", "FAIL"), name
+        assert "ok" not in doc and "pass" not in doc, name
+    for gate in documents["capture-check"]["gates"].values():
+        assert gate["pass"] in (True, False, None)  # one gate's own outcome
+    (run,) = documents["runs"]["runs"]
+    assert run["check"]["verdict"] == "PASS"

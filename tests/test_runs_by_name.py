@@ -44,7 +44,7 @@ def test_runs_lists_every_run_with_figures_and_the_recorded_check_verdict(two_ru
     assert check.returncode == 0, check.stdout + check.stderr
     assert orjson.loads((two_runs / "runs" / "off-b" / "check.json").read_bytes())["verdict"] == "PASS"
     after = {r["run_id"]: r for r in orjson.loads(run_cli("runs", "--json", env=env).stdout)["runs"]}
-    assert after["off-b"]["check_verdict"] == "PASS" and after["sim-a"]["check_verdict"] is None
+    assert after["off-b"]["check"]["verdict"] == "PASS" and after["sim-a"]["check"] is None
     text = run_cli("runs", env=env).stdout
     assert "off-b" in text and "PASS" in text and "not checked" in text
 

@@ -37,7 +37,7 @@ def test_the_readme_tour_runs_start_to_finish_without_network(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = orjson.loads(run_cli("runs", "--json", env={"PM_ARB_DATA_DIR": str(tmp_path / "data")}).stdout)["runs"]
     assert [r["mode"] for r in runs] == ["offline", "sim"]
-    assert runs[1]["check_verdict"] == "PASS"
+    assert runs[1]["check"]["verdict"] == "PASS"
     assert (tmp_path / "data" / "runs" / runs[1]["run_id"] / "run_plot.html").is_file()
     (cut,) = (tmp_path / "cuts").iterdir()
     assert orjson.loads((cut / "check.json").read_bytes())["verdict"] == "PASS"

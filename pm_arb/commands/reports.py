@@ -9,6 +9,7 @@ import orjson
 
 from pm_arb import bundle
 from pm_arb.bundle import require_run_dir
+from pm_arb.commands.vocabulary import verdict
 from pm_arb.errors import UserError
 from pm_arb.events.folds.audit import audit
 from pm_arb.events.folds.gates import gates
@@ -63,6 +64,7 @@ def load_runlog(run_dir: Path, skip_bad_lines: bool) -> tuple[RunlogRead, list[s
 def run_audit(run_dir: Path, threshold_s: float, skip_bad_lines: bool) -> dict[str, Any]:
     read, warnings = load_runlog(run_dir, skip_bad_lines)
     result = audit(read.records, threshold_s)
+    result = {"verdict": verdict(result.pop("pass")), **result}
     result["warnings"] = warnings
     result["run_dir"] = str(run_dir)
     return result
@@ -79,8 +81,7 @@ def render_audit(r: dict[str, Any]) -> str:
             f"  gap {g['gap_s']:.3f} s between seq {g['start_seq']} and seq {g['end_seq']} ({g['end_type']}); "
             f"events between: {', '.join(g['events_between']) or 'none'}"
         )
-    verdict = "PASS" if r["pass"] else "FAIL"
-    lines.append(f"{verdict}: gaps_over_threshold={r['gaps_over_threshold']} (threshold {r['threshold_s']:g} s)")
+    lines.append(f"{r['verdict']}: gaps_over_threshold={r['gaps_over_threshold']} (threshold {r['threshold_s']:g} s)")
     return "\n".join(lines)
 
 

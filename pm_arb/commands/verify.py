@@ -244,7 +244,7 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
                 lines.append("    " + ", ".join(f"{k}={v}" for k, v in d.items()))
     for rep in result.get("repairs", []):
         lines.append("repair shard {shard:02d}: ".format(shard=rep["shard"]) + ", ".join(f"{k}={v}" for k, v in rep.items() if k != "shard"))
-    verdict = "OK" if result["ok"] else "FAIL"
+    verdict = "PASS" if result["ok"] else "FAIL"
     lines.append(
         f"{verdict}: {t['shards']} shards, {t['frames']:,} frames, {t['bytes']:,} B payload; "
         f"crc_mismatch={t['crc_mismatch']} seq_gaps={t['seq_gaps']} idx_mismatch={t['idx_mismatch']} "
