@@ -268,9 +268,10 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     finally:
         if sim_exchange is not None:
             sim_exchange.stop()
-    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason",
+    final_keys = ("phase", "shards_active", "frames", "bytes", "reconnects", "coverage_pct", "fatal_reason",
                   "disk_bytes", "bytes_per_s", "bytes_per_hour", "bytes_per_day", "disk_free_bytes")
-    summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys}}
+    summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys},
+               "dropped_messages_total": last.get("dropped")}
     if as_json:
         _emit_json(summary)
     verdict = "stopped cleanly" if code == 0 else f"FATAL ({last.get('fatal_reason')}): see {run_dir / 'fatal.json'}"

@@ -74,7 +74,7 @@ def test_capture_json_is_one_document_on_stdout(data_dir):
     assert proc.returncode == 0, proc.stderr
     doc = orjson.loads(proc.stdout)
     assert doc["run_dir"] == str(data_dir / "runs" / "j") and doc["exit_code"] == 0 and doc["phase"] == "stopped"
-    assert doc["frames"] == 3071 and doc["dropped"] == 0 and doc["fatal_reason"] is None
+    assert doc["frames"] == 3071 and doc["dropped_messages_total"] == 0 and doc["fatal_reason"] is None
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's; elsewhere the allocator is left alone")

@@ -26,7 +26,7 @@ def test_capture_bench_reports_pipeline_and_baseline(tmp_path):
     doc = orjson.loads(proc.stdout)
     assert orjson.loads(out.read_bytes()) == doc and doc["machine"]["cpus"] >= 1
     assert len(doc["per_round"]) == 2 and doc["ratio_vs_plain_append"] in [r["ratio_vs_plain_append"] for r in doc["per_round"]]
-    assert doc["frames"] >= 5000 and doc["verify"]["crc_mismatch"] == 0 and doc["drops"] == 0
+    assert doc["frames"] >= 5000 and doc["verify"]["crc_mismatch"] == 0 and doc["dropped_messages_total"] == 0
     assert doc["pipeline"]["frames_per_s"] > 0 and doc["baseline"]["plain_append"]["frames_per_s"] > 0
     assert doc["ratio_vs_plain_append"] == round(doc["pipeline"]["frames_per_s"] / doc["baseline"]["plain_append"]["frames_per_s"], 3)
     assert doc["peak_rss_mb"]["after_pipeline"] > 0 and doc["ws_rx_to_applied_ms"]["count"] == doc["frames"]

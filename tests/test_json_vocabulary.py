@@ -58,3 +58,10 @@ def test_a_checks_outcome_is_verdict_pass_or_fail_in_every_command(documents):
         assert gate["pass"] in (True, False, None)  # one gate's own outcome
     (run,) = documents["runs"]["runs"]
     assert run["check"]["verdict"] == "PASS"
+
+
+def test_drops_over_a_run_are_dropped_messages_total_everywhere(documents):
+    assert documents["capture"]["dropped_messages_total"] == 0 and "dropped" not in documents["capture"]
+    assert documents["capture-latency-report"]["drops"]["dropped_messages_total"] == 0
+    assert documents["capture-replay"]["state"]["dropped_messages_total"] == 0 and "dropped_total" not in documents["capture-replay"]["state"]
+    assert documents["capture-bench"]["dropped_messages_total"] == 0

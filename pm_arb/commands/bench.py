@@ -174,7 +174,7 @@ def run_bench(
             "per_round": [{k: v for k, v in r.items() if not k.startswith("_")} for r in per_round],
             "ws_rx_to_applied_ms": {k: report["ws_rx_to_applied_ms"][k] for k in ("p50", "p95", "p99", "max", "count")},
             "peak_queue_depth": {q: v["max"] for q, v in report["queue_depth"].items()},
-            "drops": report["drops"]["dropped_messages_total"],
+            "dropped_messages_total": report["drops"]["dropped_messages_total"],
             "verify": {k: verify[k] for k in ("frames", "crc_mismatch", "seq_gaps", "idx_mismatch", "torn_tail_bytes")},
             "peak_rss_mb": {"before": round(rss_before, 1), "after_pipeline": round(rss_pipeline, 1)},
             "data_dir": str(tmp) if keep else None,
@@ -200,7 +200,7 @@ def render_bench(r: dict[str, Any]) -> str:
         + "; ".join(f"{x['pipeline_frames_per_s']:,} / {x['plain_append_frames_per_s']:,} / {x['checksummed_append_frames_per_s']:,}" for x in r["per_round"]),
         f"ws_rx_to_applied_ms: p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} max {lat['max']} (n={lat['count']:,})",
         "peak queue depth (frames): " + ", ".join(f"{k}={v}" for k, v in r["peak_queue_depth"].items()),
-        f"drops: {r['drops']}; verify: crc_mismatch={r['verify']['crc_mismatch']} seq_gaps={r['verify']['seq_gaps']}",
+        f"drops: {r['dropped_messages_total']}; verify: crc_mismatch={r['verify']['crc_mismatch']} seq_gaps={r['verify']['seq_gaps']}",
         f"peak RSS: {r['peak_rss_mb']['after_pipeline']} MB (before the run: {r['peak_rss_mb']['before']} MB)",
     ]
     if r["data_dir"]:

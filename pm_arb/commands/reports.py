@@ -171,6 +171,7 @@ def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> di
     read, warnings = load_runlog(run_dir, skip_bad_lines)
     state = fold(read.records, until_seq=until_seq)
     out = state.to_dict()
+    out["dropped_messages_total"] = out.pop("dropped_total")
     out["missing_token_ids"] = state.missing_tokens()
     notes = []
     if any(v["market_events"] > v["frames"] for v in out["shards"].values()):
@@ -192,7 +193,7 @@ def render_replay(r: dict[str, Any]) -> str:
         f"missing {st['missing_tokens']}, pending grace windows {len(st['pending_grace_windows'])}, "
         f"churn guards in a row {st['churn_guard_consecutive']}"
     )
-    lines.append(f"heartbeats: {st['heartbeats']} (last seq {st['last_heartbeat']['seq']}); frames {st['frames_total']:,}, dropped {st['dropped_total']}")
+    lines.append(f"heartbeats: {st['heartbeats']} (last seq {st['last_heartbeat']['seq']}); frames {st['frames_total']:,}, dropped {st['dropped_messages_total']}")
     for s, v in st["shards"].items():
         lines.append(
             f"  shard {int(s):02d}: {len(v['tokens'])} tokens, {'connected' if v['connected'] else 'disconnected'}, "
