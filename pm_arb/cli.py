@@ -449,7 +449,7 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
         "selected": len(markets),
         "tokens": 2 * len(markets),
         "rejected": rejected,
-        "shard_token_counts": {str(s): len(t) for s, t in assign_shards(markets, config.ws_shards).items()},
+        "shard_token_counts": [{"shard": s, "tokens": len(t)} for s, t in sorted(assign_shards(markets, config.ws_shards).items())],
     }
     if as_json:
         _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in shown]})

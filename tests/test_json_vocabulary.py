@@ -65,3 +65,32 @@ def test_drops_over_a_run_are_dropped_messages_total_everywhere(documents):
     assert documents["capture-latency-report"]["drops"]["dropped_messages_total"] == 0
     assert documents["capture-replay"]["state"]["dropped_messages_total"] == 0 and "dropped_total" not in documents["capture-replay"]["state"]
     assert documents["capture-bench"]["dropped_messages_total"] == 0
+
+
+PER_SHARD_KEYS = ("shards", "per_shard", "by_shard", "shard_token_counts")
+
+
+def _per_shard_values(doc, path=""):
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k in PER_SHARD_KEYS and not isinstance(v, int):  # "shards": N is a count
+                yield f"{path}.{k}", v
+            yield from _per_shard_values(v, f"{path}.{k}")
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from _per_shard_values(v, path + "[]")
+
+
+def test_per_shard_figures_are_one_shape_a_list_of_objects_with_an_integer_shard(documents):
+    seen = set()
+    for name, doc in documents.items():
+        for path, value in _per_shard_values(doc):
+            seen.add(f"{name}{path}")
+            assert isinstance(value, list), (name, path)
+            shards = [v["shard"] for v in value]
+            assert all(isinstance(s, int) for s in shards) and shards == sorted(shards), (name, path)
+    for expected in ("capture-latency-report.ws_rx_to_applied_ms.per_shard", "capture-latency-report.reconnects.per_shard",
+                     "capture-latency-report.drops.by_shard", "capture-replay.state.shards", "capture-verify.shards",
+                     "capture-inspect.shards", "capture-slice.shards", "discover.totals.shard_token_counts"):
+        assert expected in seen, expected
+    assert documents["capture-replay"]["state"]["shards"][0]["shard"] == 0

@@ -24,7 +24,7 @@ def test_shards_without_tokens_are_named_by_capture_and_verify(data_dir):
 
 def test_replay_says_why_market_events_exceed_frames(offline_run):
     doc = orjson.loads(run_cli("capture-replay", "--run-dir", str(offline_run), "--json").stdout)
-    more = [s for s, v in doc["state"]["shards"].items() if v["market_events"] > v["frames"]]
+    more = [v["shard"] for v in doc["state"]["shards"] if v["market_events"] > v["frames"]]
     assert more, "the fixtures' initial dumps are arrays: one frame, many book messages"
     assert len(doc["notes"]) == 1 and "initial dump" in doc["notes"][0]
     text = run_cli("capture-replay", "--run-dir", str(offline_run)).stdout

@@ -9,7 +9,7 @@ import orjson
 
 from pm_arb import bundle
 from pm_arb.bundle import require_run_dir
-from pm_arb.commands.vocabulary import verdict
+from pm_arb.commands.vocabulary import shard_list, verdict
 from pm_arb.errors import UserError
 from pm_arb.events.folds.audit import audit
 from pm_arb.events.folds.gates import gates
@@ -116,6 +116,12 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
     report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
     report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), slice_of(run_dir)))
     report["warnings"] = warnings
+    # per-shard figures as the vocabulary's list of {"shard": N, ...} (the fold keys them by "N")
+    lat = report["ws_rx_to_applied_ms"]
+    lat["per_shard"] = shard_list(lat["per_shard"])
+    report["reconnects"]["per_shard"] = shard_list(report["reconnects"]["per_shard"])
+    report["disconnected"]["midrun"]["per_shard"] = shard_list(report["disconnected"]["midrun"]["per_shard"])
+    report["drops"]["by_shard"] = shard_list({s: {"dropped_messages": n} for s, n in report["drops"]["by_shard"].items()})
     return report
 
 
@@ -130,8 +136,8 @@ def render_latency(r: dict[str, Any]) -> str:
         f"ws_rx_to_applied_ms: p50 {_fmt(lat['p50'], ' ms')}  p95 {_fmt(lat['p95'], ' ms')}  p99 {_fmt(lat['p99'], ' ms')}  "
         f"max {_fmt(lat['max'], ' ms')}  (n={lat['count']:,})"
     )
-    for s, v in lat["per_shard"].items():
-        lines.append(f"  shard {int(s):02d}: p50 {_fmt(v['p50'])} p95 {_fmt(v['p95'])} p99 {_fmt(v['p99'])} max {_fmt(v['max'])} ms (n={v['count']:,})")
+    for v in lat["per_shard"]:
+        lines.append(f"  shard {v['shard']:02d}: p50 {_fmt(v['p50'])} p95 {_fmt(v['p95'])} p99 {_fmt(v['p99'])} max {_fmt(v['max'])} ms (n={v['count']:,})")
     st = r["ws_rx_to_applied_ms_steady"]
     lines.append(
         f"  steady state: p50 {_fmt(st['p50'], ' ms')}  p95 {_fmt(st['p95'], ' ms')}  p99 {_fmt(st['p99'], ' ms')}  "
@@ -172,9 +178,10 @@ def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> di
     state = fold(read.records, until_seq=until_seq)
     out = state.to_dict()
     out["dropped_messages_total"] = out.pop("dropped_total")
+    out["shards"] = shard_list(out["shards"])
     out["missing_token_ids"] = state.missing_tokens()
     notes = []
-    if any(v["market_events"] > v["frames"] for v in out["shards"].values()):
+    if any(v["market_events"] > v["frames"] for v in out["shards"]):
         notes.append(
             "market events count each message inside a frame: an initial dump (and any array frame) carries one "
             "book message per token, so a shard can show more market events than frames"
@@ -194,9 +201,9 @@ def render_replay(r: dict[str, Any]) -> str:
         f"churn guards in a row {st['churn_guard_consecutive']}"
     )
     lines.append(f"heartbeats: {st['heartbeats']} (last seq {st['last_heartbeat']['seq']}); frames {st['frames_total']:,}, dropped {st['dropped_messages_total']}")
-    for s, v in st["shards"].items():
+    for v in st["shards"]:
         lines.append(
-            f"  shard {int(s):02d}: {len(v['tokens'])} tokens, {'connected' if v['connected'] else 'disconnected'}, "
+            f"  shard {v['shard']:02d}: {len(v['tokens'])} tokens, {'connected' if v['connected'] else 'disconnected'}, "
             f"confirmed={v['confirmed']}, frames {v['frames']:,}, market events {v['market_events']:,}, "
             f"reconnects {v['reconnects_unplanned']} (+{v['reconnects_planned']} planned), last cause {v['last_disconnect_cause']}"
         )
