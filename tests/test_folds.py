@@ -89,7 +89,7 @@ def test_latency_report_merges_histograms_and_folds_reconnects_and_disconnection
     assert lat["per_shard"]["0"]["count"] == 50 and lat["per_shard"]["1"]["p50"] == 0.075
     assert r["reconnects"] == {"total": 1, "planned": 1, "per_shard": {"1": {"total": 1, "causes": {"server_close": 1}}}, "causes": {"server_close": 1}}
     mid = r["disconnected"]["midrun"]
-    assert (mid["incidents"], mid["total_seconds"]) == (2, 2.0)  # shard 1 down 2->3 s, shard 0 down 6->7 s (stop)
+    assert (mid["incidents"], mid["total_s"]) == (2, 2.0)  # shard 1 down 2->3 s, shard 0 down 6->7 s (stop)
     assert r["drops"]["dropped_messages_total"] == 7 and r["drops"]["intervals_with_drops"] == 1
     assert r["queue_depth"]["write_q_depth"] == {"samples": 2, "mean": 4.5, "p99": 9, "max": 9}
     aud = audit(events)

@@ -94,3 +94,32 @@ def test_per_shard_figures_are_one_shape_a_list_of_objects_with_an_integer_shard
                      "capture-inspect.shards", "capture-slice.shards", "discover.totals.shard_token_counts"):
         assert expected in seen, expected
     assert documents["capture-replay"]["state"]["shards"][0]["shard"] == 0
+
+
+def _keys(doc, out=None):
+    out = set() if out is None else out
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.add(k)
+            _keys(v, out)
+    elif isinstance(doc, list):
+        for v in doc:
+            _keys(v, out)
+    return out
+
+
+def test_times_and_durations_carry_their_unit_in_the_key(documents):
+    for name, doc in documents.items():
+        for k in _keys(doc):
+            assert not k.endswith("_seconds") and k not in ("seconds", "first_rx", "last_rx"), (name, k)
+    shard = documents["capture-inspect"]["shards"][0]
+    assert isinstance(shard["first_rx_wall_ns_utc"], int) and shard["first_rx_utc"].endswith("Z")
+    assert documents["capture-latency-report"]["disconnected"]["midrun"]["total_s"] == 0.0
+
+
+def test_the_same_gap_reads_the_same_in_check_and_audit(offline_run):
+    audit = orjson.loads(run_cli("capture-audit", "--run-dir", str(offline_run), "--json").stdout)
+    check = run_cli("capture-check", "--run-dir", str(offline_run)).stdout
+    shown = f"{audit['max_gap_s']:.3f} s"
+    assert f"max gap {shown}" in check
+    assert f"max gap: {shown}" in run_cli("capture-audit", "--run-dir", str(offline_run)).stdout

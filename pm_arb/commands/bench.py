@@ -73,7 +73,7 @@ def _bare_loops(payloads: list[bytes], out_dir: Path) -> dict[str, Any]:
 
 
 def _rate(n: int, nbytes: int, seconds: float) -> dict[str, Any]:
-    return {"seconds": round(seconds, 4), "frames_per_s": round(n / seconds), "mb_per_s": round(nbytes / seconds / 1e6, 1)}
+    return {"duration_s": round(seconds, 4), "frames_per_s": round(n / seconds), "mb_per_s": round(nbytes / seconds / 1e6, 1)}
 
 
 def _pipeline_inputs(fixture, run_dir: Path, shards: int, repeat: int) -> list[bytes]:
@@ -104,7 +104,7 @@ def _one_pipeline_run(fixture, shards: int, repeat: int, data_dir: Path, show_pr
     # run_stop is recorded once the writer has applied every frame (a FlushMetrics round trip),
     # before the closing fsync: the window is receive-to-applied for the whole run.
     stop = next((r.mono_ns for r in recs if isinstance(r.event, ev.RunStop)), recs[-1].mono_ns)
-    return {"exit_code": code, "seconds": (stop - start) / 1e9, "wall_seconds_incl_startup": wall_s}, run_dir
+    return {"exit_code": code, "duration_s": (stop - start) / 1e9, "wall_incl_startup_s": wall_s}, run_dir
 
 
 def run_bench(
@@ -132,10 +132,10 @@ def run_bench(
                 shutil.rmtree(run_dir.parent.parent, ignore_errors=True)
             base = _bare_loops(inputs, tmp)
             n = len(inputs)
-            fps = n / pipe["seconds"] if pipe["seconds"] > 0 else 0.0
+            fps = n / pipe["duration_s"] if pipe["duration_s"] > 0 else 0.0
             per_round.append({
                 "pipeline_frames_per_s": round(fps),
-                "pipeline_seconds": round(pipe["seconds"], 4),
+                "pipeline_s": round(pipe["duration_s"], 4),
                 "plain_append_frames_per_s": base["plain_append"]["frames_per_s"],
                 "checksummed_append_frames_per_s": base["checksummed_append"]["frames_per_s"],
                 "ratio_vs_plain_append": round(fps / base["plain_append"]["frames_per_s"], 3),
@@ -163,10 +163,10 @@ def run_bench(
             "rounds": rounds,
             "exit_code": max(r["exit_code"] for r in per_round),
             "pipeline": {
-                "seconds": round(pipe["seconds"], 4),
-                "wall_seconds_incl_startup": round(pipe["wall_seconds_incl_startup"], 4),
-                "frames_per_s": round(n / pipe["seconds"]) if pipe["seconds"] > 0 else None,
-                "mb_per_s": round(nbytes / pipe["seconds"] / 1e6, 1) if pipe["seconds"] > 0 else None,
+                "duration_s": round(pipe["duration_s"], 4),
+                "wall_incl_startup_s": round(pipe["wall_incl_startup_s"], 4),
+                "frames_per_s": round(n / pipe["duration_s"]) if pipe["duration_s"] > 0 else None,
+                "mb_per_s": round(nbytes / pipe["duration_s"] / 1e6, 1) if pipe["duration_s"] > 0 else None,
             },
             "baseline": {"frames": n, "bytes": nbytes, **mid["_base"]},
             "ratio_vs_plain_append": mid["ratio_vs_plain_append"],
@@ -191,9 +191,9 @@ def render_bench(r: dict[str, Any]) -> str:
     lines = [
         f"capture-bench: {r['frames']:,} frames, {r['bytes'] / 1e6:.1f} MB over {r['shards']} shards ({r['fixture_laps']} fixture laps)",
         f"{'':28s}{'frames/s':>12s}{'MB/s':>9s}{'seconds':>10s}",
-        f"{'pipeline (actors, files)':28s}{p['frames_per_s'] or 0:>12,}{p['mb_per_s'] or 0:>9}{p['seconds']:>10}",
-        f"{'bare plain append':28s}{b['plain_append']['frames_per_s']:>12,}{b['plain_append']['mb_per_s']:>9}{b['plain_append']['seconds']:>10}",
-        f"{'bare checksummed append':28s}{b['checksummed_append']['frames_per_s']:>12,}{b['checksummed_append']['mb_per_s']:>9}{b['checksummed_append']['seconds']:>10}",
+        f"{'pipeline (actors, files)':28s}{p['frames_per_s'] or 0:>12,}{p['mb_per_s'] or 0:>9}{p['duration_s']:>10}",
+        f"{'bare plain append':28s}{b['plain_append']['frames_per_s']:>12,}{b['plain_append']['mb_per_s']:>9}{b['plain_append']['duration_s']:>10}",
+        f"{'bare checksummed append':28s}{b['checksummed_append']['frames_per_s']:>12,}{b['checksummed_append']['mb_per_s']:>9}{b['checksummed_append']['duration_s']:>10}",
         f"ratio pipeline / plain append: {r['ratio_vs_plain_append']}; / checksummed append: {r['ratio_vs_checksummed_append']}"
         f" (median of {r['rounds']} interleaved rounds; the row above is that round)",
         "per round, pipeline / plain / checksummed frames/s: "

@@ -54,8 +54,8 @@ def inspect_run(run_dir: Path) -> dict[str, Any]:
                 info["payload_bytes"] = sum(e.payload_len for e in entries)
                 info["first_rx_wall_ns_utc"] = entries[0].rx_wall_ns_utc if entries else None
                 info["last_rx_wall_ns_utc"] = entries[-1].rx_wall_ns_utc if entries else None
-                info["first_rx"] = wall_iso(info["first_rx_wall_ns_utc"])
-                info["last_rx"] = wall_iso(info["last_rx_wall_ns_utc"])
+                info["first_rx_utc"] = wall_iso(info["first_rx_wall_ns_utc"])
+                info["last_rx_utc"] = wall_iso(info["last_rx_wall_ns_utc"])
                 info["control_frames"] = sum(1 for e in entries if e.flags & 1)
         except (HeaderProblem, OSError) as exc:
             info["error"] = str(exc)
@@ -93,7 +93,7 @@ def render_inspect(r: dict[str, Any]) -> str:
             continue
         lines.append(
             f"  shard {s['shard']:02d}: {s['frames']:>10,} frames ({s['control_frames']:,} control), "
-            f"{human_bytes(s['payload_bytes'])} payload, rx {s['first_rx'] or '-'} .. {s['last_rx'] or '-'}"
+            f"{human_bytes(s['payload_bytes'])} payload, rx {s['first_rx_utc'] or '-'} .. {s['last_rx_utc'] or '-'}"
         )
     lines.append(f"frames total: {r['frames_total']:,}")
     for name, tail in r["metrics_tail"].items():

@@ -126,7 +126,10 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
 
 
 def _fmt(v: Any, unit: str = "") -> str:
-    return "-" if v is None else f"{v}{unit}"
+    """Fixed precision per unit: ms and s to 3 decimals (us), counts as integers."""
+    if v is None:
+        return "-"
+    return f"{v:.3f}{unit}" if isinstance(v, float) else f"{v:,}{unit}"
 
 
 def render_latency(r: dict[str, Any]) -> str:
@@ -153,7 +156,7 @@ def render_latency(r: dict[str, Any]) -> str:
     rc = r["reconnects"]
     lines.append(f"reconnects: total={rc['total']} (planned refresh reconnects not counted: {rc['planned']}); causes {rc['causes'] or '{}'}")
     mid = r["disconnected"]["midrun"]
-    lines.append(f"disconnected midrun: incidents={mid['incidents']}, total {mid['total_seconds']:.3f} s")
+    lines.append(f"disconnected midrun: incidents={mid['incidents']}, total {mid['total_s']:.3f} s")
     lines.append("gates:")
     lines.extend(f"  {line}" for line in render_gates(r["gates"]))
     lines.append(f"verdict: {r['verdict']}")

@@ -41,7 +41,7 @@ def gates(
     out: dict[str, Any] = {
         "heartbeat_gaps": {
             "pass": audit["gaps_over_threshold"] == 0,
-            "figure": f"gaps_over_threshold={audit['gaps_over_threshold']} (threshold {audit['threshold_s']:g} s, max gap {audit['max_gap_s']:g} s)",
+            "figure": f"gaps_over_threshold={audit['gaps_over_threshold']} (threshold {audit['threshold_s']:g} s, max gap {audit['max_gap_s']:.3f} s)",
             "value": audit["gaps_over_threshold"],
         },
         "reconnects_midrun": {

@@ -88,25 +88,25 @@ def _disconnections(recs: list[LogRecord]) -> dict[str, Any]:
             if phase_active:
                 for s, since in down_since.items():
                     total_ns += r.mono_ns - since
-                    per_shard[str(s)]["seconds"] += (r.mono_ns - since) / 1e9
+                    per_shard[str(s)]["down_s"] += (r.mono_ns - since) / 1e9
                 down_since.clear()
             phase_active = False
         elif isinstance(e, ev.ShardDisconnected) and phase_active and not e.planned:
             if e.shard not in down_since:
                 incidents += 1
                 down_since[e.shard] = r.mono_ns
-                ps = per_shard.setdefault(str(e.shard), {"incidents": 0, "seconds": 0.0})
+                ps = per_shard.setdefault(str(e.shard), {"incidents": 0, "down_s": 0.0})
                 ps["incidents"] += 1
         elif isinstance(e, ev.ShardConnected) and e.shard in down_since:
             since = down_since.pop(e.shard)
             total_ns += r.mono_ns - since
-            per_shard[str(e.shard)]["seconds"] += (r.mono_ns - since) / 1e9
+            per_shard[str(e.shard)]["down_s"] += (r.mono_ns - since) / 1e9
     for s, since in down_since.items():
         total_ns += end_ns - since
-        per_shard[str(s)]["seconds"] += (end_ns - since) / 1e9
+        per_shard[str(s)]["down_s"] += (end_ns - since) / 1e9
     for v in per_shard.values():
-        v["seconds"] = round(v["seconds"], 6)
-    return {"midrun": {"incidents": incidents, "total_seconds": round(total_ns / 1e9, 6), "per_shard": per_shard}}
+        v["down_s"] = round(v["down_s"], 6)
+    return {"midrun": {"incidents": incidents, "total_s": round(total_ns / 1e9, 6), "per_shard": per_shard}}
 
 
 def latency_report(
