@@ -38,7 +38,7 @@ def test_runs_lists_every_run_with_figures_and_the_recorded_check_verdict(two_ru
     before = orjson.loads(run_cli("runs", "--json", env=env).stdout)["runs"]
     assert [r["run_id"] for r in before] == ["sim-a", "off-b"]  # oldest first
     off = before[1]
-    assert off["frames"] > 0 and off["bytes"] > off["frames"] and off["state"] == "stopped" and off["duration_s"] is not None
+    assert off["frames"] > 0 and off["disk_bytes"] > off["frames"] and off["state"] == "stopped" and off["duration_s"] is not None
     # capture-check by bare id records its verdict in the run dir; `runs` shows it.
     check = run_cli("capture-check", "--run-dir", "off-b", env=env)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -88,7 +88,7 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
         "started_utc": wall_iso(started) if isinstance(started, int) else None,
         "duration_s": round(duration_s, 3) if isinstance(duration_s, (int, float)) else None,
         "frames": frames,
-        "bytes": bundle.dir_bytes(run_dir),
+        "disk_bytes": bundle.dir_bytes(run_dir),
         "state": state,
         "check": {"verdict": check.get("verdict"), "checked_utc": check.get("checked_utc")} if check else None,
     }
@@ -111,7 +111,7 @@ def render_runs(result: dict[str, Any]) -> str:
         started = (r["started_utc"] or "-")[:23]
         lines.append(
             f"{r['run_id']:<{width}}  {r['mode'] or '-':<7}  {started:<24}  {dur:>10}  {frames:>12}  "
-            f"{human_bytes(r['bytes']):>10}  {r['state']:<11}  {(r['check'] or {}).get('verdict') or 'not checked'}"
+            f"{human_bytes(r['disk_bytes']):>10}  {r['state']:<11}  {(r['check'] or {}).get('verdict') or 'not checked'}"
         )
     lines.append(f"{len(runs)} run(s) under {result['runs_dir']}; pass a run id or `latest` as --run-dir")
     return "\n".join(lines)
