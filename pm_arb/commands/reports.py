@@ -180,8 +180,6 @@ def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> di
     read, warnings = load_runlog(run_dir, skip_bad_lines)
     state = fold(read.records, until_seq=until_seq)
     out = state.to_dict()
-    out["dropped_messages_total"] = out.pop("dropped_total")
-    out["shards"] = shard_list(out["shards"])
     out["missing_token_ids"] = state.missing_tokens()
     notes = []
     if any(v["market_events"] > v["frames"] for v in out["shards"]):

@@ -141,12 +141,12 @@ class SupervisorState:
                 "wall_ns_utc": self.last_heartbeat_wall_ns_utc,
             },
             "frames_total": self.frames_total,
-            "dropped_total": self.dropped_total,
+            "dropped_messages_total": self.dropped_total,
             "fatal": None
             if self.fatal_reason is None
             else {"reason": self.fatal_reason, "message": self.fatal_message, "seq": self.fatal_seq},
             "stop_reason": self.stop_reason,
-            "shards": {str(s): v.to_dict() for s, v in sorted(self.shards.items())},
+            "shards": [{"shard": s, **v.to_dict()} for s, v in sorted(self.shards.items())],  # README "JSON documents"
             "missing_tokens": len(self.missing_tokens()),
         }
 
