@@ -12,7 +12,11 @@ def wall_iso(ns: int | None) -> str | None:
     """A wall stamp (ns since the epoch, UTC) as ISO-8601 with microseconds and a Z."""
     if ns is None:
         return None
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    # integer arithmetic: ns / 1e9 as a float rounds to ~0.2 us, so a shown time typed back
+    # (capture-slice --from-wall) could land after the frame it was copied from
+    seconds, rest = divmod(ns, 1_000_000_000)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1000)
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class SystemClock:

@@ -40,7 +40,7 @@ from pm_arb.events import types as ev
 from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
 from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.malloc_tuning import tune_malloc
-from pm_arb.plant.disk_watch import DiskLow, DiskWatch, RateWindow, projection
+from pm_arb.plant.disk_watch import DiskWatch, RateWindow, projection
 from pm_arb.progress import human_bytes
 from pm_arb.universe_select import shard_of
 
@@ -159,9 +159,10 @@ class StatusLine:
             sys.stderr.flush()
 
 
-def disk_low_line(low: DiskLow, data_dir: str) -> str:
+def disk_low_line(low: ev.DiskSpaceLow) -> str:
+    """The line says what the runlog event says, from the same rounded figures."""
     return (
-        f"warning: data dir {data_dir} has {human_bytes(low.free_bytes)} free: {low.hours_left:.1f} h at the current "
+        f"warning: data dir {low.data_dir} has {human_bytes(low.free_bytes)} free: {low.hours_left:.1f} h at the current "
         f"{human_bytes(low.bytes_per_s)}/s (threshold {low.threshold_hours:g} h, --capture-disk-warn-hours); "
         "free space or move --data-dir before it fills (a full disk ends the run as fatal)"
     )
@@ -294,11 +295,12 @@ def run_capture(
             forecast_rate = disk_rate.rate() if disk_rate.span_s() >= DISK_FORECAST_MIN_SPAN_S else None
             low = disk_watch.check(shutil.disk_usage(run_dir).free, forecast_rate)
             if low is not None:
-                supervisor.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.DiskSpaceLow(
+                event = ev.DiskSpaceLow(
                     data_dir=str(config.data_dir), free_bytes=low.free_bytes, bytes_per_s=round(low.bytes_per_s, 1),
                     hours_left=round(low.hours_left, 3), threshold_hours=low.threshold_hours,
-                )))
-                line.say(disk_low_line(low, config.data_dir))
+                )
+                supervisor.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), event))
+                line.say(disk_low_line(event))
     finally:
         ticker.stop()
         line.clear()

@@ -47,12 +47,19 @@ def test_disk_watch_warns_once_below_the_threshold_and_again_after_recovering():
     assert projection(10.0) == {"bytes_per_s": 10.0, "bytes_per_hour": 36_000.0, "bytes_per_day": 864_000.0}
 
 
-@pytest.mark.parametrize("value", ["-1", "8761", "nan", "inf", "lots"])
-def test_disk_warn_hours_is_bounded(value, data_dir):
-    proc = run_cli("capture", "--offline", "--capture-disk-warn-hours", value, "--data-dir", str(data_dir))
-    line = assert_one_line_error(proc, 2)
-    assert "--capture-disk-warn-hours" in line and "8760" in line
-    env = run_cli("capture", "--offline", "--data-dir", str(data_dir), env={"PM_ARB_CAPTURE_DISK_WARN_HOURS": value})
+def test_disk_warn_hours_is_bounded(data_dir):
+    from pm_arb.config import load_config
+    from pm_arb.errors import ConfigError
+
+    for value in ("-1", "8761", "nan", "inf", "lots"):
+        with pytest.raises(ConfigError, match="8760"):
+            load_config({"capture_disk_warn_hours": value}, environ={})
+    assert load_config({"capture_disk_warn_hours": "0"}, environ={})[0].capture_disk_warn_hours == 0.0
+    assert load_config({}, environ={"PM_ARB_CAPTURE_DISK_WARN_HOURS": "8760"})[0].capture_disk_warn_hours == 8760.0
+    # and from the command line, as a user meets it: one line, exit 2, naming the flag / the env var
+    proc = run_cli("capture", "--offline", "--capture-disk-warn-hours", "8761", "--data-dir", str(data_dir))
+    assert "--capture-disk-warn-hours" in assert_one_line_error(proc, 2)
+    env = run_cli("capture", "--offline", "--data-dir", str(data_dir), env={"PM_ARB_CAPTURE_DISK_WARN_HOURS": "-1"})
     assert "PM_ARB_CAPTURE_DISK_WARN_HOURS" in assert_one_line_error(env, 2)
 
 
