@@ -74,3 +74,19 @@ def test_relative_and_time_of_day_windows_resolve_and_are_echoed(offline_run, tm
     proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(tmp_path / "b"), "--from-wall", tod, "--json")
     assert proc.returncode == 0, proc.stderr
     assert orjson.loads(proc.stdout)["range"]["from_wall_ns_utc"] == first // 1000 * 1000
+
+
+def test_a_slice_holding_the_runs_fatal_event_fails_the_fatal_gate(offline_run, tmp_path):
+    from pm_arb.events import types as ev
+    from pm_arb.events.codec import LogRecord, encode
+
+    out = tmp_path / "cut"
+    assert run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "5", "--to-seq", "40").returncode == 0
+    last = orjson.loads((out / "runlog.ndjson").read_bytes().splitlines()[-1])
+    fatal = LogRecord(last["seq"] + 1, last["mono_ns"] + 1, last["wall_ns_utc"] + 1, ev.Fatal(reason="write_error", message="test"))
+    with open(out / "runlog.ndjson", "ab") as fh:
+        fh.write(encode(fatal))
+    proc = run_cli("capture-check", "--run-dir", str(out), "--json")
+    gate = orjson.loads(proc.stdout)["gates"]["fatal"]
+    assert proc.returncode == 1 and gate["pass"] is False and gate["applies"] is True
+    assert f"runlog seq {last['seq'] + 1}" in gate["figure"]

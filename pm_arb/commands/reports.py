@@ -11,6 +11,7 @@ from pm_arb import bundle
 from pm_arb.bundle import require_run_dir
 from pm_arb.commands.vocabulary import shard_list, verdict
 from pm_arb.errors import UserError
+from pm_arb.events import types as ev
 from pm_arb.events.folds.audit import audit
 from pm_arb.events.folds.gates import gates
 from pm_arb.events.folds.latency import latency_report
@@ -114,7 +115,8 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
         )
     aud = audit(read.records, gap_threshold_s)
     report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
-    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), slice_of(run_dir)))
+    fatal_seq = next((r.seq for r in read.records if isinstance(r.event, ev.Fatal)), None)
+    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), slice_of(run_dir), fatal_seq))
     report["warnings"] = warnings
     # per-shard figures as the vocabulary's list of {"shard": N, ...} (the fold keys them by "N")
     lat = report["ws_rx_to_applied_ms"]

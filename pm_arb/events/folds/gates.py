@@ -32,6 +32,7 @@ def gates(
     verify_totals: dict[str, Any] | None,
     fatal_present: bool,
     slice_of: dict[str, Any] | None = None,
+    fatal_seq_in_runlog: int | None = None,
 ) -> dict[str, Any]:
     """Every gate; on a slice (a window of a run) the whole-run gates say they do not apply
     instead of failing: a window need not hold the run's stop, and fatal.json stays with the source."""
@@ -67,7 +68,9 @@ def gates(
     if slice_of is not None:
         if not out["clean_stop"]["pass"]:
             out["clean_stop"] = _not_for_a_slice(out["clean_stop"], slice_of, "its window ends before the run's run_stop")
-        if not fatal_present:
+        if fatal_seq_in_runlog is not None and not fatal_present:
+            out["fatal"] = {"pass": False, "figure": f"the window holds the run's fatal event (runlog seq {fatal_seq_in_runlog})", "value": True}
+        elif not fatal_present:
             out["fatal"] = _not_for_a_slice(out["fatal"], slice_of, "fatal.json is written to the source run only")
     for g in out.values():
         g.setdefault("applies", True)
