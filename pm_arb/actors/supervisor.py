@@ -7,13 +7,11 @@ that state and are themselves recorded as events, so a replay of the runlog rebu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
-
-import pykka
 
 from pm_arb import __version__
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
@@ -24,13 +22,11 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 
 
-@dataclass(frozen=True)
-class AttachPeers:
-    writer: Any
-    shards: dict[int, Any]
+class SupervisorActor(PlantActor):
+    # After its own crash it still records, decides the fatal, stops the shards and finishes.
+    ENDGAME = (m.ActorCrashed, m.UnknownMessage, m.Emit, m.ShardStatus, m.Tick, m.FatalCondition,
+               m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers)
 
-
-class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.run_id = run_id
@@ -78,7 +74,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._begin_stop("source_exhausted")
 
     # -- messages --------------------------------------------------------------------------
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.Emit):
             if not self._finished:
                 self._record(msg.event, msg.mono_ns, msg.wall_ns)
@@ -97,12 +93,40 @@ class SupervisorActor(pykka.ThreadingActor):
             self._apply_refresh(msg)
         elif isinstance(msg, m.StartRun):
             self._start(msg)
-        elif isinstance(msg, AttachPeers):
+        elif isinstance(msg, m.AttachPeers):
             self.writer = msg.writer
             self.shards = dict(msg.shards)
         elif isinstance(msg, m.GetStatus):
             return self.status()
+        elif isinstance(msg, m.ActorCrashed):
+            self._actor_crashed(msg)
+        elif isinstance(msg, m.UnknownMessage):
+            if not self._finished:
+                self._record(ev.UnknownMessage(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, count=msg.count))
+        else:
+            self.unknown(msg)
         return None
+
+    # -- crashes (actors/base.py) ----------------------------------------------------------
+    def report(self, msg: Any) -> None:
+        self.actor_ref.tell(msg)  # the supervisor reports to itself, as the next message
+
+    def after_crash(self, report: m.ActorCrashed, first: bool) -> None:
+        if first:
+            self.report(report)
+        elif not self._finished and self.on_done is not None:
+            # Crashed again while ending the run: give up, so the process ends; the CLI then
+            # stops the actors and the writer closes (fsync) in its on_stop.
+            self._finished = True
+            self.on_done(EXIT_FATAL)
+
+    def _actor_crashed(self, msg: m.ActorCrashed) -> None:
+        if self._finished:
+            return  # after run_stop: nothing left to record; base.py has logged it
+        self._record(ev.ActorCrashed(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, error=msg.error, traceback=msg.traceback))
+        where = f" (shard {msg.shard:02d})" if msg.shard >= 0 else ""
+        details = {"actor": msg.actor, "message_type": msg.message_type, "error": msg.error, "traceback": msg.traceback}
+        self._fatal("actor_crash", f"{msg.actor}{where} crashed handling {msg.message_type}: {msg.error}", msg.shard, details)
 
     def _start(self, msg: m.StartRun) -> None:
         cfg = self.config
@@ -187,7 +211,7 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         )
 
-    def _fatal(self, reason: str, message: str, shard: int = -1) -> None:
+    def _fatal(self, reason: str, message: str, shard: int = -1, details: dict[str, Any] | None = None) -> None:
         if self.state.phase in ("fatal", "stopped") or self._finished:
             return
         rec = self._record(ev.Fatal(reason=reason, message=message, shard=shard))
@@ -201,6 +225,7 @@ class SupervisorActor(pykka.ThreadingActor):
             "wall_ns_utc": rec.wall_ns_utc,
             "state": self.state.to_dict(),
             "config": self.config.snapshot(),
+            **(details or {}),
         }
         owner = {t: s for s, v in self.state.shards.items() for t in v.tokens}
         missing = [{"token": t, "shard": owner.get(t, -1)} for t in self.state.missing_tokens()]
