@@ -135,6 +135,7 @@ class PlantActor(pykka.ThreadingActor):
             self.crash = report
             log.error("actor crash: %s%s handling %s: %s; the run ends as fatal actor_crash (traceback in fatal.json)",
                       self.actor_name, self._where(), message_type, report.error)
-        else:
-            log.error("%s%s crashed again handling %s after its crash: %s", self.actor_name, self._where(), message_type, report.error)
+        elif _is_power_of_two(self.crashes - 1):  # the 2nd, 3rd, 5th, 9th...: a crash per message cannot flood stderr
+            log.error("%s%s crashed again handling %s after its crash (%d times): %s",
+                      self.actor_name, self._where(), message_type, self.crashes - 1, report.error)
         self.after_crash(report, first)

@@ -234,6 +234,13 @@ class GetStatus:
 
 
 @dataclass(frozen=True)
+class FinishRun:
+    """Supervisor -> itself: record run_stop and close the writer, after what is already queued."""
+
+    frames_written: dict[str, int]
+
+
+@dataclass(frozen=True)
 class ApplyRefresh:
     """The universe actor's accepted refresh: new token sets for the shards that changed."""
 

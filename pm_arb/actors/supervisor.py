@@ -25,7 +25,7 @@ EXIT_FATAL = 1
 class SupervisorActor(PlantActor):
     # After its own crash it still records, decides the fatal, stops the shards and finishes.
     ENDGAME = (m.ActorCrashed, m.UnknownMessage, m.Emit, m.ShardStatus, m.Tick, m.FatalCondition,
-               m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers)
+               m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers, m.FinishRun)
 
     def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
         super().__init__()
@@ -43,6 +43,7 @@ class SupervisorActor(PlantActor):
         self.latest_status: dict[int, m.ShardStatus] = {}
         self._stop_deadline_ns: int | None = None
         self._finished = False
+        self._finishing = False  # run_stop is on its way (FinishRun)
         self.exit_code: int | None = None
 
     # -- the one appender ------------------------------------------------------------------
@@ -100,6 +101,8 @@ class SupervisorActor(PlantActor):
             return self.status()
         elif isinstance(msg, m.ActorCrashed):
             self._actor_crashed(msg)
+        elif isinstance(msg, m.FinishRun):
+            self._finish_run(msg.frames_written)
         elif isinstance(msg, m.UnknownMessage):
             if not self._finished:
                 self._record(ev.UnknownMessage(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, count=msg.count))
@@ -246,7 +249,7 @@ class SupervisorActor(PlantActor):
 
     def _stop_shards(self) -> None:
         self._stop_deadline_ns = self.clock.mono_ns() + int(STOP_GRACE_SECONDS * 1e9)
-        for s in sorted(self.started_shards):
+        for s in sorted(self.started_shards - self.stopped_shards):
             self.shards[s].tell(m.StopShard())
         self._maybe_finish()
 
@@ -255,9 +258,9 @@ class SupervisorActor(PlantActor):
             self._finish()
 
     def _finish(self) -> None:
-        if self._finished:
+        if self._finished or self._finishing:
             return
-        st = self.state
+        self._finishing = True
         self._heartbeat()
         frames_written: dict[str, int] = {}
         if self.writer is not None:
@@ -267,6 +270,15 @@ class SupervisorActor(PlantActor):
                 reply = None
             if isinstance(reply, dict):
                 frames_written = dict(reply.get("frames_written", {}))
+        # run_stop comes as the next message, not now: an actor that crashed while the writer
+        # flushed (on a batch still queued there) has told us so by now, and that crash must
+        # still make this run fatal.
+        self.actor_ref.tell(m.FinishRun(frames_written))
+
+    def _finish_run(self, frames_written: dict[str, int]) -> None:
+        if self._finished:
+            return
+        st = self.state
         duration = (self.clock.mono_ns() - (st.started_mono_ns or self.clock.mono_ns())) / 1e9
         frames = sum(s.frames for s in self.latest_status.values())
         nbytes = sum(s.bytes for s in self.latest_status.values())
@@ -282,13 +294,14 @@ class SupervisorActor(PlantActor):
             )
         )
         self._finished = True
+        closed: Any = {}
         if self.writer is not None:
             try:
-                self.writer.ask(m.CloseWriter(), timeout=60)
+                closed = self.writer.ask(m.CloseWriter(), timeout=60)
             except Exception:
-                pass
+                closed = None
         code = self.exit_code if self.exit_code is not None else EXIT_OK
-        if st.phase == "fatal":
+        if st.phase == "fatal" or not isinstance(closed, dict):  # not a dict: the writer crashed closing
             code = EXIT_FATAL
         if self.on_done is not None:
             self.on_done(code)
