@@ -221,3 +221,20 @@ def test_an_injected_crash_in_a_capture_subprocess_gives_fatal_json_and_frames_t
     replayed = orjson.loads(replay.stdout)["state"]
     replayed.pop("missing_token_ids")  # the command adds the ids; fatal.json lists them in missing_tokens.json
     assert replay.returncode == 0 and replayed == fatal["state"]
+
+
+def test_every_actor_of_the_plant_has_the_one_base_class():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import pm_arb.actors
+    from pm_arb.actors.base import PlantActor
+
+    actors = []
+    for info in pkgutil.iter_modules(pm_arb.actors.__path__):
+        mod = importlib.import_module(f"pm_arb.actors.{info.name}")
+        actors += [c for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, pykka.Actor) and c.__module__ == mod.__name__]
+    names = {c.__name__ for c in actors}
+    assert {"SupervisorActor", "ShardActor", "WriterActor", "MetricsActor", "UniverseActor"} <= names
+    assert all(issubclass(c, PlantActor) for c in actors), [c for c in actors if not issubclass(c, PlantActor)]
