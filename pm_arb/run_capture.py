@@ -45,6 +45,7 @@ from pm_arb.universe_select import shard_of
 OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TEST_CRASH_ENV = "PMARB_TEST_INJECT_CRASH"  # tests only; not PM_ARB_ so it is never a setting
+CRASHABLE = ("MetricsActor", "ShardActor", "SupervisorActor", "UniverseActor", "WriterActor")
 DEPENDENCIES = ("pykka", "websocket-client", "requests", "orjson", "xxhash", "click", "websockets")
 
 
@@ -168,16 +169,17 @@ def install_stop_handlers(stops: StopSignals, run_dir_of: Callable[[], Path | No
     return old
 
 
-def inject_test_crash(refs: dict[str, Any]) -> None:
+def test_crash_request() -> tuple[str, m.InjectCrash] | None:
     """Test hook: PMARB_TEST_INJECT_CRASH=<Actor>:<MessageType>[:<nth>] makes that actor raise on
-    the nth such message, to test the actor_crash path end to end. Not a setting: tests only."""
+    the nth such message, to test the actor_crash path end to end. Not a setting: tests only.
+    Read before anything starts, so a bad value is refused with nothing to clean up."""
     spec = os.environ.get(TEST_CRASH_ENV)
     if not spec:
-        return
-    actor, message_type, *nth = spec.split(":")
-    if actor not in refs:
-        raise UserError(f"{TEST_CRASH_ENV}={spec}: no actor {actor!r} (one of {', '.join(sorted(refs))})", 2)
-    refs[actor].tell(m.InjectCrash(message_type, int(nth[0]) if nth else 1))
+        return None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in CRASHABLE or (len(parts) == 3 and not parts[2].isdigit()):
+        raise UserError(f"{TEST_CRASH_ENV}={spec}: expected <Actor>:<MessageType>[:<n>] with Actor one of {', '.join(CRASHABLE)}", 2)
+    return parts[0], m.InjectCrash(parts[1], int(parts[2]) if len(parts) == 3 else 1)
 
 
 def run_capture(
@@ -206,6 +208,7 @@ def run_capture(
 def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str | None, mode: str, duration_s: float,
          fixture: FixtureSet | None, offline_repeat: int, status: bool | None,
          on_run_dir: Callable[[Path], None] | None, extra_manifest: dict[str, Any] | None) -> tuple[int, Path, dict[str, Any]]:
+    crash_request = test_crash_request()
     malloc_settings = tune_malloc()  # before any actor thread creates its allocator arena
     clock = SystemClock()
     run_id = default_run_id() if run_id is None else run_id
@@ -279,8 +282,9 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
         for s in range(shards)
     }
     supervisor.tell(m.AttachPeers(writer=writer, shards=shard_refs))
-    inject_test_crash({"SupervisorActor": supervisor, "UniverseActor": universe_actor, "WriterActor": writer,
-                       "MetricsActor": metrics, **({"ShardActor": shard_refs[0]} if shard_refs else {})})
+    if crash_request is not None:
+        refs = {"SupervisorActor": supervisor, "UniverseActor": universe_actor, "WriterActor": writer, "MetricsActor": metrics, "ShardActor": shard_refs[0]}
+        refs[crash_request[0]].tell(crash_request[1])
     ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor, *shard_refs.values()])
     # 8 reader threads and the writer share one GIL: with Python's 5 ms default, a reader parsing
     # a burst kept the writer waiting, and a 5k frames/s run's p99 swung between 4 and 12 ms;

@@ -142,7 +142,7 @@ def test_a_real_handler_crash_in_the_writer_keeps_the_runlog_and_loses_no_writte
     plant = start_plant(tmp_path, writer_cls=BuggyWriter)
     plant.sup.ask(m.GetStatus())
     plant.writer.tell(m.AppendMetrics("global.ndjson", b"{}\n"))
-    assert_fatal_actor_crash(tmp_path, plant, "BuggyWriter", "AppendMetrics", "KeyError: 'global.ndjson'")
+    assert_fatal_actor_crash(tmp_path, plant, "WriterActor", "AppendMetrics", "KeyError: 'global.ndjson'")
     result = verify_run(tmp_path, show_progress=False)
     assert result["ok"] and result["totals"]["frames"] == 10
 
@@ -153,7 +153,7 @@ def test_a_real_handler_crash_in_a_shard_stops_its_reader(tmp_path):
             raise ValueError("bad frame")
 
     plant = start_plant(tmp_path, shard_cls=BuggyShard)  # the first FrameBatch crashes shard 0 (and shard 1)
-    fatal = assert_fatal_actor_crash(tmp_path, plant, "BuggyShard", "FrameBatch", "ValueError: bad frame")
+    fatal = assert_fatal_actor_crash(tmp_path, plant, "ShardActor", "FrameBatch", "ValueError: bad frame")
     assert fatal["shard"] in (0, 1)
     assert all(r.stopped for r in plant.readers.values())  # stopped by the supervisor, through the crashed shard
     assert verify_run(tmp_path, show_progress=False)["totals"]["frames"] == 10
@@ -203,7 +203,7 @@ def test_unknown_messages_are_recorded_counted_and_the_run_goes_on(tmp_path):
 def test_an_injected_crash_in_a_capture_subprocess_gives_fatal_json_and_frames_that_verify(data_dir):
     """End to end: the test-only PMARB_TEST_INJECT_CRASH hook makes the writer raise on its 5th
     frame batch of a real offline capture."""
-    proc = run_cli("capture", "--offline", "--offline-speed", "0", "--ws-shards", "2", "--run-id", "crash", "--data-dir", str(data_dir),
+    proc = run_cli("capture", "--offline", "--offline-speed", "0", "--ws-shards", "2", "--batch-max-frames", "10", "--run-id", "crash", "--data-dir", str(data_dir),
                    env={"PMARB_TEST_INJECT_CRASH": "WriterActor:AppendFrames:5"})
     run_dir = data_dir / "runs" / "crash"
     assert proc.returncode == 1, proc.stderr
@@ -216,7 +216,10 @@ def test_an_injected_crash_in_a_capture_subprocess_gives_fatal_json_and_frames_t
     assert runlog[-1]["type"] == "run_stop" and runlog[-1]["reason"] == "fatal: actor_crash"
     verify = run_cli("capture-verify", "--run-dir", str(run_dir), "--json")
     assert verify.returncode == 0, verify.stdout
-    assert orjson.loads(verify.stdout)["totals"]["frames"] > 0
+    # The files hold exactly what the writer wrote before its crash (4 batches of 10); what the
+    # readers handed over afterwards is lost and shows as run_stop's frames_total above it.
+    written = sum(runlog[-1]["frames_written"].values())
+    assert orjson.loads(verify.stdout)["totals"]["frames"] == written == 40 < runlog[-1]["frames_total"]
     replay = run_cli("capture-replay", "--run-dir", str(run_dir), "--until-seq", str(fatal["seq"]), "--json")
     replayed = orjson.loads(replay.stdout)["state"]
     replayed.pop("missing_token_ids")  # the command adds the ids; fatal.json lists them in missing_tokens.json
@@ -238,3 +241,9 @@ def test_every_actor_of_the_plant_has_the_one_base_class():
     names = {c.__name__ for c in actors}
     assert {"SupervisorActor", "ShardActor", "WriterActor", "MetricsActor", "UniverseActor"} <= names
     assert all(issubclass(c, PlantActor) for c in actors), [c for c in actors if not issubclass(c, PlantActor)]
+
+
+def test_a_bad_test_crash_hook_value_is_refused_before_anything_starts(data_dir):
+    proc = run_cli("capture", "--offline", "--run-id", "x", "--data-dir", str(data_dir), env={"PMARB_TEST_INJECT_CRASH": "Nobody:Tick"}, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "PMARB_TEST_INJECT_CRASH=Nobody:Tick" in proc.stderr
+    assert not (data_dir / "runs" / "x").exists()
