@@ -12,6 +12,8 @@ traceback) to the supervisor, which ends the run as fatal `actor_crash`, and fro
 only its `ENDGAME` messages (those that bring the run to its end: stop, flush, fatal bundle,
 close) and drops the rest. It stays alive on purpose: no peer meets a dead actor, a crashed shard
 can still stop its reader, and a crashed writer can still write fatal.json and fsync.
+Exceptions an actor raises on purpose as the answer to an `ask` (`ANSWERS`: the universe's
+GammaError) still go to the caller, as in pykka.
 Each actor's last branch calls `unknown(msg)`: a message it has no branch for is logged,
 counted and reported, and the supervisor records it as an `unknown_message` event.
 """
@@ -42,6 +44,8 @@ class PlantActor(pykka.ThreadingActor):
     ENDGAME: tuple[type, ...] = ()
     # Where crashes and unknown messages are reported; actors that have one set it.
     supervisor: Any = None
+    # Exceptions that are an answer, not a crash: raised on purpose to the caller of an `ask`.
+    ANSWERS: tuple[type[Exception], ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,6 +90,8 @@ class PlantActor(pykka.ThreadingActor):
                     self._inject = None
                     raise InjectedCrash(f"injected crash in {self.actor_name} on {type(msg).__name__} (test hook)")
             return self.receive(msg)
+        except self.ANSWERS:
+            raise
         except Exception as exc:
             self._crashed(type(msg).__name__, exc)
             return None

@@ -18,6 +18,8 @@ RowsFetcher = Callable[[float | None], tuple[list, int]]
 
 
 class UniverseActor(PlantActor):
+    ANSWERS = (GammaError,)  # LoadUniverse's answer when Gamma cannot be read: the CLI says so
+
     def __init__(self, config: Config, clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
         super().__init__()
         self.config = config
