@@ -247,3 +247,12 @@ def test_a_bad_test_crash_hook_value_is_refused_before_anything_starts(data_dir)
     proc = run_cli("capture", "--offline", "--run-id", "x", "--data-dir", str(data_dir), env={"PMARB_TEST_INJECT_CRASH": "Nobody:Tick"}, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "PMARB_TEST_INJECT_CRASH=Nobody:Tick" in proc.stderr
     assert not (data_dir / "runs" / "x").exists()
+
+
+def test_a_writer_crash_while_closing_after_run_stop_still_exits_1(tmp_path):
+    """Too late for the runlog (run_stop is written), not too late for the exit code."""
+    plant = start_plant(tmp_path)
+    plant.writer.tell(m.InjectCrash("CloseWriter"))
+    plant.sup.tell(m.RequestStop("test"))
+    assert plant.done.wait(20) and plant.codes == [1]
+    assert read_runlog_dicts(tmp_path)[-1]["type"] == "run_stop"
