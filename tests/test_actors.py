@@ -187,7 +187,7 @@ def test_shard_sends_frames_to_the_writer_counts_events_and_relays_reader_facts(
     assert readers[0].started and readers[0].stopped
     appends = [x for x in writer.ask("got") if isinstance(x, m.AppendFrames)]
     assert [f[4] for a in appends for f in a.frames] == [book, b"PONG", b"{not json", b"\xff\xfe", book]
-    assert [f[2] for f in appends[0].frames] == [0, 1, 0, 2]  # flags: market data, control text, looks like JSON (counted as not JSON at hand-off), not JSON
+    assert [f[2] for f in appends[0].frames] == [0, 1, 2, 2]  # flags: market data, control text, truncated JSON is not JSON, not JSON
     assert wg.depth == 5 and pg.depth == 0
     got = sup.ask("got")
     emitted = [x.event for x in got if isinstance(x, m.Emit)]

@@ -15,7 +15,7 @@ import pykka
 
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
-from pm_arb.capture.frame_parse import asset_ids
+from pm_arb.capture.frame_parse import asset_ids, market_events
 from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.config import Config
 from pm_arb.events import types as ev
@@ -126,7 +126,7 @@ class ShardActor(pykka.ThreadingActor):
         seen, unseen = self.tokens_seen, self.unseen
         new_tokens: list[str] = []
         for _mono, _wall, flags, _opcode, payload in frames:
-            if flags:
+            if flags or not market_events(payload):  # coverage counts market data only (ADR/0007)
                 continue
             for t in asset_ids(payload):
                 if t not in seen:

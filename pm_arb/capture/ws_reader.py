@@ -246,8 +246,8 @@ class WsReader:
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
                 reason = data[2:].decode("utf-8", "replace")
                 return "server_close", f"close frame code={code} reason={reason!r}", False, None
-            flags = sink.frame(opcode, data)
-            on_frame(sink.last_mono_ns, flags, data)
+            events = sink.frame(opcode, data)
+            on_frame(sink.last_mono_ns, events, data)
             between_reads = drained()
             if between_reads:
                 # Everything the socket had is parsed: hand the batch off now. At low rates this
