@@ -213,11 +213,11 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate}
         mode = "sim"
 
-    def announce(run_dir: Path) -> None:
+    def announce(run_dir: Path, plan: dict) -> None:
         if not as_json:  # with --json, stdout is one JSON document (the run dir is in it)
             click.echo(str(run_dir))
             sys.stdout.flush()
-        click.echo(f"capturing ({mode}, {config.ws_shards} shards) into {run_dir}; stop with Ctrl-C", err=True)
+        click.echo(f"capturing ({mode}, {plan['shards']} shards: {plan['reason']}) into {run_dir}; stop with Ctrl-C", err=True)
 
     try:
         code, run_dir, last = run_capture(
@@ -348,12 +348,18 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     --capture-max-markets. Exit 1 when Gamma cannot be read after the retries.
     """
     from pm_arb.gamma import fetch_active_rows
-    from pm_arb.universe_select import assign_shards, select_markets, shard_of
+    from pm_arb.universe.placement import PlacementRules, balance, place, plan_text
+    from pm_arb.universe_select import select_markets
 
     config = build_config(kwargs)
     res = fetch_active_rows(config)
     markets, rejected = select_markets(res.rows, config.capture_max_markets)
     shown = markets[:limit] if limit else markets
+    rules = PlacementRules.of(config)
+    placement = place(None, markets, rules).placement
+    loads = placement.token_loads()
+    plan = {"shards": placement.shards, "shards_min": rules.min_shards, "cap_tokens": rules.cap_tokens,
+            "reason": plan_text(len(markets), placement.shards, rules), **balance(loads)}
     totals = {
         "pages_fetched": res.pages,
         "retries": res.retries,
@@ -361,10 +367,11 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
         "selected": len(markets),
         "tokens": 2 * len(markets),
         "rejected": rejected,
-        "shard_token_counts": {str(s): len(t) for s, t in assign_shards(markets, config.ws_shards).items()},
+        "shard_token_counts": {str(s): n for s, n in enumerate(loads)},
+        "plan": plan,
     }
     if as_json:
-        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in shown]})
+        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": placement.shard_of[mk.condition_id]} for mk in shown]})
         return
     for mk in shown:
         q = mk.question if len(mk.question) <= 60 else mk.question[:57] + "..."
@@ -375,6 +382,10 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     )
     if rejected:
         click.echo("rejected: " + ", ".join(f"{why}: {n}" for why, n in sorted(rejected.items())))
+    click.echo(
+        f"plan: {plan['shards']} shards: {plan['reason']}; busiest shard {plan['busiest_tokens']} tokens, "
+        f"mean {plan['mean_tokens']:g} (x{plan['busiest_over_mean']:g})"
+    )
 
 
 @cli.command("sim-exchange")

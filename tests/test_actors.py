@@ -35,7 +35,8 @@ def stop_actors():
 
 
 def cfg(**over) -> Config:
-    base = dict(ws_shards=3, capture_confirm_timeout_seconds=10.0, capture_confirm_min_events=2, heartbeat_interval_seconds=1.0)
+    base = dict(ws_shards=3, capture_confirm_timeout_seconds=10.0, capture_confirm_min_events=2, heartbeat_interval_seconds=1.0,
+                ws_connect_stagger_seconds=0.0)
     base.update(over)
     return Config(**base)
 
@@ -76,6 +77,24 @@ def test_supervisor_reaches_running_on_confirm_and_stops_cleanly(tmp_path):
     assert [r.seq for r in recs] == list(range(len(recs)))
     assert fold(recs).phase == "stopped"
     assert not (tmp_path / "fatal.json").exists()
+
+
+def test_connections_open_staggered_and_the_confirm_deadline_waits_for_the_last(tmp_path):
+    clock = ManualClock()
+    sup, writer, shards, done, codes = supervisor_with_writer(tmp_path, cfg(ws_connect_stagger_seconds=0.5), clock)
+    t0 = clock.mono_ns()
+    sup.tell(m.StartRun({0: ["a1", "a2"], 1: ["b1", "b2"], 2: ["c1", "c2"]}, markets=3))
+    sup.ask(m.GetStatus())  # barrier: StartShard has been told to every shard
+    starts = [shards[s].ask("got")[0] for s in range(3)]
+    assert [x.not_before_mono_ns - t0 for x in starts] == [0, 500_000_000, 1_000_000_000]
+    begin = [r.event for r in read_runlog_pending(sup, writer, tmp_path) if isinstance(r.event, ev.ConfirmBegin)][0]
+    assert begin.deadline_mono_ns - t0 == 11_000_000_000  # the 10 s timeout, counted from the last opening
+
+
+def read_runlog_pending(sup, writer, tmp_path):
+    sup.ask(m.GetStatus())
+    writer.ask(m.FlushMetrics())
+    return read_runlog(tmp_path).records
 
 
 def test_supervisor_goes_fatal_on_confirm_timeout_and_replay_equals_fatal_json(tmp_path):
@@ -144,7 +163,7 @@ class FakeReader:
         self.started = self.stopped = False
         self.token_changes = []
 
-    def start(self):
+    def start(self, not_before_mono_ns=0):
         self.started = True
 
     def request_stop(self):

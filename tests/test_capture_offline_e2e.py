@@ -8,7 +8,9 @@ import signal
 import orjson
 import pytest
 
+from pm_arb.config import Config
 from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
+from pm_arb.universe.placement import PlacementRules, place
 from pm_arb.universe_select import select_markets
 from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
@@ -16,7 +18,8 @@ from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_
 def fixture_frames_per_shard(shards: int):
     fx = load_fixture_set(None)
     markets, _ = select_markets(fx.gamma_rows, 2000)
-    return frames_by_shard(fx, {m.condition_id for m in markets}, shards)
+    change = place(None, markets, PlacementRules(cap_tokens=Config().ws_max_tokens_per_shard, min_shards=shards))
+    return frames_by_shard(fx, change.placement.shard_of, change.placement.shards)
 
 
 def test_full_offline_run_has_every_fixture_frame_byte_for_byte(offline_run):
@@ -96,7 +99,6 @@ def test_gil_switch_interval_holds_during_the_run_and_is_restored_after(tmp_path
     import sys
     import threading
 
-    from pm_arb.config import Config
     from pm_arb.run_capture import run_capture
 
     before = sys.getswitchinterval()

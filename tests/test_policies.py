@@ -13,7 +13,7 @@ from pm_arb.latency_hist import RELATIVE_ERROR_BOUND, add_batch, bucket_floor, b
 from pm_arb.refresh_policy import decide
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON
-from pm_arb.universe_select import assign_shards, rejection, select_markets, shard_of
+from pm_arb.universe_select import rejection, select_markets
 
 S = 1_000_000_000
 
@@ -172,16 +172,6 @@ def test_select_is_deterministic_deduplicated_and_capped():
     assert [int(m.id) for m in a] == sorted(int(m.id) for m in a)
     dup = rows + [dict(rows[0], id="999999")]
     assert len(select_markets(dup, 1000)[0]) == 30
-
-
-def test_sharding_is_stable_and_keeps_a_market_together():
-    markets, _ = select_markets(make_gamma_rows(50, seed=2), 1000)
-    full = assign_shards(markets, 8)
-    fewer = assign_shards(markets[:-5], 8)
-    for mk in markets[:-5]:
-        s = shard_of(mk.condition_id, 8)
-        assert mk.yes_token in full[s] and mk.no_token in full[s] and mk.yes_token in fewer[s]
-    assert sum(len(v) for v in full.values()) == 100
 
 
 def cfg(**over):

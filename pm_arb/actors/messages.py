@@ -42,6 +42,7 @@ class FatalCondition:
 @dataclass(frozen=True)
 class StartShard:
     tokens: tuple[str, ...]
+    not_before_mono_ns: int = 0  # connect no earlier: openings are staggered (ws_connect_stagger_seconds)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class CloseWriter:
 class StartRun:
     shard_tokens: dict[int, list[str]]
     markets: int
+    placement: Any = None  # universe.placement.PlacementChange of the start: recorded as placement events
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class ApplyRefresh:
     changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (added, removed)
     added_tokens: list[str] = field(default_factory=list)
     markets: int = 0
+    placement: Any = None  # universe.placement.PlacementChange: assignments, releases, shards opened
 
 
 # --- universe ------------------------------------------------------------------------------

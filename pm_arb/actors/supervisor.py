@@ -17,7 +17,9 @@ from pm_arb.actors import messages as m
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
+from pm_arb.events.folds.placement import placement_events
 from pm_arb.events.folds.supervisor_state import SupervisorState, apply
+from pm_arb.universe.placement import PlacementRules, balance, plan_text
 
 STOP_GRACE_SECONDS = 15.0
 EXIT_OK = 0
@@ -28,6 +30,8 @@ EXIT_FATAL = 1
 class AttachPeers:
     writer: Any
     shards: dict[int, Any]
+    # Starts the actor of a shard a refresh opens mid-run (its own reader, files and events).
+    open_shard: Callable[[int], Any] | None = None
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -42,6 +46,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._next_seq = 0
         self.writer = None
         self.shards: dict[int, Any] = {}
+        self.open_shard: Callable[[int], Any] | None = None
         self.started_shards: set[int] = set()
         self.stopped_shards: set[int] = set()
         self.latest_status: dict[int, m.ShardStatus] = {}
@@ -100,6 +105,7 @@ class SupervisorActor(pykka.ThreadingActor):
         elif isinstance(msg, AttachPeers):
             self.writer = msg.writer
             self.shards = dict(msg.shards)
+            self.open_shard = msg.open_shard
         elif isinstance(msg, m.GetStatus):
             return self.status()
         return None
@@ -111,13 +117,15 @@ class SupervisorActor(pykka.ThreadingActor):
                 run_id=self.run_id,
                 mode=self.mode,
                 pm_arb_version=__version__,
-                shards=cfg.ws_shards,
+                shards=max(cfg.ws_shards, len(msg.shard_tokens)),
                 confirm_timeout_seconds=cfg.capture_confirm_timeout_seconds,
                 confirm_min_events=cfg.capture_confirm_min_events,
                 heartbeat_interval_seconds=cfg.heartbeat_interval_seconds,
             )
         )
         tokens_total = sum(len(t) for t in msg.shard_tokens.values())
+        if msg.placement is not None:
+            self._record_plan(msg.placement, msg.markets, tokens_total)
         self._record(
             ev.UniverseAssigned(
                 reason="start",
@@ -126,19 +134,34 @@ class SupervisorActor(pykka.ThreadingActor):
                 tokens=tokens_total,
             )
         )
-        for s, toks in sorted(msg.shard_tokens.items()):
-            if len(toks) > cfg.ws_max_tokens_per_shard:
-                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(toks), limit=cfg.ws_max_tokens_per_shard))
         if tokens_total == 0:
             self._fatal("universe_empty", "the universe has no active binary markets: nothing to capture (check the Gamma URL and filters)")
             return
         now = self.clock.mono_ns()
         active = self.state.active_shards()
-        self._record(ev.ConfirmBegin(deadline_mono_ns=now + int(cfg.capture_confirm_timeout_seconds * 1e9), shards=active))
+        # Connections open one every ws_connect_stagger_seconds; the last one gets the full
+        # confirm timeout too.
+        gap_ns = int(cfg.ws_connect_stagger_seconds * 1e9)
+        deadline = now + int(cfg.capture_confirm_timeout_seconds * 1e9) + gap_ns * max(0, len(active) - 1)
+        self._record(ev.ConfirmBegin(deadline_mono_ns=deadline, shards=active))
         self._heartbeat()
-        for s in active:
+        for k, s in enumerate(active):
             self.started_shards.add(s)
-            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens)))
+            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens), now + k * gap_ns))
+
+    def _record_plan(self, change, markets: int, tokens: int) -> None:
+        """shards_planned, then one market_assigned per market: the placement at start."""
+        rules = PlacementRules.of(self.config)
+        b = balance(change.placement.token_loads())
+        self._record(
+            ev.ShardsPlanned(
+                shards=change.placement.shards, shards_min=rules.min_shards, markets=markets, tokens=tokens,
+                cap_tokens=rules.cap_tokens, reason=plan_text(markets, change.placement.shards, rules),
+                busiest_tokens=b["busiest_tokens"], mean_tokens=b["mean_tokens"],
+            )
+        )
+        for e in placement_events(change, "start"):
+            self._record(e)
 
     def _on_tick(self, tick: m.Tick) -> None:
         now = self.clock.mono_ns()
@@ -273,6 +296,11 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         cfg = self.config
         now = self.clock.mono_ns()
+        change = msg.placement
+        if change is not None:
+            for e in placement_events(change, "refresh"):
+                self._record(e)
+            self._open_shards(change, msg.markets)
         self._record(
             ev.UniverseAssigned(
                 reason="refresh",
@@ -286,11 +314,22 @@ class SupervisorActor(pykka.ThreadingActor):
         for k, s in enumerate(sorted(msg.changed)):
             added, removed = msg.changed[s]
             tokens = tuple(self.state.shards[s].tokens)
-            if len(tokens) > cfg.ws_max_tokens_per_shard:
-                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(tokens), limit=cfg.ws_max_tokens_per_shard))
             not_before = now + int(k * cfg.capture_universe_refresh_stagger_seconds * 1e9)
             self.started_shards.add(s)
             self.shards[s].tell(m.SetTokens(tokens, not_before, added, removed))
+
+    def _open_shards(self, change, markets: int) -> None:
+        """A refresh grew the universe past what the open shards hold under the cap."""
+        rules = PlacementRules.of(self.config)
+        for s in change.opened:
+            self._record(
+                ev.ShardOpened(
+                    shard=s, shards=s + 1, markets=markets, tokens=2 * markets, cap_tokens=rules.cap_tokens,
+                    reason=f"{2 * markets:,} tokens need {change.shards_needed} connections of at most {rules.cap_tokens} tokens each",
+                )
+            )
+            if self.open_shard is not None and s not in self.shards:
+                self.shards[s] = self.open_shard(s)
 
     def status(self) -> dict[str, Any]:
         st = self.state
@@ -306,4 +345,6 @@ class SupervisorActor(pykka.ThreadingActor):
             "coverage_pct": st.coverage_pct(),
             "fatal_reason": st.fatal_reason,
             "write_q_depth": sum(s.write_q_depth for s in self.latest_status.values()),
+            "shards_open": len(st.shards),
+            "balance": balance([len(v.tokens) for _s, v in sorted(st.shards.items())]),
         }

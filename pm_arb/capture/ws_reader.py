@@ -86,9 +86,13 @@ class WsReader:
         self._pending: _PendingTokens | None = None
         self._thread = threading.Thread(target=self._run, name=f"ws-reader-{shard:02d}", daemon=True)
         self._ws: websocket.WebSocket | None = None
+        self._not_before_mono_ns = 0
 
     # -- called from the shard actor's thread ---------------------------------------------
-    def start(self) -> None:
+    def start(self, not_before_mono_ns: int = 0) -> None:
+        """Start the thread; it opens its first connection no earlier than `not_before_mono_ns`
+        (connections open staggered: many sockets at once draw HTTP 429)."""
+        self._not_before_mono_ns = not_before_mono_ns
         self._thread.start()
 
     def request_stop(self) -> None:
@@ -121,6 +125,9 @@ class WsReader:
         failures = 0
         connects = 0
         refresh: tuple[int, int, int] | None = None  # (began mono, added, removed)
+        wait_s = (self._not_before_mono_ns - self.clock.mono_ns()) / 1e9
+        if wait_s > 0:
+            self._stop.wait(wait_s)
         while not self._stop.is_set():
             connects += 1
             self._report(ev.ShardConnecting(shard=self.shard, url=cfg.clob_ws_url, attempt=connects, tokens=len(self.tokens)))

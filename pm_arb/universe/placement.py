@@ -39,6 +39,11 @@ class PlacementRules:
     def cap_markets(self) -> int:
         return max(1, self.cap_tokens // 2)
 
+    @classmethod
+    def of(cls, config) -> "PlacementRules":
+        """From a Config: ws_max_tokens_per_shard and ws_shards."""
+        return cls(cap_tokens=config.ws_max_tokens_per_shard, min_shards=config.ws_shards)
+
 
 @dataclass
 class Placement:
@@ -136,6 +141,15 @@ def place(previous: Placement | None, markets: Iterable[PlacedMarket], rules: Pl
         nxt.tokens_of[cid] = (m.yes_token, m.no_token)
         assigned.append((cid, s, m.yes_token, m.no_token))
     return PlacementChange(nxt, assigned, released, opened, needed, bound)
+
+
+def plan_text(markets: int, shards: int, rules: PlacementRules) -> str:
+    """Why this many connections, in one line (start message, discover, shards_planned)."""
+    tokens = 2 * markets
+    if shards > rules.min_shards:
+        return (f"{tokens:,} tokens need {shards} connections of at most {rules.cap_tokens} tokens each "
+                f"(--ws-shards {rules.min_shards} is the minimum)")
+    return f"{shards} connections (--ws-shards); {tokens:,} tokens fit at most {rules.cap_tokens} to a connection"
 
 
 def balance(token_loads: list[int]) -> dict[str, float | int]:
