@@ -181,12 +181,14 @@ def main() -> None:
 @click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
 @click.option("--sim-markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active markets the --sim exchange lists.")
 @click.option("--sim-rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
+@click.option("--sim-max-tokens-per-connection", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Like Polymarket: the --sim exchange sends nothing for tokens past this many on one connection (0: no limit).")
 @click.option("--offline-repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
 @click.option("--status/--no-status", default=None, help="Live status line on stderr (default: only when stderr is a terminal).")
 @json_option
 @config_options
 @handle_errors
-def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat, status, as_json, **kwargs) -> None:
+def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, sim_max_tokens_per_connection, offline_repeat, status, as_json, **kwargs) -> None:
     """Capture every frame of every active YES/NO market into a run bundle.
 
     Online by default (Gamma + CLOB WebSocket); --offline replays a fixture set; --sim runs
@@ -208,9 +210,11 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         from pm_arb.sim.exchange import SimExchange
 
         sim_exchange = SimExchange(markets=sim_markets, rate=sim_rate)
+        sim_exchange.max_assets_per_connection = sim_max_tokens_per_connection or None
         sim_exchange.start()
         config = dataclasses.replace(config, gamma_base_url=sim_exchange.gamma_url, clob_ws_url=sim_exchange.ws_url)
-        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate}
+        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate,
+                        "max_tokens_per_connection": sim_max_tokens_per_connection}
         mode = "sim"
 
     def announce(run_dir: Path, plan: dict) -> None:
@@ -396,8 +400,10 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
 @click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True,
               help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
+@click.option("--max-tokens-per-connection", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Like Polymarket past ~500: tokens past this many on one connection get no messages (0: no limit).")
 @handle_errors
-def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int) -> None:
+def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int, max_tokens_per_connection: int) -> None:
     """Serve a loopback simulated Polymarket (Gamma REST + CLOB market WebSocket) until Ctrl-C.
 
     Prints the two base URLs; point a capture at them with --gamma-base-url and --clob-ws-url.
@@ -409,7 +415,9 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
     from pm_arb.sim.exchange import SimExchange
 
     try:
-        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool).start()
+        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool)
+        sim.max_assets_per_connection = max_tokens_per_connection or None
+        sim.start()
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port", 2) from None
     click.echo(f"gamma_base_url={sim.gamma_url}")

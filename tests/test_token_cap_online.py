@@ -1,0 +1,120 @@
+"""The per-connection token cap and the liveness rule, against the simulated exchange over real
+sockets (ADR/0007). The simulator does what Polymarket does past ~500 tokens on one connection:
+the socket stays up and PONGs come, but the tokens past its limit get nothing."""
+
+from __future__ import annotations
+
+import orjson
+import xxhash
+
+from pm_arb.capture.frame_parse import frame_shape
+from pm_arb.sim.exchange import STALL_GARBAGE, SimExchange
+from pm_arb.universe_select import select_markets
+from tests.conftest import records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+from tests.test_capture_online import events, start_capture
+
+
+def silenced_by_sim(sim: SimExchange) -> set[str]:
+    """Tokens some connection subscribed past the simulator's per-connection limit."""
+    cap = sim.max_assets_per_connection
+    return {t for c in sim.connections.values() for t in c.tokens[cap:]}
+
+
+def never_seen(run_dir) -> set[str]:
+    """Tokens of the universe no market event ever carried in this run."""
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    universe = {t for mk in manifest["universe"]["markets"] for t in (mk["yes_token"], mk["no_token"])}
+    seen = {t for r in events(run_dir, "tokens_first_seen") for t in r["tokens"]}
+    return universe - seen
+
+
+def capture_a_while(sim, data_dir, run_id, *extra):
+    proc, run_dir = start_capture(sim, data_dir, run_id, "--no-capture-universe-refresh-enable", *extra)
+    wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+    # long enough for every served token to have sent its book and some deltas
+    wait_for_runlog(run_dir, lambda r: r["type"] == "heartbeat" and r["frames_total"] > 600)
+    code, _, err = stop_with(proc)
+    assert code == 0, err
+    return run_dir
+
+
+def test_a_cap_the_exchange_does_not_honour_loses_tokens_and_the_enforced_cap_loses_none(data_dir):
+    """60 markets (120 tokens) and an exchange that serves 40 tokens a connection. With the cap
+    above that (as when it was only reported), 2 connections carry ~60 tokens each and the
+    tokens past 40 never produce an event; with the cap at 40, 3 connections lose nothing."""
+    with SimExchange(markets=60, rate=600) as sim:
+        sim.max_assets_per_connection = 40
+        old = capture_a_while(sim, data_dir, "uncapped", "--ws-shards", "2", "--ws-max-tokens-per-shard", "1000")
+        lost = silenced_by_sim(sim)
+    missing = never_seen(old)
+    # Only silenced tokens are missing; a silenced token whose market's other token is served
+    # still shows up in that market's price_change messages, so not every silenced one is.
+    assert len(lost) >= 30 and len(missing) >= 5 and missing <= lost
+    assert orjson.loads(run_cli("capture-replay", "--run-dir", str(old), "--json").stdout)["state"]["missing_tokens"] == len(missing)
+
+    with SimExchange(markets=60, rate=600) as sim:
+        sim.max_assets_per_connection = 40
+        new = capture_a_while(sim, data_dir, "capped", "--ws-shards", "2", "--ws-max-tokens-per-shard", "40")
+        assert silenced_by_sim(sim) == set()
+    assert never_seen(new) == set()
+    plan = events(new, "shards_planned")[0]
+    assert (plan["shards"], plan["shards_min"], plan["cap_tokens"]) == (3, 2, 40) and "need 3 connections" in plan["reason"]
+    assert all(len(t) <= 40 for t in events(new, "universe_assigned")[0]["shard_tokens"].values())
+
+
+def test_the_defaults_take_ten_connections_for_2000_markets_and_the_exchange_silences_nothing(data_dir):
+    """The issue's case with default settings: 2,000 markets, --ws-shards 8, an exchange that
+    serves 500 tokens a connection. The old rule (xxh64 % 8) would put more than 500 on a shard."""
+    with SimExchange(markets=2000, rate=1000) as sim:
+        sim.max_assets_per_connection = 500
+        markets, _ = select_markets(sim.rows(), 2000)
+        loads = [0] * 8
+        for mk in markets:
+            loads[xxhash.xxh64_intdigest(mk.condition_id.encode()) % 8] += 2
+        assert max(loads) > 500  # what the old placement would have lost
+
+        run_dir = data_dir / "runs" / "defaults"
+        proc = start_cli("capture", "--gamma-base-url", sim.gamma_url, "--clob-ws-url", sim.ws_url, "--run-id", "defaults",
+                         "--data-dir", str(data_dir), "--no-capture-universe-refresh-enable")
+        assert wait_for_line(proc, timeout=60) == str(run_dir)
+        wait_for_runlog(run_dir, lambda r: r["type"] == "heartbeat" and r["coverage_pct"] == 100.0, timeout=90)
+        code, _, err = stop_with(proc)
+        assert code == 0, err
+        assert "10 shards: 4,000 tokens need 10 connections of at most 400 tokens each" in err
+        assert silenced_by_sim(sim) == set() and len({c.conn_id for c in sim.connections.values()}) == 10
+    plan = events(run_dir, "shards_planned")[0]
+    assert (plan["shards"], plan["shards_min"], plan["cap_tokens"], plan["busiest_tokens"]) == (10, 8, 400, 400)
+    assert len(events(run_dir, "market_assigned")) == 2000 and never_seen(run_dir) == set()
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["universe"]["placement"]["busiest_over_mean"] == 1.0
+    connecting = sorted(r["mono_ns"] for r in events(run_dir, "shard_connecting"))
+    assert all(b - a >= 0.4e9 for a, b in zip(connecting, connecting[1:]))  # opened 0.5 s apart
+
+
+def test_a_stall_that_keeps_sending_empty_dumps_pongs_and_garbage_is_caught_by_the_data_idle_watchdog(data_dir):
+    """Data stops, but `[]` every 0.3 s, a truncated JSON frame every third time, and PONGs keep
+    coming. None of them is market data, so the 2 s data-idle watchdog still fires."""
+    with SimExchange(markets=20, rate=200, record_sent=True) as sim:
+        proc, run_dir = start_capture(sim, data_dir, "noisy-stall", "--no-capture-universe-refresh-enable",
+                                      "--ws-ping-interval-seconds", "0.5", "--ws-ping-timeout-seconds", "5",
+                                      "--ws-data-idle-reconnect-seconds", "2")
+        wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+        sim.initial_dump = False
+        sim.stall_noise_seconds = 0.3
+        wait_for_runlog(run_dir, lambda r: len({x["shard"] for x in events(run_dir, "shard_disconnected") if x["cause"] == "data_idle"}) == 4,
+                        timeout=20)
+        sim.send_data = False
+        code, _, err = stop_with(proc)
+        assert code == 0, err
+    records = records_by_shard(run_dir)
+    for disc in [r for r in events(run_dir, "shard_disconnected") if r["cause"] == "data_idle"]:
+        before = [r for r in records[disc["shard"]] if r.rx_mono_ns <= disc["mono_ns"]]
+        last_data = max(r.rx_mono_ns for r in before if frame_shape(r.opcode, r.payload)[1] > 0)
+        noise = {r.payload for r in before if r.rx_mono_ns > last_data}
+        assert {b"[]", b"PONG", STALL_GARBAGE} <= noise  # the stall was not silent
+        assert 2.0e9 <= disc["mono_ns"] - last_data < 3.0e9  # caught within its limit (and a loop turn)
+    last_hb = [r for r in events(run_dir, "heartbeat")][-1]
+    for s, recs in records.items():
+        flagged = [r for r in recs if r.flags & 2]
+        assert flagged and all(r.payload == STALL_GARBAGE for r in flagged)
+        assert last_hb["shards"][str(s)]["not_json_frames"] == len(flagged)
