@@ -118,3 +118,43 @@ def test_a_stall_that_keeps_sending_empty_dumps_pongs_and_garbage_is_caught_by_t
         flagged = [r for r in recs if r.flags & 2]
         assert flagged and all(r.payload == STALL_GARBAGE for r in flagged)
         assert last_hb["shards"][str(s)]["not_json_frames"] == len(flagged)
+
+
+def test_a_refresh_past_capacity_opens_a_new_shard_with_its_own_files_and_moves_nobody(data_dir):
+    """20 markets fill 2 shards of 20 tokens. A refresh lists 5 more: a third shard opens during
+    the run (its own actor, frames/idx files and events); the two full shards are not touched."""
+    from pm_arb.sim.market_data import make_gamma_rows
+
+    with SimExchange(markets=20, rate=300) as sim:
+        proc, run_dir = start_capture(sim, data_dir, "grow", "--ws-shards", "2", "--ws-max-tokens-per-shard", "20",
+                                      "--capture-universe-refresh-interval-seconds", "0.5",
+                                      "--capture-universe-refresh-max-churn-pct", "50", "--capture-universe-refresh-grace-seconds", "1")
+        wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+        start_map = {r["condition_id"]: r["shard"] for r in events(run_dir, "market_assigned")}
+        fresh = make_gamma_rows(5, seed=99, first_id=900_000, extras=False)
+        sim.set_rows(sim.rows() + fresh)
+        wait_for_runlog(run_dir, lambda r: r["type"] == "tokens_first_seen" and r["shard"] == 2, timeout=20)
+        code, _, err = stop_with(proc)
+        assert code == 0, err
+    opened = events(run_dir, "shard_opened")
+    assert [(r["shard"], r["shards"], r["cap_tokens"]) for r in opened] == [(2, 3, 20)]
+    assert "50 tokens need 3 connections" in opened[0]["reason"]
+    added = [r for r in events(run_dir, "market_assigned") if r["reason"] == "refresh"]
+    assert {r["condition_id"] for r in added} == {row["conditionId"] for row in fresh} and {r["shard"] for r in added} == {2}
+    assert not events(run_dir, "market_released")
+    # nobody moved: shards 0 and 1 kept their markets and were never reconnected
+    assert {r["shard"] for r in events(run_dir, "shard_disconnected") if r["planned"] and r["cause"] == "refresh"} <= {2}
+    assert {r["shard"] for r in events(run_dir, "shard_connecting")} == {0, 1, 2}
+    assert max(len(t) for r in events(run_dir, "universe_assigned") for t in r["shard_tokens"].values()) <= 20
+    assert (run_dir / "capture" / "shard_02.frames").stat().st_size > 16 and (run_dir / "capture" / "shard_02.idx").exists()
+    assert run_cli("capture-verify", "--run-dir", str(run_dir)).returncode == 0
+    # the runlog rebuilds the placement at any point: before the refresh and at the end
+    replay_end = orjson.loads(run_cli("capture-replay", "--run-dir", str(run_dir), "--json").stdout)["placement"]
+    first_refresh_seq = added[0]["seq"]
+    replay_start = orjson.loads(run_cli("capture-replay", "--run-dir", str(run_dir), "--until-seq", str(first_refresh_seq - 1), "--json").stdout)["placement"]
+    assert replay_start["shards"] == 2 and replay_end["shards"] == 3 and replay_end["opened_midrun"] == [2]
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    for mk in manifest["universe"]["markets"]:
+        assert replay_start["token_shard"][mk["yes_token"]] == replay_end["token_shard"][mk["no_token"]] == mk["shard"] == start_map[mk["condition_id"]]
+    for r in added:
+        assert replay_end["token_shard"][r["yes_token"]] == 2 and r["yes_token"] not in replay_start["token_shard"]
