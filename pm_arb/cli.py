@@ -231,7 +231,7 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, sim_max_tokens
     finally:
         if sim_exchange is not None:
             sim_exchange.stop()
-    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
+    final_keys = ("phase", "shards_active", "shards_open", "balance", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
     summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys}}
     if as_json:
         _emit_json(summary)
@@ -241,6 +241,13 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, sim_max_tokens
         f"reconnects {last.get('reconnects', 0)}; next: pm_arb capture-check --run-dir {run_dir}",
         err=True,
     )
+    bal = last.get("balance")
+    if bal and bal["shards_with_tokens"]:
+        click.echo(
+            f"shards: {last.get('shards_open')} open, busiest {bal['busiest_tokens']} tokens vs mean {bal['mean_tokens']:g} "
+            f"(x{bal['busiest_over_mean']:g}), cap {config.ws_max_tokens_per_shard}",
+            err=True,
+        )
     sys.exit(code)
 
 

@@ -73,8 +73,14 @@ def test_discover_pages_to_the_end_and_filters():
         assert [m["condition_id"] for m in doc["markets"]] == [m.condition_id for m in expected]
         assert all("/markets/keyset?" in p and "closed=false" in p for p in s.gamma_requests)
         assert sum("after_cursor=" in p for p in s.gamma_requests) == doc["totals"]["pages_fetched"] - 1
+        plan = doc["totals"]["plan"]  # 500 tokens fit 8 shards (the minimum) under the 400 cap
+        assert (plan["shards"], plan["shards_min"], plan["cap_tokens"]) == (8, 8, 400) and plan["busiest_tokens"] <= 400
+        assert sum(doc["totals"]["shard_token_counts"].values()) == 500 and {m["shard"] for m in doc["markets"]} == set(range(8))
+        few = orjson.loads(run_cli("discover", "--gamma-base-url", s.gamma_url, "--ws-max-tokens-per-shard", "50", "--json").stdout)
+        assert few["totals"]["plan"]["shards"] == 10 and "500 tokens need 10 connections" in few["totals"]["plan"]["reason"]
         text = run_cli("discover", "--gamma-base-url", s.gamma_url, "--capture-max-markets", "10", "--limit", "3")
         assert text.returncode == 0 and "selected: 10 (20 tokens), shown: 3" in text.stdout
+        assert "plan: 8 shards: 8 connections (--ws-shards); 20 tokens fit at most 400 to a connection; busiest shard" in text.stdout
         assert expected[0].yes_token in text.stdout
 
 
