@@ -134,3 +134,20 @@ def test_a_new_market_goes_to_its_favourite_shard_when_there_is_room():
     step = place(base.placement, universe(range(100)) + [new], rules)
     assert step.assigned == [(new.condition_id, preference(new.condition_id, 8)[0], new.yes_token, new.no_token)]
     assert set(step.changed_shards()) == {preference(new.condition_id, 8)[0]}
+
+
+def test_a_window_names_tokens_placed_before_it_inside_it_and_released_inside_it():
+    from pm_arb.events.folds.placement import token_shards_between
+
+    rules = PlacementRules(cap_tokens=4, min_shards=1)
+    first = place(None, universe([1, 2]), rules)  # before the window
+    second = place(first.placement, universe([2, 3]), rules)  # inside it: 1 released, 3 assigned
+    third = place(second.placement, universe([3, 4]), rules)  # after it
+    records = []
+    for mono, change in ((10, first), (20, second), (30, third)):
+        for e in placement_events(change, "start" if mono == 10 else "refresh"):
+            records.append(LogRecord(len(records), mono, mono, e))
+    names = token_shards_between(records, 15, 25)
+    where = {cid: s for c in (first, second) for cid, s, *_ in c.assigned}
+    assert names == {t: where[market(i).condition_id] for i in (1, 2, 3) for t in (market(i).yes_token, market(i).no_token)}
+    assert market(4).yes_token not in names

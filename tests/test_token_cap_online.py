@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import xxhash
 
-from pm_arb.capture.frame_parse import frame_shape
+from pm_arb.capture.frame_parse import asset_ids, frame_shape
 from pm_arb.sim.exchange import STALL_GARBAGE, SimExchange
 from pm_arb.universe_select import select_markets
 from tests.conftest import records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
@@ -158,3 +158,10 @@ def test_a_refresh_past_capacity_opens_a_new_shard_with_its_own_files_and_moves_
         assert replay_start["token_shard"][mk["yes_token"]] == replay_end["token_shard"][mk["no_token"]] == mk["shard"] == start_map[mk["condition_id"]]
     for r in added:
         assert replay_end["token_shard"][r["yes_token"]] == 2 and r["yes_token"] not in replay_start["token_shard"]
+    # a slice of the new shard names the shard of every token its frames carry
+    out = data_dir / "slice"
+    assert run_cli("capture-slice", "--run-dir", str(run_dir), "--out", str(out), "--from-seq", "0", "--to-seq", "100000", "--shard", "2").returncode == 0
+    token_shard = orjson.loads((out / "manifest.json").read_bytes())["slice_of"]["token_shard"]
+    carried = {t for recs in records_by_shard(out).values() for r in recs for t in asset_ids(r.payload)}
+    assert carried and all(token_shard[t] == 2 for t in carried)
+    assert token_shard == replay_end["token_shard"]

@@ -82,3 +82,23 @@ def placement_events(change: PlacementChange, reason: str) -> list[ev.Event]:
     for cid, shard, yes, no in change.assigned:
         out.append(ev.MarketAssigned(condition_id=cid, shard=shard, yes_token=yes, no_token=no, reason=reason))
     return out
+
+
+def token_shards_between(records: Iterable[LogRecord], mono_from: int, mono_to: int) -> dict[str, int]:
+    """Every token that was on a shard at some point of [mono_from, mono_to], with its shard:
+    the placement as it stood at mono_from plus the assignments inside the window (a market
+    keeps its shard while listed, so a token has one shard in any window)."""
+    state = PlacementState()
+    out: dict[str, int] = {}
+    for rec in records:
+        if rec.mono_ns > mono_to:
+            break
+        if rec.mono_ns < mono_from:
+            apply(state, rec)
+            continue
+        if not out:
+            out = state.token_shard()
+        e = rec.event
+        if isinstance(e, ev.MarketAssigned):
+            out[e.yes_token] = out[e.no_token] = e.shard
+    return out or state.token_shard()
