@@ -20,8 +20,8 @@ CONTROL_TEXTS = frozenset({b"PONG", b"INVALID OPERATION", b"NO NEW ASSETS"})
 
 _EVENT_KEY = b'"event_type"'
 _ASSET_ID = re.compile(rb'"asset_id"\s*:\s*"([^"]+)"')
-_OBJECT, _ARRAY = b"{"[0], b"["[0]
-_CLOSE = {_OBJECT: b"}"[0], _ARRAY: b"]"[0]}
+_CLOSER = {b"{": b"}", b"[": b"]"}
+_LONGEST_CONTROL = max(map(len, CONTROL_TEXTS))
 
 
 def frame_shape(opcode: int, payload: bytes) -> tuple[int, int]:
@@ -36,23 +36,24 @@ def frame_shape(opcode: int, payload: bytes) -> tuple[int, int]:
     - anything else, including a JSON start without its matching end (a truncated message):
       not JSON, 0 events.
     Only a frame with events counts as market data: for confirmation, the data-idle watchdog
-    and coverage alike. `ReaderSink.frame` inlines the `{...}` case.
+    and coverage alike. `ReaderSink.frame` inlines the `{...}` case. A frame that starts like
+    JSON is never hashed or copied (initial dumps can be megabytes).
     """
     if opcode != OPCODE_TEXT:
         return FLAG_NOT_JSON, 0
-    if payload in CONTROL_TEXTS:
-        return FLAG_CONTROL, 0
-    first = payload[:1]
-    if not first or first.isspace() or payload[-1:].isspace():
+    close = _CLOSER.get(payload[:1])
+    if close is None:  # control text, leading whitespace, or garbage
         payload = payload.strip()
-        if payload in CONTROL_TEXTS:
+        if len(payload) <= _LONGEST_CONTROL and payload in CONTROL_TEXTS:
             return FLAG_CONTROL, 0
-        if not payload:
+        close = _CLOSER.get(payload[:1])
+        if close is None:
             return FLAG_NOT_JSON, 0
-    open_, close = payload[0], payload[-1]
-    if len(payload) < 2 or _CLOSE.get(open_) != close:
+    elif payload[-1:].isspace():
+        payload = payload.rstrip()
+    if len(payload) < 2 or payload[-1:] != close:
         return FLAG_NOT_JSON, 0
-    if open_ == _OBJECT:
+    if close == b"}":
         return 0, 1
     return 0, payload.count(_EVENT_KEY)
 
