@@ -338,3 +338,56 @@ def test_a_batch_counts_as_received_only_once_it_is_queued_or_dropped():
     sink.flush()  # 2 queued + 2 > capacity 3, no wait allowed: dropped
     assert (sink.received, sink.dropped, gauge.depth) == (4, 2, 2)
     assert sink.received - sink.dropped - gauge.depth == 0  # nothing applied yet, and the floor says so
+
+
+def test_a_refresh_past_capacity_opens_a_shard_records_why_and_touches_only_changed_shards(tmp_path):
+    from dataclasses import dataclass as _dc
+
+    from pm_arb.events.folds.placement import fold as fold_placement
+    from pm_arb.universe.placement import PlacementRules, place
+
+    @_dc(frozen=True)
+    class Mk:
+        condition_id: str
+        yes_token: str
+        no_token: str
+
+    def markets(ids):
+        return [Mk(f"c{i}", f"y{i}", f"n{i}") for i in ids]
+
+    clock = ManualClock()
+    config = cfg(ws_shards=2, ws_max_tokens_per_shard=4, capture_universe_refresh_stagger_seconds=0.25)
+    rules = PlacementRules.of(config)
+    sup = SupervisorActor.start("r1", "online", config, clock, None)
+    writer = WriterActor.start(tmp_path, config, clock, {})
+    writer.tell(AttachWriterPeers(sup, None))
+    shards = {s: Probe.start(s, sup) for s in range(2)}
+    opened = []
+
+    def open_shard(s):
+        opened.append(s)
+        shards[s] = Probe.start(s, sup)
+        return shards[s]
+
+    sup.tell(AttachPeers(writer=writer, shards=dict(shards), open_shard=open_shard))
+    start = place(None, markets(range(4)), rules)  # 4 markets, 2 per shard: both full
+    sup.tell(m.StartRun(start.placement.shard_tokens(), 4, placement=start))
+    for s in range(2):
+        sup.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.ShardConfirmed(shard=s, market_events=2, seconds_after_start=0.1)))
+    assert sup.ask(m.GetStatus())["phase"] == "running"
+    grown = place(start.placement, markets([0, 1, 2, 3, 4]), rules)  # one more market: no room on 0 or 1
+    t0 = clock.mono_ns()
+    sup.tell(m.ApplyRefresh(grown.placement.shard_tokens(), grown.changed_shards(), ["y4", "n4"], 5, placement=grown))
+    status = sup.ask(m.GetStatus())
+    assert opened == [2] and status["shards_open"] == 3 and status["balance"]["busiest_tokens"] == 4
+    got = shards[2].ask("got")
+    assert [type(x) for x in got] == [m.SetTokens] and got[0].tokens == ("n4", "y4") and got[0].not_before_mono_ns == t0
+    assert all(not isinstance(x, m.SetTokens) for s in (0, 1) for x in shards[s].ask("got"))  # full shards untouched
+    writer.ask(m.FlushMetrics())
+    recs = read_runlog(tmp_path).records
+    kinds = [r.type for r in recs]
+    assert kinds.index("shards_planned") < kinds.index("market_assigned") < kinds.index("universe_assigned")
+    opened_ev = [r.event for r in recs if isinstance(r.event, ev.ShardOpened)]
+    assert [(e.shard, e.shards, e.cap_tokens) for e in opened_ev] == [(2, 3, 4)] and "10 tokens need 3 connections" in opened_ev[0].reason
+    assert fold_placement(recs).placement == grown.placement  # the runlog rebuilds the live placement
+    assert fold(recs).shards[2].tokens == ["n4", "y4"]

@@ -78,6 +78,11 @@ def test_capture_json_is_one_document_on_stdout(data_dir):
     doc = orjson.loads(proc.stdout)
     assert doc["run_dir"] == str(data_dir / "runs" / "j") and doc["exit_code"] == 0 and doc["phase"] == "stopped"
     assert doc["frames"] == 3071 and doc["dropped"] == 0 and doc["fatal_reason"] is None
+    # the run summary reports the busiest shard against the mean (ADR/0007)
+    manifest = orjson.loads((data_dir / "runs" / "j" / "manifest.json").read_bytes())
+    loads = list(manifest["universe"]["shard_token_counts"].values())
+    assert doc["shards_open"] == 2 and doc["balance"]["busiest_tokens"] == max(loads) and doc["balance"]["mean_tokens"] == 24.0
+    assert f"busiest {max(loads)} tokens vs mean 24" in proc.stderr
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's; elsewhere the allocator is left alone")
