@@ -72,7 +72,7 @@ def check_step(prev: Placement, change, listed: list[Mk], rules: PlacementRules)
     assert set(change.changed_shards()) == really_changed
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(rules=rules_strategy, steps=steps_strategy)
 def test_random_refresh_sequences_hold_every_placement_rule(rules, steps):
     live = Placement()
@@ -90,7 +90,7 @@ def test_random_refresh_sequences_hold_every_placement_rule(rules, steps):
         assert replayed.shard_of == live.shard_of and replayed.tokens_of == live.tokens_of
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(rules=rules_strategy, ids=st.sets(st.integers(0, 150), min_size=1, max_size=120), data=st.data())
 def test_a_market_whose_token_ids_change_stays_on_its_shard(rules, ids, data):
     listed = universe(ids)
