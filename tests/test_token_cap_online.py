@@ -165,3 +165,29 @@ def test_a_refresh_past_capacity_opens_a_new_shard_with_its_own_files_and_moves_
     carried = {t for recs in records_by_shard(out).values() for r in recs for t in asset_ids(r.payload)}
     assert carried and all(token_shard[t] == 2 for t in carried)
     assert token_shard == replay_end["token_shard"]
+
+
+def test_a_shard_whose_markets_are_all_delisted_holds_no_connection_until_it_gets_markets_again(data_dir):
+    """Shards never close during a run; one emptied by a refresh must not connect with no tokens
+    (the exchange refuses a subscription of nothing) and takes new markets later."""
+    from pm_arb.sim.market_data import make_gamma_rows
+
+    with SimExchange(markets=4, rate=200) as sim:
+        proc, run_dir = start_capture(sim, data_dir, "empty", "--ws-shards", "2", "--ws-max-tokens-per-shard", "4",
+                                      "--capture-universe-refresh-interval-seconds", "0.5", "--capture-universe-refresh-max-churn-pct", "100",
+                                      "--capture-universe-refresh-grace-seconds", "1")
+        wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+        start = {r["condition_id"]: r["shard"] for r in events(run_dir, "market_assigned")}
+        keep = {c for c, s in start.items() if s == 0}
+        sim.set_rows([r for r in sim.rows() if r["conditionId"] in keep])  # shard 1 loses both its markets
+        wait_for_runlog(run_dir, lambda r: r["type"] == "shard_disconnected" and r["shard"] == 1 and r["cause"] == "refresh")
+        wait_for_runlog(run_dir, lambda r: r["type"] == "heartbeat" and r["seq"] > events(run_dir, "shard_disconnected")[-1]["seq"] + 3)
+        assert not [r for r in events(run_dir, "shard_connecting") if r["tokens"] == 0]
+        sim.set_rows(sim.rows() + make_gamma_rows(2, seed=42, first_id=900_000, extras=False))  # room on shard 1 only
+        wait_for_runlog(run_dir, lambda r: r["type"] == "tokens_first_seen" and r["shard"] == 1 and r["seq"] > 20, timeout=20)
+        code, _, err = stop_with(proc)
+        assert code == 0, err
+    assert not [r for r in events(run_dir, "shard_connecting") if r["tokens"] == 0]
+    assert not [r for r in events(run_dir, "shard_disconnected") if not r["planned"]]
+    refill = [r for r in events(run_dir, "market_assigned") if r["reason"] == "refresh"]
+    assert len(refill) == 2 and {r["shard"] for r in refill} == {1}

@@ -129,6 +129,17 @@ class WsReader:
         if wait_s > 0:
             self._stop.wait(wait_s)
         while not self._stop.is_set():
+            if not self.tokens:
+                # Every market of this shard was delisted: no connection (a subscription of no
+                # tokens is refused) until a refresh places markets here again.
+                due = self._take_due_tokens(self.clock.mono_ns())
+                if due is None:
+                    self._stop.wait(IDLE_RECV_TIMEOUT_S)
+                    continue
+                self._report(ev.ShardRefreshBegin(shard=self.shard, added_count=due.added, removed_count=due.removed, tokens=len(due.tokens)))
+                self.tokens = due.tokens
+                refresh = (self.clock.mono_ns(), due.added, due.removed)
+                continue
             connects += 1
             self._report(ev.ShardConnecting(shard=self.shard, url=cfg.clob_ws_url, attempt=connects, tokens=len(self.tokens)))
             t0 = self.clock.mono_ns()
