@@ -153,6 +153,8 @@ def test_a_refresh_past_capacity_opens_a_new_shard_with_its_own_files_and_moves_
     first_refresh_seq = added[0]["seq"]
     replay_start = orjson.loads(run_cli("capture-replay", "--run-dir", str(run_dir), "--until-seq", str(first_refresh_seq - 1), "--json").stdout)["placement"]
     assert replay_start["shards"] == 2 and replay_end["shards"] == 3 and replay_end["opened_midrun"] == [2]
+    text = run_cli("capture-replay", "--run-dir", str(run_dir)).stdout
+    assert "placement: 25 markets on 3 shards (min 2, cap 20 tokens), busiest 20 tokens vs mean 16.7" in text and "opened mid-run: 02" in text
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     for mk in manifest["universe"]["markets"]:
         assert replay_start["token_shard"][mk["yes_token"]] == replay_end["token_shard"][mk["no_token"]] == mk["shard"] == start_map[mk["condition_id"]]
