@@ -359,7 +359,7 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     --capture-max-markets. Exit 1 when Gamma cannot be read after the retries.
     """
     from pm_arb.gamma import fetch_active_rows
-    from pm_arb.universe.placement import PlacementRules, balance, place, plan_text
+    from pm_arb.universe.placement import PlacementRules, place, plan_summary
     from pm_arb.universe_select import select_markets
 
     config = build_config(kwargs)
@@ -369,8 +369,7 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     rules = PlacementRules.of(config)
     placement = place(None, markets, rules).placement
     loads = placement.token_loads()
-    plan = {"shards": placement.shards, "shards_min": rules.min_shards, "cap_tokens": rules.cap_tokens,
-            "reason": plan_text(len(markets), placement.shards, rules), **balance(loads)}
+    plan = plan_summary(len(markets), placement, rules)
     totals = {
         "pages_fetched": res.pages,
         "retries": res.retries,

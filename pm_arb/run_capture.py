@@ -39,7 +39,7 @@ from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
 from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.malloc_tuning import tune_malloc
 from pm_arb.progress import human_bytes
-from pm_arb.universe.placement import PlacementRules, balance, plan_text
+from pm_arb.universe.placement import PlacementRules, plan_summary
 
 OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -116,15 +116,7 @@ def build_manifest(run_id: str, mode: str, config: Config, universe: dict[str, A
 
 def placement_summary(config: Config, universe: dict[str, Any]) -> dict[str, Any]:
     """How many connections the universe takes under the cap, why, and how even they are."""
-    rules = PlacementRules.of(config)
-    placement = universe["placement"].placement
-    return {
-        "shards": placement.shards,
-        "shards_min": rules.min_shards,
-        "cap_tokens": rules.cap_tokens,
-        "reason": plan_text(len(universe["markets"]), placement.shards, rules),
-        **balance(placement.token_loads()),
-    }
+    return plan_summary(len(universe["markets"]), universe["placement"].placement, PlacementRules.of(config))
 
 
 class StatusLine:

@@ -19,7 +19,7 @@ from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
 from pm_arb.events.folds.placement import placement_events
 from pm_arb.events.folds.supervisor_state import SupervisorState, apply
-from pm_arb.universe.placement import PlacementRules, balance, plan_text
+from pm_arb.universe.placement import PlacementRules, balance, plan_summary
 
 STOP_GRACE_SECONDS = 15.0
 EXIT_OK = 0
@@ -151,13 +151,11 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _record_plan(self, change, markets: int, tokens: int) -> None:
         """shards_planned, then one market_assigned per market: the placement at start."""
-        rules = PlacementRules.of(self.config)
-        b = balance(change.placement.token_loads())
+        plan = plan_summary(markets, change.placement, PlacementRules.of(self.config))
         self._record(
             ev.ShardsPlanned(
-                shards=change.placement.shards, shards_min=rules.min_shards, markets=markets, tokens=tokens,
-                cap_tokens=rules.cap_tokens, reason=plan_text(markets, change.placement.shards, rules),
-                busiest_tokens=b["busiest_tokens"], mean_tokens=b["mean_tokens"],
+                shards=plan["shards"], shards_min=plan["shards_min"], markets=markets, tokens=tokens, cap_tokens=plan["cap_tokens"],
+                reason=plan["reason"], busiest_tokens=plan["busiest_tokens"], mean_tokens=plan["mean_tokens"],
             )
         )
         for e in placement_events(change, "start"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import xxhash
 
@@ -150,6 +150,17 @@ def plan_text(markets: int, shards: int, rules: PlacementRules) -> str:
         return (f"{tokens:,} tokens need {shards} connections of at most {rules.cap_tokens} tokens each "
                 f"(--ws-shards {rules.min_shards} is the minimum)")
     return f"{shards} connections (--ws-shards); {tokens:,} tokens fit at most {rules.cap_tokens} to a connection"
+
+
+def plan_summary(markets: int, placement: Placement, rules: PlacementRules) -> dict[str, Any]:
+    """The plan as reported at start (manifest, start-up line) and by `discover`."""
+    return {
+        "shards": placement.shards,
+        "shards_min": rules.min_shards,
+        "cap_tokens": rules.cap_tokens,
+        "reason": plan_text(markets, placement.shards, rules),
+        **balance(placement.token_loads()),
+    }
 
 
 def balance(token_loads: list[int]) -> dict[str, float | int]:
