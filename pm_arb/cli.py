@@ -181,12 +181,14 @@ def main() -> None:
 @click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
 @click.option("--sim-markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active markets the --sim exchange lists.")
 @click.option("--sim-rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
+@click.option("--sim-max-tokens-per-connection", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Like Polymarket: the --sim exchange sends nothing for tokens past this many on one connection (0: no limit).")
 @click.option("--offline-repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
 @click.option("--status/--no-status", default=None, help="Live status line on stderr (default: only when stderr is a terminal).")
 @json_option
 @config_options
 @handle_errors
-def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat, status, as_json, **kwargs) -> None:
+def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, sim_max_tokens_per_connection, offline_repeat, status, as_json, **kwargs) -> None:
     """Capture every frame of every active YES/NO market into a run bundle.
 
     Online by default (Gamma + CLOB WebSocket); --offline replays a fixture set; --sim runs
@@ -209,16 +211,18 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         from pm_arb.sim.exchange import SimExchange
 
         sim_exchange = SimExchange(markets=sim_markets, rate=sim_rate)
+        sim_exchange.max_assets_per_connection = sim_max_tokens_per_connection or None
         sim_exchange.start()
         config = dataclasses.replace(config, gamma_base_url=sim_exchange.gamma_url, clob_ws_url=sim_exchange.ws_url)
-        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate}
+        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate,
+                        "max_tokens_per_connection": sim_max_tokens_per_connection}
         mode = "sim"
 
-    def announce(run_dir: Path) -> None:
+    def announce(run_dir: Path, plan: dict) -> None:
         if not as_json:  # with --json, stdout is one JSON document (the run dir is in it)
             click.echo(str(run_dir))
             sys.stdout.flush()
-        click.echo(f"capturing ({mode}, {config.ws_shards} shards) into {run_dir}; stop with Ctrl-C", err=True)
+        click.echo(f"capturing ({mode}, {plan['shards']} shards: {plan['reason']}) into {run_dir}; stop with Ctrl-C", err=True)
 
     try:
         code, run_dir, last = run_capture(
@@ -228,7 +232,7 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     finally:
         if sim_exchange is not None:
             sim_exchange.stop()
-    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
+    final_keys = ("phase", "shards_active", "shards_open", "balance", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
     summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys}}
     if as_json:
         _emit_json(summary)
@@ -238,6 +242,13 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         f"reconnects {last.get('reconnects', 0)}; next: pm_arb capture-check --run-dir {run_dir}",
         err=True,
     )
+    bal = last.get("balance")
+    if bal and bal["shards_with_tokens"]:
+        click.echo(
+            f"shards: {last.get('shards_open')} open, busiest {bal['busiest_tokens']} tokens vs mean {bal['mean_tokens']:g} "
+            f"(x{bal['busiest_over_mean']:g}), cap {config.ws_max_tokens_per_shard}",
+            err=True,
+        )
     sys.exit(code)
 
 
@@ -349,12 +360,17 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     --capture-max-markets. Exit 1 when Gamma cannot be read after the retries.
     """
     from pm_arb.gamma import fetch_active_rows
-    from pm_arb.universe_select import assign_shards, select_markets, shard_of
+    from pm_arb.universe.placement import PlacementRules, place, plan_summary
+    from pm_arb.universe_select import select_markets
 
     config = build_config(kwargs)
     res = fetch_active_rows(config)
     markets, rejected = select_markets(res.rows, config.capture_max_markets)
     shown = markets[:limit] if limit else markets
+    rules = PlacementRules.of(config)
+    placement = place(None, markets, rules).placement
+    loads = placement.token_loads()
+    plan = plan_summary(len(markets), placement, rules)
     totals = {
         "pages_fetched": res.pages,
         "retries": res.retries,
@@ -362,10 +378,11 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
         "selected": len(markets),
         "tokens": 2 * len(markets),
         "rejected": rejected,
-        "shard_token_counts": {str(s): len(t) for s, t in assign_shards(markets, config.ws_shards).items()},
+        "shard_token_counts": {str(s): n for s, n in enumerate(loads)},
+        "plan": plan,
     }
     if as_json:
-        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in shown]})
+        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": placement.shard_of[mk.condition_id]} for mk in shown]})
         return
     for mk in shown:
         q = mk.question if len(mk.question) <= 60 else mk.question[:57] + "..."
@@ -376,6 +393,10 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     )
     if rejected:
         click.echo("rejected: " + ", ".join(f"{why}: {n}" for why, n in sorted(rejected.items())))
+    click.echo(
+        f"plan: {plan['shards']} shards: {plan['reason']}; busiest shard {plan['busiest_tokens']} tokens, "
+        f"mean {plan['mean_tokens']:g} (x{plan['busiest_over_mean']:g})"
+    )
 
 
 @cli.command("sim-exchange")
@@ -386,8 +407,10 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
 @click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True,
               help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
+@click.option("--max-tokens-per-connection", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Like Polymarket past ~500: tokens past this many on one connection get no messages (0: no limit).")
 @handle_errors
-def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int) -> None:
+def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int, max_tokens_per_connection: int) -> None:
     """Serve a loopback simulated Polymarket (Gamma REST + CLOB market WebSocket) until Ctrl-C.
 
     Prints the two base URLs; point a capture at them with --gamma-base-url and --clob-ws-url.
@@ -399,7 +422,9 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
     from pm_arb.sim.exchange import SimExchange
 
     try:
-        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool).start()
+        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool)
+        sim.max_assets_per_connection = max_tokens_per_connection or None
+        sim.start()
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port", 2) from None
     click.echo(f"gamma_base_url={sim.gamma_url}")

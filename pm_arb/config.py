@@ -28,7 +28,9 @@ def _setting(default: Any, help: str, check: str, group: str = "capture") -> Any
 @dataclass(frozen=True)
 class Config:
     # --- the spec's key settings -------------------------------------------------------------
-    ws_shards: int = _setting(8, "WebSocket connections (shards) to spread tokens over.", "int>=1")
+    ws_shards: int = _setting(
+        8, "Fewest WebSocket connections (shards); more open when the universe needs them under --ws-max-tokens-per-shard.", "int>=1"
+    )
     ws_ping_interval_seconds: float = _setting(10.0, "Seconds between text PINGs on each shard.", ">0")
     ws_ping_timeout_seconds: float = _setting(10.0, "Seconds to wait for PONG before the connection counts as dead.", ">0")
     ws_data_idle_reconnect_seconds: float = _setting(
@@ -69,7 +71,10 @@ class Config:
     gamma_request_timeout_seconds: float = _setting(10.0, "Timeout of one Gamma HTTP request.", ">0", "discovery")
     # --- WebSocket shards ----------------------------------------------------------------------
     ws_max_tokens_per_shard: int = _setting(
-        500, "Feeds break past ~500 tokens per connection: a shard above this is reported.", "int>=1", "websocket"
+        400, "Never subscribe more tokens than this on one connection (feeds go silent past ~500): ADR/0007.", "int>=2", "websocket"
+    )
+    ws_connect_stagger_seconds: float = _setting(
+        0.5, "Gap between opening one shard's connection and the next at start (many at once draw HTTP 429).", ">=0", "websocket"
     )
     ws_subscribe_chunk_size: int = _setting(100, "Token ids per subscribe message (Polymarket: at most 100).", "int>=1", "websocket")
     ws_connect_timeout_seconds: float = _setting(10.0, "Timeout for one WebSocket connect and handshake.", ">0", "websocket")
@@ -119,6 +124,7 @@ def env_name(name: str) -> str:
 def _describe(check: str) -> str:
     return {
         "int>=1": "an integer >= 1",
+        "int>=2": "an integer >= 2",
         "int>=0": "an integer >= 0",
         ">0": "a number > 0",
         ">=0": "a number >= 0",
@@ -154,7 +160,7 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
             value = int(str(raw).strip())
         except ValueError:
             raise bad() from None
-        if value < (1 if check == "int>=1" else 0):
+        if value < int(check[len("int>="):]):
             raise bad()
         return value
     if check in (">0", ">=0", "pct"):

@@ -40,7 +40,7 @@ from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.malloc_tuning import tune_malloc
 from pm_arb.plant.stop_signals import EXIT_NOW, FORCE_AFTER_SECONDS, StopSignals
 from pm_arb.progress import human_bytes
-from pm_arb.universe_select import shard_of
+from pm_arb.universe.placement import PlacementRules, plan_summary
 
 OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -109,11 +109,17 @@ def build_manifest(run_id: str, mode: str, config: Config, universe: dict[str, A
             "markets_seen": universe.get("markets_seen"),
             "rejected": universe.get("rejected"),
             "shard_token_counts": {str(s): len(t) for s, t in sorted(universe["shard_tokens"].items())},
-            "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in markets],
+            "placement": placement_summary(config, universe),
+            "markets": [{**mk.to_dict(), "shard": universe["placement"].placement.shard_of[mk.condition_id]} for mk in markets],
             "note": "the universe at start; refreshes are recorded in runlog.ndjson (universe_refresh, universe_assigned)",
         },
         **extra,
     }
+
+
+def placement_summary(config: Config, universe: dict[str, Any]) -> dict[str, Any]:
+    """How many connections the universe takes under the cap, why, and how even they are."""
+    return plan_summary(len(universe["markets"]), universe["placement"].placement, PlacementRules.of(config))
 
 
 class StatusLine:
@@ -190,7 +196,7 @@ def run_capture(
     fixture: FixtureSet | None = None,
     offline_repeat: int = 1,
     status: bool | None = None,
-    on_run_dir: Callable[[Path], None] | None = None,
+    on_run_dir: Callable[[Path, dict[str, Any]], None] | None = None,
     extra_manifest: dict[str, Any] | None = None,
 ) -> tuple[int, Path, dict[str, Any]]:
     """Run one capture to its end; returns (exit code, run dir, final status)."""
@@ -212,9 +218,6 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
     malloc_settings = tune_malloc()  # before any actor thread creates its allocator arena
     clock = SystemClock()
     run_id = default_run_id() if run_id is None else run_id
-    shards = config.ws_shards
-    parse_gauges = {s: DepthGauge() for s in range(shards)}
-    write_gauges = {s: DepthGauge() for s in range(shards)}
     done = threading.Event()
     result: dict[str, int] = {}
 
@@ -255,8 +258,13 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
         pykka.ActorRegistry.stop_all()
         raise
     where["run_dir"] = run_dir
+    plan = placement_summary(config, universe)
     if on_run_dir is not None:
-        on_run_dir(run_dir)
+        on_run_dir(run_dir, plan)
+    shards = plan["shards"]
+    # Shards a refresh opens mid-run add their gauges here (the writer holds this same dict).
+    parse_gauges = {s: DepthGauge() for s in range(shards)}
+    write_gauges = {s: DepthGauge() for s in range(shards)}
     started_wall, started_mono = clock.wall_ns(), clock.mono_ns()
     extra = dict(extra_manifest or {})
     extra["malloc"] = malloc_settings
@@ -268,8 +276,7 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
     metrics = MetricsActor.start(writer, shards, supervisor)
     writer.tell(m.AttachWriterPeers(supervisor, metrics))
     if mode == "offline":
-        conditions = {mk.condition_id for mk in universe["markets"]}
-        per_shard = frames_by_shard(fixture, conditions, shards)
+        per_shard = frames_by_shard(fixture, universe["placement"].placement.shard_of, shards)
         source = f"fixture://{fixture.path}"
 
         def make_reader(shard, tokens, sink, tell, clk):
@@ -277,22 +284,29 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
 
     else:
         make_reader = ws_reader_factory(config)
-    shard_refs = {
-        s: ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
-        for s in range(shards)
-    }
-    supervisor.tell(m.AttachPeers(writer=writer, shards=shard_refs))
+    ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor])
+
+    def open_shard(s: int):
+        """A shard's actor with its own gauges; called at start and by the supervisor when a
+        refresh needs another connection under the cap."""
+        parse_gauges.setdefault(s, DepthGauge())
+        write_gauges.setdefault(s, DepthGauge())
+        ref = ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
+        ticker.targets.append(ref)
+        return ref
+
+    shard_refs = {s: open_shard(s) for s in range(shards)}
+    supervisor.tell(m.AttachPeers(writer=writer, shards=shard_refs, open_shard=open_shard))
     if crash_request is not None:
         refs = {"SupervisorActor": supervisor, "UniverseActor": universe_actor, "WriterActor": writer, "MetricsActor": metrics, "ShardActor": shard_refs[0]}
         refs[crash_request[0]].tell(crash_request[1])
-    ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor, *shard_refs.values()])
     # 8 reader threads and the writer share one GIL: with Python's 5 ms default, a reader parsing
     # a burst kept the writer waiting, and a 5k frames/s run's p99 swung between 4 and 12 ms;
     # at 1 ms it stayed at 3.0-3.6 ms (ADR/0006).
     previous_switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
     ticker.start()
-    supervisor.tell(m.StartRun(universe["shard_tokens"], len(universe["markets"])))
+    supervisor.tell(m.StartRun(universe["shard_tokens"], len(universe["markets"]), placement=universe["placement"]))
 
     line = StatusLine(sys.stderr.isatty() if status is None else status)
     last: dict[str, Any] = {}

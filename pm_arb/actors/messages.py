@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pm_arb.events.types import Event
 
@@ -75,6 +75,7 @@ class InjectCrash:
 @dataclass(frozen=True)
 class StartShard:
     tokens: tuple[str, ...]
+    not_before_mono_ns: int = 0  # connect no earlier: openings are staggered (ws_connect_stagger_seconds)
 
 
 @dataclass(frozen=True)
@@ -207,20 +208,15 @@ class AttachPeers:
 
     writer: Any
     shards: dict[int, Any]
-
-
-@dataclass(frozen=True)
-class AttachPeers:
-    """run_capture -> supervisor: the writer and the shard actors it drives."""
-
-    writer: Any
-    shards: dict[int, Any]
+    # Starts the actor of a shard a refresh opens mid-run (its own reader, files and events).
+    open_shard: Callable[[int], Any] | None = None
 
 
 @dataclass(frozen=True)
 class StartRun:
     shard_tokens: dict[int, list[str]]
     markets: int
+    placement: Any = None  # universe.placement.PlacementChange of the start: recorded as placement events
 
 
 @dataclass(frozen=True)
@@ -248,6 +244,7 @@ class ApplyRefresh:
     changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (added, removed)
     added_tokens: list[str] = field(default_factory=list)
     markets: int = 0
+    placement: Any = None  # universe.placement.PlacementChange: assignments, releases, shards opened
 
 
 # --- universe ------------------------------------------------------------------------------

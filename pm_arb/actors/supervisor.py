@@ -15,7 +15,9 @@ from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
+from pm_arb.events.folds.placement import placement_events
 from pm_arb.events.folds.supervisor_state import SupervisorState, apply
+from pm_arb.universe.placement import PlacementRules, balance, plan_summary
 
 STOP_GRACE_SECONDS = 15.0
 EXIT_OK = 0
@@ -38,6 +40,7 @@ class SupervisorActor(PlantActor):
         self._next_seq = 0
         self.writer = None
         self.shards: dict[int, Any] = {}
+        self.open_shard: Callable[[int], Any] | None = None
         self.started_shards: set[int] = set()
         self.stopped_shards: set[int] = set()
         self.latest_status: dict[int, m.ShardStatus] = {}
@@ -97,6 +100,7 @@ class SupervisorActor(PlantActor):
         elif isinstance(msg, m.AttachPeers):
             self.writer = msg.writer
             self.shards = dict(msg.shards)
+            self.open_shard = msg.open_shard
         elif isinstance(msg, m.GetStatus):
             return self.status()
         elif isinstance(msg, m.ActorCrashed):
@@ -138,13 +142,15 @@ class SupervisorActor(PlantActor):
                 run_id=self.run_id,
                 mode=self.mode,
                 pm_arb_version=__version__,
-                shards=cfg.ws_shards,
+                shards=max(cfg.ws_shards, len(msg.shard_tokens)),
                 confirm_timeout_seconds=cfg.capture_confirm_timeout_seconds,
                 confirm_min_events=cfg.capture_confirm_min_events,
                 heartbeat_interval_seconds=cfg.heartbeat_interval_seconds,
             )
         )
         tokens_total = sum(len(t) for t in msg.shard_tokens.values())
+        if msg.placement is not None:
+            self._record_plan(msg.placement, msg.markets, tokens_total)
         self._record(
             ev.UniverseAssigned(
                 reason="start",
@@ -153,19 +159,32 @@ class SupervisorActor(PlantActor):
                 tokens=tokens_total,
             )
         )
-        for s, toks in sorted(msg.shard_tokens.items()):
-            if len(toks) > cfg.ws_max_tokens_per_shard:
-                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(toks), limit=cfg.ws_max_tokens_per_shard))
         if tokens_total == 0:
             self._fatal("universe_empty", "the universe has no active binary markets: nothing to capture (check the Gamma URL and filters)")
             return
         now = self.clock.mono_ns()
         active = self.state.active_shards()
-        self._record(ev.ConfirmBegin(deadline_mono_ns=now + int(cfg.capture_confirm_timeout_seconds * 1e9), shards=active))
+        # Connections open one every ws_connect_stagger_seconds; the last one gets the full
+        # confirm timeout too.
+        gap_ns = int(cfg.ws_connect_stagger_seconds * 1e9)
+        deadline = now + int(cfg.capture_confirm_timeout_seconds * 1e9) + gap_ns * max(0, len(active) - 1)
+        self._record(ev.ConfirmBegin(deadline_mono_ns=deadline, shards=active))
         self._heartbeat()
-        for s in active:
+        for k, s in enumerate(active):
             self.started_shards.add(s)
-            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens)))
+            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens), now + k * gap_ns))
+
+    def _record_plan(self, change, markets: int, tokens: int) -> None:
+        """shards_planned, then one market_assigned per market: the placement at start."""
+        plan = plan_summary(markets, change.placement, PlacementRules.of(self.config))
+        self._record(
+            ev.ShardsPlanned(
+                shards=plan["shards"], shards_min=plan["shards_min"], markets=markets, tokens=tokens, cap_tokens=plan["cap_tokens"],
+                reason=plan["reason"], busiest_tokens=plan["busiest_tokens"], mean_tokens=plan["mean_tokens"],
+            )
+        )
+        for e in placement_events(change, "start"):
+            self._record(e)
 
     def _on_tick(self, tick: m.Tick) -> None:
         now = self.clock.mono_ns()
@@ -311,6 +330,11 @@ class SupervisorActor(PlantActor):
             return
         cfg = self.config
         now = self.clock.mono_ns()
+        change = msg.placement
+        if change is not None:
+            for e in placement_events(change, "refresh"):
+                self._record(e)
+            self._open_shards(change, msg.markets)
         self._record(
             ev.UniverseAssigned(
                 reason="refresh",
@@ -324,11 +348,22 @@ class SupervisorActor(PlantActor):
         for k, s in enumerate(sorted(msg.changed)):
             added, removed = msg.changed[s]
             tokens = tuple(self.state.shards[s].tokens)
-            if len(tokens) > cfg.ws_max_tokens_per_shard:
-                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(tokens), limit=cfg.ws_max_tokens_per_shard))
             not_before = now + int(k * cfg.capture_universe_refresh_stagger_seconds * 1e9)
             self.started_shards.add(s)
             self.shards[s].tell(m.SetTokens(tokens, not_before, added, removed))
+
+    def _open_shards(self, change, markets: int) -> None:
+        """A refresh grew the universe past what the open shards hold under the cap."""
+        rules = PlacementRules.of(self.config)
+        for s in change.opened:
+            self._record(
+                ev.ShardOpened(
+                    shard=s, shards=s + 1, markets=markets, tokens=2 * markets, cap_tokens=rules.cap_tokens,
+                    reason=f"{2 * markets:,} tokens need {change.shards_needed} connections of at most {rules.cap_tokens} tokens each",
+                )
+            )
+            if self.open_shard is not None and s not in self.shards:
+                self.shards[s] = self.open_shard(s)
 
     def status(self) -> dict[str, Any]:
         st = self.state
@@ -344,4 +379,6 @@ class SupervisorActor(PlantActor):
             "coverage_pct": st.coverage_pct(),
             "fatal_reason": st.fatal_reason,
             "write_q_depth": sum(s.write_q_depth for s in self.latest_status.values()),
+            "shards_open": len(st.shards),
+            "balance": balance([len(v.tokens) for _s, v in sorted(st.shards.items())]),
         }

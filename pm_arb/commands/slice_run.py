@@ -10,6 +10,8 @@ import orjson
 
 from pm_arb.bundle import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_run_dir, write_json
 from pm_arb.errors import UserError
+from pm_arb.events.folds.placement import token_shards_between
+from pm_arb.events.runlog_file import read_runlog
 from pm_arb.progress import Progress
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardFileWriter, ShardReader, shard_numbers
@@ -100,6 +102,12 @@ def slice_run(
     rng = {"from_wall_ns_utc": from_wall, "to_wall_ns_utc": to_wall} if by_time else {"from_seq": from_seq, "to_seq": to_seq}
     manifest = dict(source_manifest)
     manifest["slice_of"] = {"run_id": source_manifest.get("run_id"), "run_dir": str(run_dir.resolve()), "range": rng, "shards": chosen}
+    if mono_lo is not None:  # the runlog window may not hold the placement events: name every token's shard here
+        try:
+            records = read_runlog(run_dir, skip_bad_lines=True).records
+        except UserError:  # no readable runlog: the slice still holds every frame
+            records = []
+        manifest["slice_of"]["token_shard"] = token_shards_between(records, mono_lo, mono_hi)
     write_json(out_dir / MANIFEST, manifest)
     return {"out_dir": str(out_dir), "frames": sum(s["frames"] for s in per_shard), "runlog_events": events, "shards": per_shard, "range": rng}
 
