@@ -123,7 +123,7 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
 def capture_inspect(run_dir: Path, as_json: bool) -> None:
     """Summarize a run bundle: file sizes, frames per shard, first/last receive time, metrics tails.
 
-    Exit 1 when a shard's files cannot be read.
+    Exit 1 when a shard's files cannot be read or a file header is damaged.
     """
     from pm_arb.commands.inspect_run import inspect_run, render_inspect
 
@@ -132,6 +132,10 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
     unreadable = [s for s in result["shards"] if "error" in s]
     if unreadable:
         click.echo(f"error: {len(unreadable)} shard file(s) could not be read (see above); run capture-verify for details", err=True)
+        sys.exit(1)
+    damaged = [s for s in result["shards"] if "header_damage" in s]
+    if damaged:
+        click.echo(f"error: {len(damaged)} shard file(s) have a damaged header (see above); run capture-verify for details", err=True)
         sys.exit(1)
 
 

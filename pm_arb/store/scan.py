@@ -101,11 +101,13 @@ def scan(buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | 
     """Yield every valid record in order; fill `summary` with what else was found.
 
     `idx_ends` maps record offsets to record ends as the idx recorded them. The idx entry is
-    written only after its record was fully written, so a tail whose record the idx knows to be
-    complete is corruption (say, a flipped length byte), not a crash's torn write.
+    written only after its record was fully written, so no byte before the furthest end the idx
+    lists can be a crash's torn write: damage there, even at the end of the file (a file cut
+    inside a record the idx vouches for, or zeroed), is corruption or loss, never a torn tail.
     """
     s = summary if summary is not None else ScanSummary()
     size = len(buf)
+    vouched_until = max(idx_ends.values(), default=0) if idx_ends else 0
     pos = FILE_HEADER_SIZE
     while pos < size:
         rec, reason = _record_at(buf, pos, size)
@@ -119,11 +121,16 @@ def scan(buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | 
         nxt = _next_valid(buf, pos + 1, size)
         if nxt is None:
             tail = bytes(buf[pos:size])
-            known_complete = idx_ends is not None and idx_ends.get(pos, size + 1) <= size
-            if not known_complete and (_is_prefix_of_record(buf, pos, size) or tail.count(0) == len(tail)):
+            vouched = pos < vouched_until
+            if not vouched and (_is_prefix_of_record(buf, pos, size) or tail.count(0) == len(tail)):
                 s.torn_tail_bytes = size - pos
             else:
-                s.corrupt.append(CorruptRegion(pos, size - pos, reason if reason != "short" else "truncated record", _claimed_seq(buf, pos, size)))
+                if vouched:
+                    what = "cut short" if reason == "short" else reason
+                    reason = f"{what} where the idx lists a record as written: loss, not a crash tear"
+                elif reason == "short":
+                    reason = "truncated record"
+                s.corrupt.append(CorruptRegion(pos, size - pos, reason, _claimed_seq(buf, pos, size)))
             return
         s.corrupt.append(CorruptRegion(pos, nxt - pos, reason if reason != "short" else "truncated record", _claimed_seq(buf, pos, size)))
         pos = nxt
