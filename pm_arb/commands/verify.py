@@ -19,6 +19,7 @@ from pm_arb.store.shard_files import (
     frames_path,
     idx_entry_for,
     idx_path,
+    idx_vouched_until,
     load_idx,
     map_file,
     RepairFailed,
@@ -132,8 +133,7 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None,
         summary = ScanSummary()
         records = []
         last_offset_done = FILE_HEADER_SIZE
-        idx_ends = {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in idx_entries}
-        for rec in scan(buf, summary, idx_ends):
+        for rec in scan(buf, summary, idx_vouched_until(idx_entries)):
             records.append(idx_entry_for(rec))
             if progress is not None:
                 progress.update(rec.offset - last_offset_done + RECORD_OVERHEAD + len(rec.payload))

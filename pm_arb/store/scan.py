@@ -9,7 +9,7 @@ that fails its checksum is corruption, reported and never truncated by repair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, NamedTuple
+from typing import Iterator, NamedTuple
 
 from pm_arb.store.frames_format import (
     CHECKSUM,
@@ -97,17 +97,16 @@ def _is_prefix_of_record(buf, pos: int, size: int) -> bool:
     return length <= MAX_PAYLOAD and pos + RECORD_OVERHEAD + length > size
 
 
-def scan(buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | None = None) -> Iterator[FrameRecord]:
+def scan(buf, summary: ScanSummary | None = None, vouched_until: int = 0) -> Iterator[FrameRecord]:
     """Yield every valid record in order; fill `summary` with what else was found.
 
-    `idx_ends` maps record offsets to record ends as the idx recorded them. The idx entry is
-    written only after its record was fully written, so no byte before the furthest end the idx
-    lists can be a crash's torn write: damage there, even at the end of the file (a file cut
-    inside a record the idx vouches for, or zeroed), is corruption or loss, never a torn tail.
+    `vouched_until` is the furthest record end the idx lists (shard_files.idx_vouched_until).
+    An idx entry is written only after its record was fully written, so no byte before it can
+    be a crash's torn write: damage there, even at the end of the file (a file cut inside a
+    record the idx lists, or zeroed), is corruption or loss, never a torn tail.
     """
     s = summary if summary is not None else ScanSummary()
     size = len(buf)
-    vouched_until = max(idx_ends.values(), default=0) if idx_ends else 0
     pos = FILE_HEADER_SIZE
     while pos < size:
         rec, reason = _record_at(buf, pos, size)

@@ -90,6 +90,23 @@ def load_idx(path: Path, shard: int | None = None) -> IdxFile:
         close_view(buf)
 
 
+def follows_on(entries: list[IdxEntry]) -> list[bool]:
+    """For each idx entry, whether it is what a writer wrote after the entry before it: its
+    record starts where that one's ended, its seq is higher and its reserved bytes are zero.
+    A damaged entry (a flipped offset, a garbage tail) does not, and vouches for nothing."""
+    out = []
+    prev_end, prev_seq = FILE_HEADER_SIZE, -1
+    for e in entries:
+        out.append(e.offset == prev_end and e.seq > prev_seq and e.reserved == 0)
+        prev_end, prev_seq = e.offset + RECORD_OVERHEAD + e.payload_len, e.seq
+    return out
+
+
+def idx_vouched_until(entries: list[IdxEntry]) -> int:
+    """The furthest frames-file offset the idx says was fully written (0: none)."""
+    return max((e.offset + RECORD_OVERHEAD + e.payload_len for e, ok in zip(entries, follows_on(entries)) if ok), default=0)
+
+
 def idx_entry_for(rec: FrameRecord) -> IdxEntry:
     return IdxEntry(rec.offset, len(rec.payload), rec.flags, rec.opcode, rec.seq, rec.rx_mono_ns, rec.rx_wall_ns_utc)
 
@@ -221,19 +238,18 @@ def repair_shard(frames: Path, idx: Path, shard: int) -> RepairReport:
     """
     summary = ScanSummary()
     old = load_idx(idx, shard)  # before the frames: the idx can only lag them, never lead
-    idx_ends = {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in old.entries}
     buf = map_file(frames)
     try:
         header_damage = check_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, frames.name, shard)
-        good_idx = [idx_entry_for(r) for r in scan(buf, summary, idx_ends)]
+        good_idx = [idx_entry_for(r) for r in scan(buf, summary, idx_vouched_until(old.entries))]
         file_end = len(buf)
     finally:
         close_view(buf)
     good_offsets = {e.offset for e in good_idx}
     damaged = [(c.offset, c.offset + c.length) for c in summary.corrupt]
     evidence = [
-        e for e in old.entries
-        if e.offset not in good_offsets and (e.offset >= file_end or any(a <= e.offset < b for a, b in damaged))
+        e for e, ok in zip(old.entries, follows_on(old.entries))
+        if ok and e.offset not in good_offsets and (e.offset >= file_end or any(a <= e.offset < b for a, b in damaged))
     ]
     new_idx = sorted(good_idx + evidence, key=lambda e: e.offset)
     idx_size = old.size

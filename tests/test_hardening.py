@@ -1,0 +1,261 @@
+"""Issue 13's hostile cases, as a class each: live runs, loss the idx vouches for, every idx
+byte, a failing repair, damaged file headers. Real files and CLI subprocesses throughout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import orjson
+import pytest
+
+from pm_arb.commands.slice_run import slice_run
+from pm_arb.commands.verify import verify_run
+from pm_arb.store import run_lock
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, IDX_ENTRY_SIZE, RECORD_OVERHEAD
+from pm_arb.store.shard_files import frames_path, idx_path, load_idx
+from tests.conftest import assert_one_line_error, records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+
+SHARD = 1  # a shard of the shared offline run with hundreds of records
+
+
+def verify_json(run_dir, *extra):
+    proc = run_cli("capture-verify", "--run-dir", str(run_dir), "--json", *extra)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, orjson.loads(proc.stdout)
+
+
+def shard_row(doc, shard=SHARD):
+    return next(r for r in doc["shards"] if r["shard"] == shard)
+
+
+# --- a live run: repair refuses, verify says so ---------------------------------------------
+
+
+def test_repair_refuses_a_run_a_capture_holds_and_verify_says_it_is_live(run_copy):
+    """A capture mid-batch: the frames of the batch are half written, its idx entries not yet."""
+    capture = run_copy / "capture"
+    frames, idx = frames_path(capture, SHARD), idx_path(capture, SHARD)
+    entries = load_idx(idx).entries
+    os.truncate(idx, FILE_HEADER_SIZE + (len(entries) - 3) * IDX_ENTRY_SIZE)  # the idx lags, as while writing
+    with open(frames, "ab") as fh:
+        fh.write(b"FRM1\x10\x00")  # the start of the next record
+    frames_before, idx_before = frames.read_bytes(), idx.read_bytes()
+    fd = run_lock.hold_for_capture(run_copy)  # what `capture` holds for its whole run
+    try:
+        proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--repair")
+        line = assert_one_line_error(proc, 2)
+        assert "is live: a capture is writing it" in line and "nothing was changed" in line
+        assert frames.read_bytes() == frames_before and idx.read_bytes() == idx_before
+        assert not list(capture.glob("*.rebuild"))
+        code, doc = verify_json(run_copy)
+        assert code == 0 and doc["ok"] and doc["live"] is True, doc["totals"]
+        assert doc["totals"]["torn_tail_bytes"] == 0 and doc["totals"]["growing_tail_bytes"] == 6
+        assert doc["totals"]["frames_not_yet_indexed"] == 3 and doc["totals"]["idx_mismatch"] == 0
+        assert doc["runlog_check"] == {"checked": False, "reason": "the run is live: a capture is still writing it"}
+        text = run_cli("capture-verify", "--run-dir", str(run_copy)).stdout
+        assert "note: the run is live (a capture is writing it): its growing tail (6 B, 3 frames not yet in the idx)" in text
+    finally:
+        run_lock.release(fd)
+    # Once the capture is gone, the same bytes are a crash's leftovers, and repair may fix them.
+    code, doc = verify_json(run_copy)
+    assert code == 1 and doc["live"] is False and doc["totals"]["torn_tail_bytes"] == 6
+    code, doc = verify_json(run_copy, "--repair")
+    assert code == 0 and doc["ok"], doc["totals"]
+
+
+def test_repair_during_a_real_capture_is_refused_and_the_run_stays_clean(data_dir):
+    proc = start_cli("capture", "--offline", "--offline-speed", "1", "--run-id", "live", "--data-dir", str(data_dir), "--ws-shards", "2")
+    run_dir = data_dir / "runs" / "live"
+    assert wait_for_line(proc) == str(run_dir)
+    wait_for_runlog(run_dir, lambda r: r["type"] == "heartbeat" and r.get("frames_total", 0) > 0)
+    repair = run_cli("capture-verify", "--run-dir", str(run_dir), "--repair")
+    assert "is live" in assert_one_line_error(repair, 2)
+    live = run_cli("capture-verify", "--run-dir", str(run_dir))
+    assert live.returncode == 0 and "note: the run is live" in live.stdout, live.stdout
+    code, _, err = stop_with(proc)
+    assert code == 0, err
+    check = run_cli("capture-check", "--run-dir", str(run_dir))
+    assert check.returncode == 0, check.stdout
+    assert verify_json(run_dir)[1]["live"] is False
+
+
+# --- a record the idx vouches for is loss, never a torn tail -----------------------------------
+
+
+def _cut_positions():
+    # inside the last record's header, its checksum, its payload; one byte short of its end
+    return [5, 30, 40, RECORD_OVERHEAD + 3, -1]
+
+
+@pytest.mark.parametrize("cut", _cut_positions())
+def test_file_cut_inside_a_record_the_idx_lists_is_loss_and_repair_keeps_it(run_copy, cut):
+    capture = run_copy / "capture"
+    frames = frames_path(capture, SHARD)
+    last = load_idx(idx_path(capture, SHARD)).entries[-1]
+    end = last.offset + RECORD_OVERHEAD + last.payload_len
+    os.truncate(frames, end - 1 if cut == -1 else last.offset + cut)
+    size = frames.stat().st_size
+    code, doc = verify_json(run_copy)
+    row = shard_row(doc)
+    assert code == 1 and row["torn_tail_bytes"] == 0 and row["crc_mismatch"] == 1
+    crc = next(d for d in row["defects"] if d["kind"] == "crc_mismatch")
+    assert crc["seq"] == last.seq and "loss, not a crash tear" in crc["reason"]
+    code, doc = verify_json(run_copy, "--repair")
+    assert code == 1 and frames.stat().st_size == size  # evidence stays
+    assert doc["repairs"][SHARD]["torn_tail_bytes_truncated"] == 0
+    # ... and so does the idx entry that vouches for it, so every later verify says the same.
+    for _ in range(2):
+        code, doc = verify_json(run_copy, "--repair")
+        assert code == 1 and shard_row(doc)["crc_mismatch"] == 1 and shard_row(doc)["torn_tail_bytes"] == 0
+    assert frames.stat().st_size == size
+
+
+def test_zeroed_and_cut_records_the_idx_lists_are_loss_anywhere_before_its_end(run_copy):
+    """Power loss that zeroes written records, or a cut several records before the idx's end."""
+    capture = run_copy / "capture"
+    frames = frames_path(capture, SHARD)
+    entries = load_idx(idx_path(capture, SHARD)).entries
+    data = bytearray(frames.read_bytes())
+    zero_from = entries[-2].offset
+    data[zero_from:] = bytes(len(data) - zero_from)
+    frames.write_bytes(data)
+    code, doc = verify_json(run_copy)
+    assert code == 1 and shard_row(doc)["torn_tail_bytes"] == 0 and shard_row(doc)["crc_mismatch"] == 1
+    size = frames.stat().st_size
+    verify_json(run_copy, "--repair")
+    assert frames.stat().st_size == size
+    os.truncate(frames, entries[-10].offset + 7)
+    code, doc = verify_json(run_copy)
+    assert code == 1 and shard_row(doc)["torn_tail_bytes"] == 0
+    assert shard_row(doc)["crc_mismatch"] == 1 and shard_row(doc)["idx_mismatch"] == 9  # entries past the end
+    verify_json(run_copy, "--repair")
+    assert frames.stat().st_size == entries[-10].offset + 7
+
+
+# --- every idx byte is checked -------------------------------------------------------------------
+
+
+def test_every_flipped_idx_byte_fails_verify_and_repair_rebuilds_it(run_copy):
+    """Each of an entry's 40 bytes, in the first, a middle and the last entry (in-process: 120 cases)."""
+    idx = idx_path(run_copy / "capture", SHARD)
+    original = idx.read_bytes()
+    entries = load_idx(idx).entries
+    for k in (0, 7, len(entries) - 1):
+        for byte in range(IDX_ENTRY_SIZE):
+            data = bytearray(original)
+            data[FILE_HEADER_SIZE + k * IDX_ENTRY_SIZE + byte] ^= 0x20
+            idx.write_bytes(data)
+            doc = verify_run(run_copy, show_progress=False)
+            assert not doc["ok"] and doc["totals"]["idx_mismatch"] >= 1, (k, byte, doc["totals"])
+            assert doc["totals"]["torn_tail_bytes"] == 0 and doc["totals"]["crc_mismatch"] == 0, (k, byte)
+            if byte in (14, 15):  # the reserved bytes
+                d = next(d for d in shard_row(doc)["defects"] if d["kind"] == "idx_mismatch")
+                assert d["fields"] == "reserved" and d["seq"] == entries[k].seq
+            doc = verify_run(run_copy, repair=True, show_progress=False)
+            assert doc["ok"], (k, byte, doc["totals"])  # the idx is derived data: rebuilt from the frames
+            assert idx.read_bytes() == original
+
+
+def test_flipped_reserved_idx_byte_fails_the_cli_verify(run_copy):
+    idx = idx_path(run_copy / "capture", SHARD)
+    data = bytearray(idx.read_bytes())
+    data[FILE_HEADER_SIZE + 3 * IDX_ENTRY_SIZE + 15] ^= 0x01
+    idx.write_bytes(data)
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy))
+    assert proc.returncode == 1 and "kind=idx_mismatch, seq=3" in proc.stdout and "fields=reserved" in proc.stdout
+
+
+# --- a repair that fails part-way ----------------------------------------------------------------
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(path):
+    """Write until the filesystem refuses: 64 KiB blocks, then single bytes for the last page."""
+    with open(path / "filler", "wb", buffering=0) as fh:
+        for block in (65536, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * block)
+            except OSError:
+                pass
+
+
+def test_repair_on_a_full_disk_names_the_file_cleans_up_and_truncates_nothing(offline_run, full_tmpfs):
+    run = full_tmpfs / "run"
+    shutil.copytree(offline_run, run)
+    capture = run / "capture"
+    frames, idx = frames_path(capture, SHARD), idx_path(capture, SHARD)
+    entries = load_idx(idx).entries
+    os.truncate(frames, entries[-1].offset + 20)  # a crash mid-record: a torn tail ...
+    os.truncate(idx, FILE_HEADER_SIZE + (len(entries) - 30) * IDX_ENTRY_SIZE)  # ... and a lagging idx
+    frames_before, idx_before = frames.read_bytes(), idx.read_bytes()
+    fill(full_tmpfs)
+    proc = run_cli("capture-verify", "--run-dir", str(run), "--repair")
+    line = assert_one_line_error(proc, 1)
+    assert f"cannot write {capture / 'shard_01.idx.rebuild'}: No space left on device" in line
+    assert "run `pm_arb capture-verify --repair` again" in line and "as they were" in line
+    assert not list(capture.glob("*.rebuild"))
+    assert frames.read_bytes() == frames_before and idx.read_bytes() == idx_before
+    (full_tmpfs / "filler").unlink()
+    code, doc = verify_json(run, "--repair")
+    assert doc["repairs"][SHARD]["torn_tail_bytes_truncated"] == 20 and doc["repairs"][SHARD]["idx_entries_rebuilt"] == 29
+    t = doc["totals"]
+    # What is left is the one frame the crash cut, which the runlog says was written.
+    assert (t["torn_tail_bytes"], t["idx_mismatch"], t["crc_mismatch"], t["frames_missing"]) == (0, 0, 0, 1), t
+
+
+# --- a damaged file header does not hide the records behind it ----------------------------------
+
+
+def test_one_flipped_header_byte_is_reported_and_every_record_still_checked(offline_run, run_copy, tmp_path):
+    """Each of the 16 header bytes of the frames file and of the idx (in-process: 32 cases)."""
+    n = len(records_by_shard(offline_run)[SHARD])
+    capture = run_copy / "capture"
+    for which in ("frames", "idx"):
+        path = frames_path(capture, SHARD) if which == "frames" else idx_path(capture, SHARD)
+        original = path.read_bytes()
+        for byte in range(FILE_HEADER_SIZE):
+            data = bytearray(original)
+            data[byte] ^= 0x04
+            path.write_bytes(data)
+            doc = verify_run(run_copy, show_progress=False)
+            row = shard_row(doc)
+            assert not doc["ok"] and row["header_damage"] == 1 and row["file_error"] is None, (which, byte, row)
+            assert row["frames"] == n and row["crc_mismatch"] == 0 and row["idx_mismatch"] == 0, (which, byte, row)
+            assert f"shard_01.{which} has a damaged header" in row["defects"][0]["reason"]
+            out = tmp_path / f"cut-{which}-{byte}"
+            result = slice_run(run_copy, out, from_seq=0, shards=[SHARD], show_progress=False)
+            assert result["frames"] == n and verify_run(out, show_progress=False)["ok"]
+            assert bool(result["warnings"]) == (which == "frames")
+        path.write_bytes(original)
+
+
+def test_damaged_frames_header_through_the_cli(offline_run, run_copy, tmp_path):
+    frames = frames_path(run_copy / "capture", SHARD)
+    data = bytearray(frames.read_bytes())
+    data[11] ^= 0x01  # the shard number
+    frames.write_bytes(data)
+    n = len(records_by_shard(offline_run)[SHARD])
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy))
+    assert proc.returncode == 1 and "header_damage=1" in proc.stdout
+    assert "shard_01.frames has a damaged header (shard 257, expected 1; checksum mismatch)" in proc.stdout
+    assert f"{n:,} frames" in next(ln for ln in proc.stdout.splitlines() if ln.startswith("shard 01"))
+    out = tmp_path / "cut"
+    sl = run_cli("capture-slice", "--run-dir", str(run_copy), "--out", str(out), "--from-seq", "0", "--shard", str(SHARD))
+    assert sl.returncode == 0, sl.stderr
+    assert "warning: shard_01.frames has a damaged header" in sl.stderr and f"shard 01: {n:,} frames" in sl.stdout
+    assert run_cli("capture-verify", "--run-dir", str(out)).returncode == 0
+    check = run_cli("capture-check", "--run-dir", str(run_copy))
+    assert check.returncode == 1 and "header_damage=1" in check.stdout
