@@ -144,16 +144,17 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="New bundle directory (must not exist or be empty).")
 @click.option("--from-wall", help="Start receive time, inclusive: ISO-8601 (UTC if no offset) or integer ns.")
 @click.option("--to-wall", help="End receive time, inclusive.")
-@click.option("--from-seq", type=click.IntRange(min=0), help="First per-shard seq, inclusive.")
-@click.option("--to-seq", type=click.IntRange(min=0), help="Last per-shard seq, inclusive.")
-@click.option("--shard", "shards", type=click.IntRange(min=0), multiple=True, help="Only these shards (repeatable; default all).")
+@click.option("--from-seq", type=click.IntRange(min=0, max=2**64 - 1), help="First per-shard seq, inclusive.")
+@click.option("--to-seq", type=click.IntRange(min=0, max=2**64 - 1), help="Last per-shard seq, inclusive.")
+@click.option("--shard", "shards", type=click.IntRange(min=0, max=65535), multiple=True, help="Only these shards (repeatable; default all).")
 @json_option
 @handle_errors
 def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to_seq, shards, as_json: bool) -> None:
     """Extract frames by receive time or by seq into a new run bundle that passes capture-verify.
 
     Payloads, seq numbers and timestamps are copied unchanged; the runlog and metrics lines
-    inside the window come along, and the manifest names the source run and range.
+    inside the window come along, and the manifest names the source run and range. Exit 1 when
+    the range selects no frames; a failed slice leaves nothing at --out.
     """
     from pm_arb.commands.slice_run import parse_time_ns, slice_run
 
@@ -167,6 +168,8 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
         shards=list(shards) or None,
         show_progress=False if as_json else None,
     )
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _emit_json(result)
     else:

@@ -171,14 +171,22 @@ def test_flipped_reserved_idx_byte_fails_the_cli_verify(run_copy):
 
 
 @pytest.fixture
-def full_tmpfs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def small_fs(tmp_path):
+    """Mount a real tmpfs of the given size (root only); unmounted at the end."""
+    mounted = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'})")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def fill(path):
@@ -192,7 +200,8 @@ def fill(path):
                 pass
 
 
-def test_repair_on_a_full_disk_names_the_file_cleans_up_and_truncates_nothing(offline_run, full_tmpfs):
+def test_repair_on_a_full_disk_names_the_file_cleans_up_and_truncates_nothing(offline_run, small_fs):
+    full_tmpfs = small_fs("4m")
     run = full_tmpfs / "run"
     shutil.copytree(offline_run, run)
     capture = run / "capture"
@@ -259,3 +268,46 @@ def test_damaged_frames_header_through_the_cli(offline_run, run_copy, tmp_path):
     assert run_cli("capture-verify", "--run-dir", str(out)).returncode == 0
     check = run_cli("capture-check", "--run-dir", str(run_copy))
     assert check.returncode == 1 and "header_damage=1" in check.stdout
+
+
+# --- capture-slice: validate first, all or nothing, never an empty bundle -------------------------
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["--to-seq", "99999999999999999999999"], 2, "Invalid value for '--to-seq'"),
+        (["--from-seq", str(2**64)], 2, "Invalid value for '--from-seq'"),
+        (["--to-wall", "999999999999999999999999999"], 2, "receive times are signed 64-bit ns"),
+        (["--from-wall", "-999999999999999999999999999"], 2, "receive times are signed 64-bit ns"),
+        (["--to-wall", "9999-12-31T23:59:59Z"], 2, "years 1677 to 2262"),
+        (["--from-seq", "0", "--shard", "77"], 2, "no shard 77 in"),
+        (["--from-seq", "0", "--shard", "99999999"], 2, "Invalid value for '--shard'"),
+        (["--from-seq", "999999"], 1, "the range selects no frames (shard 0 holds seq 0.."),
+        (["--from-wall", "1970-01-01T00:00:01Z", "--to-wall", "1970-01-01T00:00:02Z"], 1, "the range selects no frames"),
+    ],
+)
+def test_slice_that_cannot_or_does_not_select_anything_writes_nothing(offline_run, tmp_path, args, code, fragment):
+    out = tmp_path / "deeper" / "cut"
+    proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), *args)
+    line = assert_one_line_error(proc, code)
+    assert fragment in line, line
+    assert not (tmp_path / "deeper").exists(), list((tmp_path / "deeper").rglob("*"))
+    # ... so the same --out works at once
+    proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "0", "--to-seq", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("capture-verify", "--run-dir", str(out)).returncode == 0
+
+
+def test_slice_that_fails_part_way_leaves_no_partial_bundle(offline_run, small_fs):
+    """A slice onto a filesystem too small for it: ENOSPC in the middle of copying frames."""
+    fs = small_fs("1m")
+    out = fs / "cut"
+    out.mkdir()  # an empty --out is allowed, and must stay empty on failure
+    proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "0")
+    assert "No space left on device" in assert_one_line_error(proc, 1)
+    assert out.is_dir() and not list(out.iterdir())
+    assert sorted(p.name for p in fs.iterdir()) == ["cut"]  # no staging dir left beside it
+    proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "0", "--to-seq", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("capture-verify", "--run-dir", str(out)).returncode == 0
