@@ -16,7 +16,9 @@ import click
 import orjson
 
 from pm_arb import __version__
-from pm_arb.config import FIELDS, Config, flag_name, load_config
+from pm_arb.commands import cli_params as P
+from pm_arb.commands.cli_params import FiniteFloat
+from pm_arb.config import FIELDS, MAX_SHARDS, Config, flag_name, load_config
 from pm_arb.errors import UserError
 
 CONFIG_GROUP_ORDER = ("capture", "refresh", "endpoints", "discovery", "websocket", "pipeline", "offline")
@@ -184,11 +186,11 @@ def main() -> None:
 
 @cli.command("capture")
 @click.option("--run-id", help="Run id (default: UTC timestamp). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
-@click.option("--duration-seconds", type=click.FloatRange(min=0), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
+@click.option("--duration-seconds", type=FiniteFloat(min=0, max=P.MAX_DURATION_SECONDS), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
 @click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
-@click.option("--sim-markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active markets the --sim exchange lists.")
-@click.option("--sim-rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
-@click.option("--offline-repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
+@click.option("--sim-markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active markets the --sim exchange lists.")
+@click.option("--sim-rate", type=FiniteFloat(min=0, max=P.MAX_RATE), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
+@click.option("--offline-repeat", type=click.IntRange(min=1, max=P.MAX_REPEAT), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
 @click.option("--status/--no-status", default=None, help="Live status line on stderr (default: only when stderr is a terminal).")
 @json_option
 @config_options
@@ -253,7 +255,7 @@ def skip_bad_lines_option(fn: Callable) -> Callable:
 
 @cli.command("capture-audit")
 @run_dir_option
-@click.option("--gap-threshold-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
+@click.option("--gap-threshold-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
 @skip_bad_lines_option
 @json_option
 @handle_errors
@@ -343,7 +345,7 @@ def capture_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool, a
 
 
 @cli.command("discover")
-@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many markets (after capture_max_markets).")
+@click.option("--limit", type=click.IntRange(min=1, max=P.MAX_LIST), help="Show at most this many markets (after capture_max_markets).")
 @json_option
 @config_options
 @handle_errors
@@ -387,10 +389,10 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
 @cli.command("sim-exchange")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=0, show_default=True, help="Port (0: any free port).")
-@click.option("--markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
-@click.option("--rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Market messages per second across all connections.")
+@click.option("--markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
+@click.option("--rate", type=FiniteFloat(min=0, max=P.MAX_RATE), default=200.0, show_default=True, help="Market messages per second across all connections.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
-@click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--pool", type=click.IntRange(min=0, max=P.MAX_POOL), default=0, show_default=True,
               help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
 @handle_errors
 def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int) -> None:
@@ -425,10 +427,10 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
 
 
 @cli.command("capture-bench")
-@click.option("--frames", type=click.IntRange(min=1), default=200_000, show_default=True, help="Frames to push through the pipeline.")
-@click.option("--shards", type=click.IntRange(min=1), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
+@click.option("--frames", type=click.IntRange(min=1, max=P.MAX_BENCH_FRAMES), default=200_000, show_default=True, help="Frames to push through the pipeline.")
+@click.option("--shards", type=click.IntRange(min=1, max=MAX_SHARDS), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
 @click.option("--fixtures", type=click.Path(path_type=Path), help="Fixture set (default: the bundled one).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
+@click.option("--rounds", type=click.IntRange(min=1, max=P.MAX_ROUNDS), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON result to this file (e.g. benchmarks/results/capture_bench.json).")
 @json_option

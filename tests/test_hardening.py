@@ -311,3 +311,92 @@ def test_slice_that_fails_part_way_leaves_no_partial_bundle(offline_run, small_f
     proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "0", "--to-seq", "20")
     assert proc.returncode == 0, proc.stderr
     assert run_cli("capture-verify", "--run-dir", str(out)).returncode == 0
+
+
+# --- every number has bounds, and no option takes nan or infinity --------------------------------
+
+
+def _number_fields():
+    from pm_arb.config import FIELDS
+
+    return {n: f.metadata for n, f in FIELDS.items() if f.metadata["check"] not in ("bool", "path", "str", "http-url", "ws-url")}
+
+
+def test_every_number_setting_has_an_upper_bound_enforced_for_flags_and_env():
+    from pm_arb.config import ConfigError, env_name, load_config
+
+    fields = _number_fields()
+    assert "ws_shards" in fields and len(fields) >= 30
+    for name, meta in fields.items():
+        most = meta["most"] if meta["check"] != "pct" else 100
+        assert most is not None, f"{name} has no upper bound"
+        too_big = str(int(most) + 1) if meta["check"].startswith("int") else repr(most * 1.5)
+        for flags, env in (({name: too_big}, {}), ({}, {env_name(name): too_big})):
+            with pytest.raises(ConfigError) as err:
+                load_config(flags, env)
+            assert "expected" in err.value.message and err.value.exit_code == 2
+        load_config({name: str(int(most)) if meta["check"].startswith("int") else str(most)}, {})  # the bound itself is fine
+
+
+def test_non_finite_values_are_refused_by_every_float_setting():
+    from pm_arb.config import ConfigError, env_name, load_config
+
+    floats = [n for n, meta in _number_fields().items() if not meta["check"].startswith("int")]
+    assert len(floats) >= 15
+    for name in floats:
+        for raw in ("nan", "NaN", "inf", "-inf", "Infinity", "1e309"):
+            for flags, env in (({name: raw}, {}), ({}, {env_name(name): raw})):
+                with pytest.raises(ConfigError):
+                    load_config(flags, env)
+
+
+def _cli_params():
+    import click
+
+    from pm_arb.cli import cli
+
+    for cmd_name, cmd in cli.commands.items():
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.is_flag:
+                yield cmd_name, param
+
+
+def test_every_float_option_refuses_nan_and_infinity_and_every_count_option_has_a_maximum():
+    import click
+
+    floats = 0
+    for cmd_name, param in _cli_params():
+        if isinstance(param.type, click.FloatRange) or param.type is click.FLOAT:
+            floats += 1
+            for raw in ("nan", "inf", "-inf"):
+                with pytest.raises(click.BadParameter):
+                    param.type.convert(raw, param, None)
+        if isinstance(param.type, click.IntRange) and param.name not in ("until_seq",):
+            assert param.type.max is not None, f"{cmd_name} --{param.name} has no maximum"
+    assert floats >= 4
+
+
+@pytest.mark.parametrize(
+    "args, env, fragment",
+    [
+        (["capture", "--offline", "--ws-shards", "100000000"], {}, "--ws-shards (flag): expected an integer from 1 to 256"),
+        (["capture", "--offline", "--ws-shards", "100000"], {}, "--ws-shards (flag): expected an integer from 1 to 256"),
+        (["capture", "--offline"], {"PM_ARB_WS_SHARDS": "100000"}, "PM_ARB_WS_SHARDS (environment): expected an integer from 1 to 256"),
+        (["capture", "--offline"], {"PM_ARB_WRITE_Q_CAPACITY": "9" * 5000}, "PM_ARB_WRITE_Q_CAPACITY (environment)"),
+        (["capture", "--offline", "--offline-speed", "inf"], {}, "--offline-speed (flag): expected a finite number"),
+        (["capture", "--offline"], {"PM_ARB_WS_PING_INTERVAL_SECONDS": "nan"}, "PM_ARB_WS_PING_INTERVAL_SECONDS (environment)"),
+        (["capture", "--offline", "--duration-seconds", "nan"], {}, "'nan' is not a finite number"),
+        (["capture", "--sim", "--sim-rate", "inf"], {}, "Invalid value for '--sim-rate'"),
+        (["capture", "--sim", "--sim-rate", "nan"], {}, "'nan' is not a finite number"),
+        (["capture", "--sim", "--sim-markets", "100000000"], {}, "Invalid value for '--sim-markets'"),
+        (["capture-audit", "--run-dir", ".", "--gap-threshold-seconds", "nan"], {}, "'nan' is not a finite number"),
+        (["capture-audit", "--run-dir", ".", "--gap-threshold-seconds", "inf"], {}, "Invalid value for '--gap-threshold-seconds'"),
+        (["sim-exchange", "--rate", "nan"], {}, "'nan' is not a finite number"),
+        (["capture-bench", "--shards", "100000"], {}, "Invalid value for '--shards'"),
+    ],
+)
+def test_out_of_range_and_non_finite_inputs_exit_2_at_once(args, env, fragment, data_dir):
+    proc = run_cli(*args, env={"PM_ARB_DATA_DIR": str(data_dir), **env}, timeout=30)
+    line = assert_one_line_error(proc, 2)
+    assert fragment in line, line
+    assert not (data_dir / "runs").exists() or not any((data_dir / "runs").iterdir())
