@@ -400,3 +400,63 @@ def test_out_of_range_and_non_finite_inputs_exit_2_at_once(args, env, fragment, 
     line = assert_one_line_error(proc, 2)
     assert fragment in line, line
     assert not (data_dir / "runs").exists() or not any((data_dir / "runs").iterdir())
+
+
+# --- an empty runlog is treated like a missing one, by every command that reads it ---------------
+
+
+RUNLOG_READERS = ["capture-audit", "capture-latency-report", "capture-check", "capture-replay"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b'{"type":"run_start","seq":'], ids=["empty", "blank lines", "only a torn line"])
+@pytest.mark.parametrize("cmd", RUNLOG_READERS)
+def test_a_runlog_without_records_is_an_error_like_a_missing_one(run_copy, cmd, content):
+    (run_copy / "runlog.ndjson").write_bytes(content)
+    args = ["--skip-bad-lines"] if content.strip() else []
+    line = assert_one_line_error(run_cli(cmd, "--run-dir", str(run_copy), *args), 2)
+    assert "runlog.ndjson is empty" in line or "runlog.ndjson has no readable record" in line, line
+    assert "nothing to fold" in line
+
+
+def test_verify_notes_an_empty_runlog_as_it_does_a_missing_one(run_copy):
+    capture = run_copy / "capture"
+    entries = load_idx(idx_path(capture, SHARD)).entries
+    os.truncate(frames_path(capture, SHARD), entries[-5].offset)  # frames cut between records ...
+    os.truncate(idx_path(capture, SHARD), FILE_HEADER_SIZE + (len(entries) - 5) * IDX_ENTRY_SIZE)
+    (run_copy / "runlog.ndjson").write_bytes(b"")  # ... and the runlog that would tell emptied
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy))
+    assert proc.returncode == 0, proc.stdout
+    assert "note: files not checked against the runlog's frame counts:" in proc.stdout
+    assert "runlog.ndjson is empty" in proc.stdout
+    code, doc = verify_json(run_copy)
+    assert doc["runlog_check"]["checked"] is False and "is empty" in doc["runlog_check"]["reason"]
+
+
+# --- default run ids never collide ------------------------------------------------------------
+
+
+def test_default_run_ids_are_unique_in_one_instant_and_sort_by_time():
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    from freezegun import freeze_time
+
+    from pm_arb.run_capture import RUN_ID_RE, default_run_id
+
+    t = datetime(2026, 11, 25, 13, 0, 0, 123456, tzinfo=timezone.utc)
+    with freeze_time(t):
+        ids = [default_run_id() for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(RUN_ID_RE.match(i) for i in ids)
+    assert re.fullmatch(rf"20261125T130000\.123Z-{os.getpid()}", ids[0]), ids[0]
+    later = default_run_id(t + timedelta(milliseconds=1))
+    assert sorted([later, *ids]) == [*ids, later]
+
+
+def test_two_captures_started_together_without_a_run_id_both_run(data_dir):
+    args = ("capture", "--offline", "--offline-speed", "0", "--ws-shards", "1", "--data-dir", str(data_dir))
+    procs = [start_cli(*args) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1] for o in outs]
+    dirs = {o[0].splitlines()[0] for o in outs}
+    assert len(dirs) == 3 and all(os.path.isdir(d) for d in dirs)
