@@ -12,12 +12,15 @@ import pytest
 
 from pm_arb.commands.slice_run import slice_run
 from pm_arb.commands.verify import verify_run
-from pm_arb.store import run_lock
 from pm_arb.store.frames_format import FILE_HEADER_SIZE, IDX_ENTRY_SIZE, RECORD_OVERHEAD
 from pm_arb.store.shard_files import frames_path, idx_path, load_idx
 from tests.conftest import assert_one_line_error, records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 SHARD = 1  # a shard of the shared offline run with hundreds of records
+
+
+def idx_entries(path):
+    return load_idx(path)[0]
 
 
 def verify_json(run_dir, *extra):
@@ -37,11 +40,13 @@ def test_repair_refuses_a_run_a_capture_holds_and_verify_says_it_is_live(run_cop
     """A capture mid-batch: the frames of the batch are half written, its idx entries not yet."""
     capture = run_copy / "capture"
     frames, idx = frames_path(capture, SHARD), idx_path(capture, SHARD)
-    entries = load_idx(idx).entries
+    entries = idx_entries(idx)
     os.truncate(idx, FILE_HEADER_SIZE + (len(entries) - 3) * IDX_ENTRY_SIZE)  # the idx lags, as while writing
     with open(frames, "ab") as fh:
         fh.write(b"FRM1\x10\x00")  # the start of the next record
     frames_before, idx_before = frames.read_bytes(), idx.read_bytes()
+    from pm_arb.store import run_lock
+
     fd = run_lock.hold_for_capture(run_copy)  # what `capture` holds for its whole run
     try:
         proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--repair")
@@ -93,7 +98,7 @@ def _cut_positions():
 def test_file_cut_inside_a_record_the_idx_lists_is_loss_and_repair_keeps_it(run_copy, cut):
     capture = run_copy / "capture"
     frames = frames_path(capture, SHARD)
-    last = load_idx(idx_path(capture, SHARD)).entries[-1]
+    last = idx_entries(idx_path(capture, SHARD))[-1]
     end = last.offset + RECORD_OVERHEAD + last.payload_len
     os.truncate(frames, end - 1 if cut == -1 else last.offset + cut)
     size = frames.stat().st_size
@@ -116,7 +121,7 @@ def test_zeroed_and_cut_records_the_idx_lists_are_loss_anywhere_before_its_end(r
     """Power loss that zeroes written records, or a cut several records before the idx's end."""
     capture = run_copy / "capture"
     frames = frames_path(capture, SHARD)
-    entries = load_idx(idx_path(capture, SHARD)).entries
+    entries = idx_entries(idx_path(capture, SHARD))
     data = bytearray(frames.read_bytes())
     zero_from = entries[-2].offset
     data[zero_from:] = bytes(len(data) - zero_from)
@@ -141,7 +146,7 @@ def test_every_flipped_idx_byte_fails_verify_and_repair_rebuilds_it(run_copy):
     """Each of an entry's 40 bytes, in the first, a middle and the last entry (in-process: 120 cases)."""
     idx = idx_path(run_copy / "capture", SHARD)
     original = idx.read_bytes()
-    entries = load_idx(idx).entries
+    entries = idx_entries(idx)
     for k in (0, 7, len(entries) - 1):
         for byte in range(IDX_ENTRY_SIZE):
             data = bytearray(original)
@@ -206,7 +211,7 @@ def test_repair_on_a_full_disk_names_the_file_cleans_up_and_truncates_nothing(of
     shutil.copytree(offline_run, run)
     capture = run / "capture"
     frames, idx = frames_path(capture, SHARD), idx_path(capture, SHARD)
-    entries = load_idx(idx).entries
+    entries = idx_entries(idx)
     os.truncate(frames, entries[-1].offset + 20)  # a crash mid-record: a torn tail ...
     os.truncate(idx, FILE_HEADER_SIZE + (len(entries) - 30) * IDX_ENTRY_SIZE)  # ... and a lagging idx
     frames_before, idx_before = frames.read_bytes(), idx.read_bytes()
@@ -420,7 +425,7 @@ def test_a_runlog_without_records_is_an_error_like_a_missing_one(run_copy, cmd, 
 
 def test_verify_notes_an_empty_runlog_as_it_does_a_missing_one(run_copy):
     capture = run_copy / "capture"
-    entries = load_idx(idx_path(capture, SHARD)).entries
+    entries = idx_entries(idx_path(capture, SHARD))
     os.truncate(frames_path(capture, SHARD), entries[-5].offset)  # frames cut between records ...
     os.truncate(idx_path(capture, SHARD), FILE_HEADER_SIZE + (len(entries) - 5) * IDX_ENTRY_SIZE)
     (run_copy / "runlog.ndjson").write_bytes(b"")  # ... and the runlog that would tell emptied

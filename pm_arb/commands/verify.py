@@ -310,6 +310,12 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
             "hint: the runlog says more frames were written than the files hold: a file was deleted, truncated "
             "or replaced after the run; restore it from a copy (--repair cannot bring frames back)"
         )
+    if any("not a crash tear" in d.get("reason", "") for r in result["shards"] for d in r["defects"]):
+        lines.append(
+            "hint: records the idx lists as written are cut short or damaged at the end of the file: lost after they were "
+            "written (a cut copy, a full disk, power loss before fsync), not torn by a crash; --repair keeps them as "
+            "evidence; restore the file from a copy"
+        )
     if not result["ok"] and t["torn_tail_bytes"] and "repairs" not in result:
         lines.append("hint: a torn tail is what a crash leaves; `pm_arb capture-verify --repair` truncates it and rebuilds the idx")
     elif not result["ok"] and t["idx_mismatch"] and not t["crc_mismatch"] and "repairs" not in result:
