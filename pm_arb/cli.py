@@ -185,7 +185,7 @@ def main() -> None:
 
 
 @cli.command("capture")
-@click.option("--run-id", help="Run id (default: UTC timestamp). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
+@click.option("--run-id", help="Run id (default: UTC start time to the ms and the pid, e.g. 20261125T130000.123Z-4242). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
 @click.option("--duration-seconds", type=FiniteFloat(min=0, max=P.MAX_DURATION_SECONDS), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
 @click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
 @click.option("--sim-markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active markets the --sim exchange lists.")
