@@ -298,7 +298,7 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
     report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None)
     text = render_latency(report)
     bundle.write_json(run_dir / bundle.LATENCY_JSON, report)
-    (run_dir / bundle.LATENCY_TXT).write_text(text + "\n")
+    bundle.write_file(run_dir / bundle.LATENCY_TXT, (text + "\n").encode())
     _emit_json(report) if as_json else click.echo(text)
 
 

@@ -465,3 +465,37 @@ def test_two_captures_started_together_without_a_run_id_both_run(data_dir):
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1] for o in outs]
     dirs = {o[0].splitlines()[0] for o in outs}
     assert len(dirs) == 3 and all(os.path.isdir(d) for d in dirs)
+
+
+# --- odd names and a full disk for the files the commands write -----------------------------------
+
+
+def test_shard_files_with_names_no_writer_makes_are_ignored(run_copy):
+    for name in ("shard_\u00b2.frames", "shard_\u0661.frames", "shard_99999999999999999999999.frames", "shard_.frames"):
+        (run_copy / "capture" / name).write_bytes(b"junk")
+    (run_copy / "metrics" / "shard_\u00b2.ndjson").write_bytes(b"{}\n")
+    for cmd in ("capture-verify", "capture-inspect", "capture-check", "capture-latency-report"):
+        proc = run_cli(cmd, "--run-dir", str(run_copy))
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (cmd, proc.stdout[-500:], proc.stderr)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "+", "-", " "])
+def test_slice_time_that_is_not_ascii_digits_is_a_usage_error(offline_run, tmp_path, value):
+    proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(tmp_path / "s"), "--from-wall", value)
+    if value.strip():
+        assert "expected ISO-8601" in assert_one_line_error(proc, 2)
+    else:
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_report_that_cannot_be_written_leaves_no_half_file(offline_run, small_fs):
+    fs = small_fs("2m")
+    run = fs / "run"
+    shutil.copytree(offline_run, run, ignore=shutil.ignore_patterns("*.frames", "*.idx", "latency_report*"))
+    fill(fs)
+    proc = run_cli("capture-latency-report", "--run-dir", str(run), "--no-verify")
+    assert "No space left on device" in assert_one_line_error(proc, 1)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "latency"))) in ([], ["latency_report.json"])
+    if (run / "latency_report.json").exists():
+        orjson.loads((run / "latency_report.json").read_bytes())  # whole, never half

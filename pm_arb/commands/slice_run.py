@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ U64_MAX = 2**64 - 1  # the range of a record's seq
 def parse_time_ns(text: str, flag: str) -> int:
     """ISO-8601 (naive means UTC) or integer nanoseconds since the epoch, within a record's range."""
     s = text.strip()
-    if s.lstrip("-").isdigit():
+    if re.fullmatch(r"[+-]?[0-9]+", s):  # ASCII digits only: int() refuses some str.isdigit() digits
         value = int(s)
     else:
         try:

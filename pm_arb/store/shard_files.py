@@ -380,13 +380,20 @@ class _WallView(Sequence):
         return self._entries[i].rx_wall_ns_utc
 
 
+MAX_SHARD_NUMBER = 65535  # the header's u16
+
+
+def shard_number(path: Path) -> int | None:
+    """The NN of shard_NN.<ext>, or None for a name no pm_arb writer makes (ASCII digits, u16:
+    str.isdigit alone also takes '²', which int() refuses)."""
+    digits = path.stem.split("_", 1)[1] if "_" in path.stem else ""
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_SHARD_NUMBER:
+        return None
+    return int(digits)
+
+
 def shard_numbers(capture_dir: Path) -> list[int]:
-    out = []
-    for p in sorted(capture_dir.glob("shard_*.frames")):
-        stem = p.stem.split("_", 1)[1]
-        if stem.isdigit():
-            out.append(int(stem))
-    return out
+    return sorted(n for n in (shard_number(p) for p in capture_dir.glob("shard_*.frames")) if n is not None)
 
 
 def write_frames_file(path: Path, shard: int, records: Iterable[tuple[int, int, int, int, int, bytes]]) -> None:
