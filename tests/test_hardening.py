@@ -501,3 +501,23 @@ def test_a_report_that_cannot_be_written_leaves_no_half_file(offline_run, small_
     assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "latency"))) in ([], ["latency_report.json"])
     if (run / "latency_report.json").exists():
         orjson.loads((run / "latency_report.json").read_bytes())  # whole, never half
+
+
+def test_a_record_with_nonzero_reserved_bytes_fails_verify_even_with_a_valid_checksum(run_copy):
+    import xxhash
+
+    from pm_arb.store.frames_format import CHECKSUM, RECORD_HEADER, RECORD_HEADER_SIZE
+
+    frames = frames_path(run_copy / "capture", SHARD)
+    e = idx_entries(idx_path(run_copy / "capture", SHARD))[4]
+    data = bytearray(frames.read_bytes())
+    fields = list(RECORD_HEADER.unpack_from(data, e.offset))
+    fields[-1] = 0x0100
+    header = RECORD_HEADER.pack(*fields)
+    payload = bytes(data[e.offset + RECORD_OVERHEAD : e.offset + RECORD_OVERHEAD + e.payload_len])
+    data[e.offset : e.offset + RECORD_HEADER_SIZE] = header
+    data[e.offset + RECORD_HEADER_SIZE : e.offset + RECORD_OVERHEAD] = CHECKSUM.pack(xxhash.xxh3_64_intdigest(header + payload))
+    frames.write_bytes(data)
+    code, doc = verify_json(run_copy)
+    crc = next(d for d in shard_row(doc)["defects"] if d["kind"] == "crc_mismatch")
+    assert code == 1 and crc["seq"] == 4 and crc["reason"] == "reserved bytes not zero"

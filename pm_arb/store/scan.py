@@ -48,7 +48,7 @@ def _record_at(buf, pos: int, size: int) -> tuple[FrameRecord | None, str]:
     """Parse the record at pos: (record, "") if valid, else (None, reason)."""
     if size - pos < RECORD_OVERHEAD:
         return None, "short"
-    mark, length, seq, mono, wall, flags, opcode, _ = _unpack_header(buf, pos)
+    mark, length, seq, mono, wall, flags, opcode, reserved = _unpack_header(buf, pos)
     if mark != RECORD_MARK:
         return None, "bad record mark"
     if length > MAX_PAYLOAD:
@@ -61,6 +61,8 @@ def _record_at(buf, pos: int, size: int) -> tuple[FrameRecord | None, str]:
     payload = bytes(buf[pos + RECORD_OVERHEAD : end])
     if not record_checksum_ok(header, payload, stored):
         return None, "checksum mismatch"
+    if reserved:  # always written 0 (ADR/0001): a record that says otherwise was not written by pm_arb
+        return None, "reserved bytes not zero"
     return FrameRecord(seq, mono, wall, flags, opcode, payload, pos), ""
 
 
