@@ -200,7 +200,8 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
 
     Online by default (Gamma + CLOB WebSocket); --offline replays a fixture set; --sim runs
     against a loopback simulated exchange. Stop with SIGINT/SIGTERM (`timeout --signal=INT 10m
-    pm_arb capture`) for a clean stop: sources closed, queues drained, files fsynced. Prints the
+    pm_arb capture`) for a clean stop: sources closed, queues drained, files fsynced. Signals
+    within 1 s of the first are the same stop; a later one exits at once (130). Prints the
     run dir first; exits 0 on a clean stop, 1 on a fatal run (see fatal.json).
     """
     import dataclasses

@@ -14,8 +14,8 @@ import pytest
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.shard import ShardActor
-from pm_arb.actors.supervisor import AttachPeers, SupervisorActor
-from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.actors.supervisor import SupervisorActor
+from pm_arb.actors.writer import WriterActor
 from pm_arb.clock import ManualClock
 from pm_arb.commands.verify import verify_run
 from pm_arb.config import Config
@@ -45,9 +45,9 @@ def supervisor_with_writer(tmp_path: Path, config: Config, clock: ManualClock):
     codes = []
     sup = SupervisorActor.start("r1", "offline", config, clock, lambda c: (codes.append(c), done.set()))
     writer = WriterActor.start(tmp_path, config, clock, {s: DepthGauge() for s in range(config.ws_shards)})
-    writer.tell(AttachWriterPeers(sup, None))
+    writer.tell(m.AttachWriterPeers(sup, None))
     shards = {s: Probe.start(s, sup) for s in range(config.ws_shards)}
-    sup.tell(AttachPeers(writer=writer, shards=shards))
+    sup.tell(m.AttachPeers(writer=writer, shards=shards))
     return sup, writer, shards, done, codes
 
 
@@ -107,7 +107,7 @@ def test_writer_applies_batches_in_order_and_reports_intervals(tmp_path):
     gauges = {s: DepthGauge() for s in range(3)}
     writer = WriterActor.start(tmp_path, config, clock, gauges)
     metrics = Probe.start()
-    writer.ask(AttachWriterPeers(Probe.start(), metrics))  # ask: the writer has started before time moves
+    writer.ask(m.AttachWriterPeers(Probe.start(), metrics))  # ask: the writer has started before time moves
     sent = {0: [], 1: []}
     batches = []
     for k in range(20):
@@ -215,7 +215,7 @@ def test_slow_writer_fills_queue_then_drops_are_counted_and_logged_without_corru
     wg, pg = DepthGauge(), DepthGauge()
     writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
     sup = Probe.start()
-    writer.tell(AttachWriterPeers(sup, None))
+    writer.tell(m.AttachWriterPeers(sup, None))
     shard, readers = start_shard(config, clock, sup, writer, None, pg, wg)
     shard.ask(m.StartShard(("t1",)))
     gate = threading.Event()
@@ -244,7 +244,7 @@ def test_full_write_queue_waits_a_bounded_time_for_room_before_dropping(tmp_path
     config = cfg(ws_shards=1, write_q_capacity=10, batch_max_frames=10, write_q_full_wait_ms=2000)
     wg = DepthGauge()
     writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
-    writer.tell(AttachWriterPeers(Probe.start(), None))
+    writer.tell(m.AttachWriterPeers(Probe.start(), None))
     shard, readers = start_shard(config, clock, Probe.start(), writer, None, DepthGauge(), wg)
     shard.ask(m.StartShard(("t1",)))
     sink = readers[0].sink

@@ -18,7 +18,7 @@ import pytest
 
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
-from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.actors.writer import WriterActor
 from pm_arb.clock import ManualClock
 from pm_arb.commands.verify import verify_run
 from pm_arb.config import Config
@@ -169,7 +169,7 @@ def test_injected_enospc_at_the_writer_makes_the_run_fatal(tmp_path):
     sup = Probe.start()
     gauge = DepthGauge()
     writer = FullDiskWriter.start(tmp_path, config, clock, {0: gauge})
-    writer.ask(AttachWriterPeers(sup, None))
+    writer.ask(m.AttachWriterPeers(sup, None))
     gauge.add(2)
     writer.tell(m.AppendFrames(0, [(1, 1, 0, 1, b"a"), (2, 2, 0, 1, b"b")]))
     gauge.add(1)
@@ -203,7 +203,7 @@ def test_a_failed_fsync_is_fatal_and_never_retried(tmp_path):
     sup = Probe.start()
     writer = WriterActor.start(tmp_path, Config(ws_shards=1), ManualClock(), {0: DepthGauge()})
     try:
-        writer.ask(AttachWriterPeers(sup, None))
+        writer.ask(m.AttachWriterPeers(sup, None))
         writer.tell(got[0])
         writer.tell(SyncFailed(OSError(errno.EIO, "Input/output error")))  # a second failure is not reported again
         summary = writer.ask(m.CloseWriter())

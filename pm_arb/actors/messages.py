@@ -36,6 +36,39 @@ class FatalCondition:
     shard: int = -1
 
 
+@dataclass(frozen=True)
+class ActorCrashed:
+    """Any actor -> the supervisor: handling `message_type` raised; the run ends as fatal
+    `actor_crash` (actors/base.py). `shard` is -1 for actors that are not a shard."""
+
+    actor: str
+    shard: int
+    message_type: str
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class UnknownMessage:
+    """Any actor -> the supervisor: it was sent a message it does not handle (a bug); the
+    supervisor records it as an `unknown_message` event. `count` is that actor's total so far."""
+
+    actor: str
+    shard: int
+    message_type: str
+    count: int
+
+
+@dataclass(frozen=True)
+class InjectCrash:
+    """Tests only (tests/, and the PMARB_TEST_INJECT_CRASH hook of run_capture) -> any actor:
+    raise while handling the `nth` message of type `message_type` from now on, to prove that a
+    crash in that actor ends the run as fatal `actor_crash`."""
+
+    message_type: str
+    nth: int = 1
+
+
 # --- shard ---------------------------------------------------------------------------------
 
 
@@ -113,6 +146,14 @@ class ShardStopped:
 
 
 @dataclass(frozen=True)
+class AttachWriterPeers:
+    """run_capture -> writer: where to report (supervisor) and where intervals go (metrics)."""
+
+    supervisor: Any
+    metrics: Any = None
+
+
+@dataclass(frozen=True)
 class AppendFrames:
     shard: int
     frames: list[Frame]
@@ -161,6 +202,22 @@ class CloseWriter:
 
 
 @dataclass(frozen=True)
+class AttachPeers:
+    """run_capture -> supervisor: the writer and the shard actors it drives."""
+
+    writer: Any
+    shards: dict[int, Any]
+
+
+@dataclass(frozen=True)
+class AttachPeers:
+    """run_capture -> supervisor: the writer and the shard actors it drives."""
+
+    writer: Any
+    shards: dict[int, Any]
+
+
+@dataclass(frozen=True)
 class StartRun:
     shard_tokens: dict[int, list[str]]
     markets: int
@@ -174,6 +231,13 @@ class RequestStop:
 @dataclass(frozen=True)
 class GetStatus:
     pass
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    """Supervisor -> itself: record run_stop and close the writer, after what is already queued."""
+
+    frames_written: dict[str, int]
 
 
 @dataclass(frozen=True)

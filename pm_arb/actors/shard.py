@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import pykka
-
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.capture.frame_parse import asset_ids
 from pm_arb.capture.reader_sink import ReaderSink
@@ -25,7 +24,10 @@ from pm_arb.events import types as ev
 ReaderFactory = Callable[..., Any]
 
 
-class ShardActor(pykka.ThreadingActor):
+class ShardActor(PlantActor):
+    # After a crash the shard still relays its reader's lifecycle and stops it on request.
+    ENDGAME = (m.StopShard, m.ReaderFinished, m.ReaderEvent)
+
     def __init__(
         self,
         shard: int,
@@ -59,7 +61,7 @@ class ShardActor(pykka.ThreadingActor):
         self.loop_lag_ms = 0.0
         self.started_ns: int | None = None
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         cfg = self.config
         self.sink = ReaderSink(
             self.shard, self.actor_ref.tell, self.writer, self.clock, self.write_gauge, self.write_capacity,
@@ -72,7 +74,7 @@ class ShardActor(pykka.ThreadingActor):
             m.Emit(self.clock.mono_ns() if mono_ns is None else mono_ns, self.clock.wall_ns() if wall_ns is None else wall_ns, event)
         )
 
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.FrameBatch):
             self._find_new_tokens(msg.frames)
         elif isinstance(msg, m.ReaderEvent):
@@ -104,6 +106,8 @@ class ShardActor(pykka.ThreadingActor):
                 self.reader.request_stop()
         elif isinstance(msg, m.ReaderFinished):
             self._stopped()
+        else:
+            self.unknown(msg)
         return None
 
     def _set_unseen(self, tokens) -> None:

@@ -7,13 +7,11 @@ that state and are themselves recorded as events, so a replay of the runlog rebu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
-
-import pykka
 
 from pm_arb import __version__
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
@@ -24,13 +22,11 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 
 
-@dataclass(frozen=True)
-class AttachPeers:
-    writer: Any
-    shards: dict[int, Any]
+class SupervisorActor(PlantActor):
+    # After its own crash it still records, decides the fatal, stops the shards and finishes.
+    ENDGAME = (m.ActorCrashed, m.UnknownMessage, m.Emit, m.ShardStatus, m.Tick, m.FatalCondition,
+               m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers, m.FinishRun)
 
-
-class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.run_id = run_id
@@ -47,6 +43,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.latest_status: dict[int, m.ShardStatus] = {}
         self._stop_deadline_ns: int | None = None
         self._finished = False
+        self._finishing = False  # run_stop is on its way (FinishRun)
         self.exit_code: int | None = None
 
     # -- the one appender ------------------------------------------------------------------
@@ -78,7 +75,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._begin_stop("source_exhausted")
 
     # -- messages --------------------------------------------------------------------------
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.Emit):
             if not self._finished:
                 self._record(msg.event, msg.mono_ns, msg.wall_ns)
@@ -97,12 +94,42 @@ class SupervisorActor(pykka.ThreadingActor):
             self._apply_refresh(msg)
         elif isinstance(msg, m.StartRun):
             self._start(msg)
-        elif isinstance(msg, AttachPeers):
+        elif isinstance(msg, m.AttachPeers):
             self.writer = msg.writer
             self.shards = dict(msg.shards)
         elif isinstance(msg, m.GetStatus):
             return self.status()
+        elif isinstance(msg, m.ActorCrashed):
+            self._actor_crashed(msg)
+        elif isinstance(msg, m.FinishRun):
+            self._finish_run(msg.frames_written)
+        elif isinstance(msg, m.UnknownMessage):
+            if not self._finished:
+                self._record(ev.UnknownMessage(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, count=msg.count))
+        else:
+            self.unknown(msg)
         return None
+
+    # -- crashes (actors/base.py) ----------------------------------------------------------
+    def report(self, msg: Any) -> None:
+        self.actor_ref.tell(msg)  # the supervisor reports to itself, as the next message
+
+    def after_crash(self, report: m.ActorCrashed, first: bool) -> None:
+        if first:
+            self.report(report)
+        elif not self._finished and self.on_done is not None:
+            # Crashed again while ending the run: give up, so the process ends; the CLI then
+            # stops the actors and the writer closes (fsync) in its on_stop.
+            self._finished = True
+            self.on_done(EXIT_FATAL)
+
+    def _actor_crashed(self, msg: m.ActorCrashed) -> None:
+        if self._finished:
+            return  # after run_stop: nothing left to record; base.py has logged it
+        self._record(ev.ActorCrashed(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, error=msg.error, traceback=msg.traceback))
+        where = f" (shard {msg.shard:02d})" if msg.shard >= 0 else ""
+        details = {"actor": msg.actor, "message_type": msg.message_type, "error": msg.error, "traceback": msg.traceback}
+        self._fatal("actor_crash", f"{msg.actor}{where} crashed handling {msg.message_type}: {msg.error}", msg.shard, details)
 
     def _start(self, msg: m.StartRun) -> None:
         cfg = self.config
@@ -187,7 +214,7 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         )
 
-    def _fatal(self, reason: str, message: str, shard: int = -1) -> None:
+    def _fatal(self, reason: str, message: str, shard: int = -1, details: dict[str, Any] | None = None) -> None:
         if self.state.phase in ("fatal", "stopped") or self._finished:
             return
         rec = self._record(ev.Fatal(reason=reason, message=message, shard=shard))
@@ -201,6 +228,7 @@ class SupervisorActor(pykka.ThreadingActor):
             "wall_ns_utc": rec.wall_ns_utc,
             "state": self.state.to_dict(),
             "config": self.config.snapshot(),
+            **(details or {}),
         }
         owner = {t: s for s, v in self.state.shards.items() for t in v.tokens}
         missing = [{"token": t, "shard": owner.get(t, -1)} for t in self.state.missing_tokens()]
@@ -221,7 +249,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _stop_shards(self) -> None:
         self._stop_deadline_ns = self.clock.mono_ns() + int(STOP_GRACE_SECONDS * 1e9)
-        for s in sorted(self.started_shards):
+        for s in sorted(self.started_shards - self.stopped_shards):
             self.shards[s].tell(m.StopShard())
         self._maybe_finish()
 
@@ -230,9 +258,9 @@ class SupervisorActor(pykka.ThreadingActor):
             self._finish()
 
     def _finish(self) -> None:
-        if self._finished:
+        if self._finished or self._finishing:
             return
-        st = self.state
+        self._finishing = True
         self._heartbeat()
         frames_written: dict[str, int] = {}
         if self.writer is not None:
@@ -242,6 +270,15 @@ class SupervisorActor(pykka.ThreadingActor):
                 reply = None
             if isinstance(reply, dict):
                 frames_written = dict(reply.get("frames_written", {}))
+        # run_stop comes as the next message, not now: an actor that crashed while the writer
+        # flushed (on a batch still queued there) has told us so by now, and that crash must
+        # still make this run fatal.
+        self.actor_ref.tell(m.FinishRun(frames_written))
+
+    def _finish_run(self, frames_written: dict[str, int]) -> None:
+        if self._finished:
+            return
+        st = self.state
         duration = (self.clock.mono_ns() - (st.started_mono_ns or self.clock.mono_ns())) / 1e9
         frames = sum(s.frames for s in self.latest_status.values())
         nbytes = sum(s.bytes for s in self.latest_status.values())
@@ -257,13 +294,14 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         )
         self._finished = True
+        closed: Any = {}
         if self.writer is not None:
             try:
-                self.writer.ask(m.CloseWriter(), timeout=60)
+                closed = self.writer.ask(m.CloseWriter(), timeout=60)
             except Exception:
-                pass
+                closed = None
         code = self.exit_code if self.exit_code is not None else EXIT_OK
-        if st.phase == "fatal":
+        if st.phase == "fatal" or not isinstance(closed, dict):  # not a dict: the writer crashed closing
             code = EXIT_FATAL
         if self.on_done is not None:
             self.on_done(code)

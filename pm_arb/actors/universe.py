@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import pykka
-
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.gamma import GammaError
@@ -18,7 +17,9 @@ from pm_arb.universe_select import Market, assign_shards, select_markets
 RowsFetcher = Callable[[float | None], tuple[list, int]]
 
 
-class UniverseActor(pykka.ThreadingActor):
+class UniverseActor(PlantActor):
+    ANSWERS = (GammaError,)  # LoadUniverse's answer when Gamma cannot be read: the CLI says so
+
     def __init__(self, config: Config, clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
         super().__init__()
         self.config = config
@@ -33,13 +34,15 @@ class UniverseActor(pykka.ThreadingActor):
         self.consecutive_guards = 0
         self.last_stats: dict[str, Any] = {}
 
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.LoadUniverse):
             return self._load()
         if isinstance(msg, m.Tick):
             now = self.clock.mono_ns()
             if self.refresh_enabled and self.next_refresh_ns is not None and now >= self.next_refresh_ns:
                 self._refresh()
+        else:
+            self.unknown(msg)
         return None
 
     def _select(self, rows: list) -> tuple[list[Market], dict[int, list[str]], dict[str, int]]:

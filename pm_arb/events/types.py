@@ -120,6 +120,30 @@ class Fatal(Event):
     shard: int = -1
 
 
+@event("actor_crashed")
+@dataclass(frozen=True)
+class ActorCrashed(Event):
+    """An actor raised while handling a message (actors/base.py); a `fatal` actor_crash follows."""
+
+    actor: str
+    shard: int  # -1: not a shard actor
+    message_type: str
+    error: str
+    traceback: str
+
+
+@event("unknown_message")
+@dataclass(frozen=True)
+class UnknownMessage(Event):
+    """An actor was sent a message it has no branch for (a bug). Recorded at the 1st, 2nd, 4th,
+    8th... of a kind per actor; `count` is the actor's total of that kind so far."""
+
+    actor: str
+    shard: int
+    message_type: str
+    count: int
+
+
 # --- shards and their connections ------------------------------------------------------------
 
 
