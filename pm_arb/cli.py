@@ -16,7 +16,9 @@ import click
 import orjson
 
 from pm_arb import __version__
-from pm_arb.config import FIELDS, Config, flag_name, load_config
+from pm_arb.commands import cli_params as P
+from pm_arb.commands.cli_params import FiniteFloat
+from pm_arb.config import FIELDS, MAX_SHARDS, Config, flag_name, load_config
 from pm_arb.errors import UserError
 
 CONFIG_GROUP_ORDER = ("capture", "refresh", "endpoints", "discovery", "websocket", "pipeline", "offline")
@@ -123,7 +125,7 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
 def capture_inspect(run_dir: Path, as_json: bool) -> None:
     """Summarize a run bundle: file sizes, frames per shard, first/last receive time, metrics tails.
 
-    Exit 1 when a shard's files cannot be read.
+    Exit 1 when a shard's files cannot be read or a file header is damaged.
     """
     from pm_arb.commands.inspect_run import inspect_run, render_inspect
 
@@ -133,6 +135,10 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
     if unreadable:
         click.echo(f"error: {len(unreadable)} shard file(s) could not be read (see above); run capture-verify for details", err=True)
         sys.exit(1)
+    damaged = [s for s in result["shards"] if "header_damage" in s]
+    if damaged:
+        click.echo(f"error: {len(damaged)} shard file(s) have a damaged header (see above); run capture-verify for details", err=True)
+        sys.exit(1)
 
 
 @cli.command("capture-slice")
@@ -140,16 +146,17 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="New bundle directory (must not exist or be empty).")
 @click.option("--from-wall", help="Start receive time, inclusive: ISO-8601 (UTC if no offset) or integer ns.")
 @click.option("--to-wall", help="End receive time, inclusive.")
-@click.option("--from-seq", type=click.IntRange(min=0), help="First per-shard seq, inclusive.")
-@click.option("--to-seq", type=click.IntRange(min=0), help="Last per-shard seq, inclusive.")
-@click.option("--shard", "shards", type=click.IntRange(min=0), multiple=True, help="Only these shards (repeatable; default all).")
+@click.option("--from-seq", type=click.IntRange(min=0, max=2**64 - 1), help="First per-shard seq, inclusive.")
+@click.option("--to-seq", type=click.IntRange(min=0, max=2**64 - 1), help="Last per-shard seq, inclusive.")
+@click.option("--shard", "shards", type=click.IntRange(min=0, max=65535), multiple=True, help="Only these shards (repeatable; default all).")
 @json_option
 @handle_errors
 def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to_seq, shards, as_json: bool) -> None:
     """Extract frames by receive time or by seq into a new run bundle that passes capture-verify.
 
     Payloads, seq numbers and timestamps are copied unchanged; the runlog and metrics lines
-    inside the window come along, and the manifest names the source run and range.
+    inside the window come along, and the manifest names the source run and range. Exit 1 when
+    the range selects no frames; a failed slice leaves nothing at --out.
     """
     from pm_arb.commands.slice_run import parse_time_ns, slice_run
 
@@ -163,6 +170,8 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
         shards=list(shards) or None,
         show_progress=False if as_json else None,
     )
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _emit_json(result)
     else:
@@ -176,14 +185,14 @@ def main() -> None:
 
 
 @cli.command("capture")
-@click.option("--run-id", help="Run id (default: UTC timestamp). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
-@click.option("--duration-seconds", type=click.FloatRange(min=0), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
+@click.option("--run-id", help="Run id (default: UTC start time to the ms and the pid, e.g. 20261125T130000.123Z-4242). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
+@click.option("--duration-seconds", type=FiniteFloat(min=0, max=P.MAX_DURATION_SECONDS), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
 @click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
-@click.option("--sim-markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active markets the --sim exchange lists.")
-@click.option("--sim-rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
-@click.option("--sim-max-tokens-per-connection", type=click.IntRange(min=0), default=500, show_default=True,
+@click.option("--sim-markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active markets the --sim exchange lists.")
+@click.option("--sim-rate", type=FiniteFloat(min=0, max=P.MAX_RATE), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
+@click.option("--sim-max-tokens-per-connection", type=click.IntRange(min=0, max=P.MAX_SIM_MARKETS * 2), default=500, show_default=True,
               help="Like Polymarket: the --sim exchange sends nothing for tokens past this many on one connection (0: no limit).")
-@click.option("--offline-repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
+@click.option("--offline-repeat", type=click.IntRange(min=1, max=P.MAX_REPEAT), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
 @click.option("--status/--no-status", default=None, help="Live status line on stderr (default: only when stderr is a terminal).")
 @json_option
 @config_options
@@ -258,7 +267,7 @@ def skip_bad_lines_option(fn: Callable) -> Callable:
 
 @cli.command("capture-audit")
 @run_dir_option
-@click.option("--gap-threshold-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
+@click.option("--gap-threshold-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
 @skip_bad_lines_option
 @json_option
 @handle_errors
@@ -301,7 +310,7 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
     report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None)
     text = render_latency(report)
     bundle.write_json(run_dir / bundle.LATENCY_JSON, report)
-    (run_dir / bundle.LATENCY_TXT).write_text(text + "\n")
+    bundle.write_file(run_dir / bundle.LATENCY_TXT, (text + "\n").encode())
     _emit_json(report) if as_json else click.echo(text)
 
 
@@ -348,7 +357,7 @@ def capture_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool, a
 
 
 @cli.command("discover")
-@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many markets (after capture_max_markets).")
+@click.option("--limit", type=click.IntRange(min=1, max=P.MAX_LIST), help="Show at most this many markets (after capture_max_markets).")
 @json_option
 @config_options
 @handle_errors
@@ -402,12 +411,12 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
 @cli.command("sim-exchange")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=0, show_default=True, help="Port (0: any free port).")
-@click.option("--markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
-@click.option("--rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Market messages per second across all connections.")
+@click.option("--markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
+@click.option("--rate", type=FiniteFloat(min=0, max=P.MAX_RATE), default=200.0, show_default=True, help="Market messages per second across all connections.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
-@click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--pool", type=click.IntRange(min=0, max=P.MAX_POOL), default=0, show_default=True,
               help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
-@click.option("--max-tokens-per-connection", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--max-tokens-per-connection", type=click.IntRange(min=0, max=P.MAX_SIM_MARKETS * 2), default=0, show_default=True,
               help="Like Polymarket past ~500: tokens past this many on one connection get no messages (0: no limit).")
 @handle_errors
 def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int, max_tokens_per_connection: int) -> None:
@@ -444,10 +453,10 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
 
 
 @cli.command("capture-bench")
-@click.option("--frames", type=click.IntRange(min=1), default=200_000, show_default=True, help="Frames to push through the pipeline.")
-@click.option("--shards", type=click.IntRange(min=1), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
+@click.option("--frames", type=click.IntRange(min=1, max=P.MAX_BENCH_FRAMES), default=200_000, show_default=True, help="Frames to push through the pipeline.")
+@click.option("--shards", type=click.IntRange(min=1, max=MAX_SHARDS), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
 @click.option("--fixtures", type=click.Path(path_type=Path), help="Fixture set (default: the bundled one).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
+@click.option("--rounds", type=click.IntRange(min=1, max=P.MAX_ROUNDS), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON result to this file (e.g. benchmarks/results/capture_bench.json).")
 @json_option

@@ -40,6 +40,7 @@ from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.malloc_tuning import tune_malloc
 from pm_arb.plant.stop_signals import EXIT_NOW, FORCE_AFTER_SECONDS, StopSignals
 from pm_arb.progress import human_bytes
+from pm_arb.store import run_lock
 from pm_arb.universe.placement import PlacementRules, plan_summary
 
 OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
@@ -49,12 +50,28 @@ CRASHABLE = ("MetricsActor", "ShardActor", "SupervisorActor", "UniverseActor", "
 DEPENDENCIES = ("pykka", "websocket-client", "requests", "orjson", "xxhash", "click", "websockets")
 
 
-def default_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+_issued_run_ids: set[str] = set()
 
 
-def prepare_run_dir(data_dir: str, run_id: str) -> Path:
-    """Create data_dir/runs/<run_id>/; refuse an existing one (nothing is ever overwritten)."""
+def default_run_id(now: datetime | None = None) -> str:
+    """UTC start time to the millisecond, then the pid: sorts by time, and two captures started
+    in the same millisecond on one host still differ (a counter covers one process)."""
+    now = now or datetime.now(timezone.utc)
+    base = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{os.getpid()}"
+    run_id, n = base, 1
+    while run_id in _issued_run_ids:
+        n += 1
+        run_id = f"{base}-{n}"
+    _issued_run_ids.add(run_id)
+    return run_id
+
+
+def prepare_run_dir(data_dir: str, run_id: str, named: bool = True) -> Path:
+    """Create data_dir/runs/<run_id>/; refuse an existing one (nothing is ever overwritten).
+
+    `named` is False for a generated id, whose clash the user can only fix by starting again.
+    """
+    retry = "choose another --run-id" if named else "start the capture again (it generates a new run id)"
     if not RUN_ID_RE.match(run_id):
         raise UserError(f"invalid --run-id {run_id!r}: use letters, digits, '.', '_' or '-' (at most 128, not starting with '.' or '-')", 2)
     root = bundle.runs_root(data_dir)
@@ -69,11 +86,11 @@ def prepare_run_dir(data_dir: str, run_id: str) -> Path:
     run_dir = root / run_id
     if run_dir.exists() or run_dir.is_symlink():
         kind = "directory" if run_dir.is_dir() else "file"
-        raise UserError(f"run dir {run_dir} already exists (a {kind}); choose another --run-id (nothing was overwritten)", 2)
+        raise UserError(f"run dir {run_dir} already exists (a {kind}); {retry} (nothing was overwritten)", 2)
     try:
         run_dir.mkdir()
     except FileExistsError:
-        raise UserError(f"run dir {run_dir} already exists; choose another --run-id (nothing was overwritten)", 2) from None
+        raise UserError(f"run dir {run_dir} already exists; {retry} (nothing was overwritten)", 2) from None
     except PermissionError:
         raise UserError(f"data dir {data_dir} is not writable: choose another --data-dir or fix its permissions", 2) from None
     if not os.access(run_dir, os.W_OK):
@@ -217,7 +234,8 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
     crash_request = test_crash_request()
     malloc_settings = tune_malloc()  # before any actor thread creates its allocator arena
     clock = SystemClock()
-    run_id = default_run_id() if run_id is None else run_id
+    named = run_id is not None
+    run_id = run_id if named else default_run_id()
     done = threading.Event()
     result: dict[str, int] = {}
 
@@ -253,7 +271,9 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
             raise UserError("the universe actor crashed while loading the universe (see the line above); nothing was written", 1)
         if stops.first is not None:  # a stop before the run dir exists: nothing to stop cleanly
             raise UserError(f"{stops.first} during start-up: stopped before the run began; nothing was written", 130)
-        run_dir = prepare_run_dir(config.data_dir, run_id)
+        run_dir = prepare_run_dir(config.data_dir, run_id, named)
+        # Held until this process ends: capture-verify --repair refuses a run a capture is writing.
+        run_lock_fd = run_lock.hold_for_capture(run_dir)
     except BaseException:
         pykka.ActorRegistry.stop_all()
         raise
@@ -349,4 +369,5 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
             pass
         pykka.ActorRegistry.stop_all(block=True, timeout=10)
         sys.setswitchinterval(previous_switch_interval)
+        run_lock.release(run_lock_fd)
     return result.get("code", 1), run_dir, last

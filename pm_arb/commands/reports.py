@@ -15,6 +15,7 @@ from pm_arb.events.folds.latency import latency_report
 from pm_arb.events.folds.placement import fold as fold_placement
 from pm_arb.events.folds.supervisor_state import fold
 from pm_arb.events.runlog_file import RunlogRead, read_runlog
+from pm_arb.store.shard_files import shard_number
 
 
 def _read_ndjson(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -77,9 +78,9 @@ def _metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[s
     glob, bad = _read_ndjson(mdir / bundle.GLOBAL_METRICS)
     shards: dict[int, list[dict[str, Any]]] = {}
     for p in sorted(mdir.glob("shard_*.ndjson")) if mdir.is_dir() else []:
-        num = p.stem.split("_", 1)[1]
-        if num.isdigit():
-            shards[int(num)], b = _read_ndjson(p)
+        num = shard_number(p)
+        if num is not None:
+            shards[num], b = _read_ndjson(p)
             bad += b
     return glob, shards, bad
 
