@@ -53,7 +53,19 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def write_json(path: Path, doc) -> None:
-    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    write_file(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """All of `data` at `path`, or nothing new there: written beside it and renamed over it, and
+    the temp file removed when the write fails (a full disk leaves no half report)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def dir_bytes(path: Path) -> int:

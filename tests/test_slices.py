@@ -51,13 +51,15 @@ def test_a_window_that_misses_the_run_says_where_the_run_is(offline_run, tmp_pat
     first, last = _wall_span(offline_run)
     out = tmp_path / "cut"
     proc = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-wall", "2001-01-01T00:00:00Z", "--to-wall", "2001-01-02T00:00:00Z")
-    line = assert_one_line_error(proc, 2)
-    assert "misses the run" in line and wall_iso(first) in line and wall_iso(last) in line and "shard 00 seq 0.." in line
+    line = assert_one_line_error(proc, 1)  # exit 1 like any range that selects no frames
+    assert "misses the run" in line and wall_iso(first) in line and wall_iso(last) in line and "shard 0 holds seq 0.." in line
     assert not out.exists()  # nothing was written
     after = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-wall", str(last + 1))
-    assert "misses the run" in assert_one_line_error(after, 2)
+    assert "misses the run" in assert_one_line_error(after, 1)
     seqs = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-seq", "999999")
-    assert "misses the run" in assert_one_line_error(seqs, 2)
+    assert "misses the run" in assert_one_line_error(seqs, 1)
+    relative = run_cli("capture-slice", "--run-dir", str(offline_run), "--out", str(out), "--from-wall", "+1d")
+    assert "misses the run" in assert_one_line_error(relative, 1)
 
 
 def test_relative_and_time_of_day_windows_resolve_and_are_echoed(offline_run, tmp_path):

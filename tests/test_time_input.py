@@ -64,3 +64,15 @@ def test_bad_times_say_which_forms_are_accepted(text, fragment):
         parse_time(text, "--to-wall")
     assert fragment in exc.value.message and "--to-wall" in exc.value.message and exc.value.exit_code == 2
 
+
+
+@pytest.mark.parametrize("text", ["999999999999999999999999999", "-999999999999999999999999999", "9999-12-31T23:59:59Z"])
+def test_absolute_times_outside_a_records_range_are_refused(text):
+    with pytest.raises(UserError, match="signed 64-bit"):
+        parse_time(text, "--from-wall")
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661\u0662", "+\u0661s", "\u0661\u0662:30"])
+def test_only_ascii_digits_are_numbers(text):
+    with pytest.raises(UserError, match="expected ISO-8601"):
+        parse_time(text, "--from-wall")

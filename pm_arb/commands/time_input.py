@@ -20,11 +20,13 @@ from datetime import datetime, time, timezone
 from pm_arb.errors import UserError
 
 NS_PER_UNIT = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
-_OFFSET_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d)")
-_OFFSET = re.compile(r"^([+-])((?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h|d))+)$")
-_TIME_OF_DAY = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?Z?$")
+_OFFSET_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h|d)")
+_OFFSET = re.compile(r"^([+-])((?:[0-9]+(?:\.[0-9]+)?(?:ns|us|ms|s|m|h|d))+)$")
+_TIME_OF_DAY = re.compile(r"^([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?Z?$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DAY_NS = NS_PER_UNIT["d"]
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1  # the range of a record's rx_wall_ns_utc
+_SIGNED_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() takes digits str.isdigit() does not mean
 FORMS = "ISO-8601 (2026-11-24T13:00:00Z), integer ns since the epoch, a time of day on the run's date (12:52:30), or an offset from the run's start or end (+10s, -5m)"
 
 
@@ -54,8 +56,13 @@ def _offset_ns(body: str) -> int:
 
 def parse_time(text: str, flag: str) -> TimeSpec:
     s = text.strip()
-    if s.isdigit():
-        return TimeSpec("ns", int(s), text)
+    if _SIGNED_INT.fullmatch(s):
+        value = int(s)
+        if not I64_MIN <= value <= I64_MAX:
+            raise _out_of_range(text, flag)
+        if s[0] in "+-":
+            raise UserError(f"invalid value {text!r} for {flag}: an offset needs a unit (+10s, -5m, +250ms); integer ns must be unsigned", 2)
+        return TimeSpec("ns", value, text)
     m = _OFFSET.match(s)
     if m:
         return TimeSpec("from_start" if m.group(1) == "+" else "from_end", _offset_ns(m.group(2)), text)
@@ -66,7 +73,7 @@ def parse_time(text: str, flag: str) -> TimeSpec:
             raise UserError(f"invalid value {text!r} for {flag}: {hh:02d}:{mm:02d}:{ss:02d} is not a time of day", 2)
         frac_ns = int(frac.ljust(9, "0")) if frac else 0
         return TimeSpec("time_of_day", ((hh * 60 + mm) * 60 + ss) * 1_000_000_000 + frac_ns, text)
-    if s.lstrip("+-").replace(".", "", 1).isdigit():
+    if re.fullmatch(r"[+-][0-9]+\.[0-9]+", s):
         raise UserError(f"invalid value {text!r} for {flag}: an offset needs a unit (+10s, -5m, +250ms); integer ns must be unsigned", 2)
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -74,7 +81,16 @@ def parse_time(text: str, flag: str) -> TimeSpec:
         raise UserError(f"invalid value {text!r} for {flag}: expected {FORMS}", 2) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return TimeSpec("ns", _to_ns(dt), text)
+    value = _to_ns(dt)
+    if not I64_MIN <= value <= I64_MAX:
+        raise _out_of_range(text, flag)
+    return TimeSpec("ns", value, text)
+
+
+def _out_of_range(text: str, flag: str) -> UserError:
+    return UserError(
+        f"invalid value {text!r} for {flag}: receive times are signed 64-bit ns since the epoch (years 1677 to 2262); nothing was written", 2
+    )
 
 
 def resolve(spec: TimeSpec, run_start_ns: int, run_end_ns: int) -> int:

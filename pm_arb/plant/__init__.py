@@ -1,1 +1,1 @@
-"""The process edge of a capture (LAYOUT.md layer 3): what the running plant shows and watches."""
+"""The process edge of a capture (LAYOUT.md layer 3): signals, start-up, and what the running plant shows and watches."""

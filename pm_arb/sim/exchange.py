@@ -38,6 +38,7 @@ OFFSET_CAP = 2000
 KEYSET_MAX_LIMIT = 1000
 DEFAULT_LIMIT = 20
 SUBSCRIBE_TIMEOUT_S = 10.0
+STALL_GARBAGE = b'{"asset_id":"7132","event_type":"pri'  # a message cut short
 
 
 @dataclass
@@ -102,7 +103,12 @@ class SimExchange:
         self.answer_ping = True
         self.send_data = True
         self.initial_dump = True
+        # Polymarket past ~500 tokens on one connection: the socket stays up and PONGs come, but
+        # tokens past this many (in subscription order) get no message at all.
         self.max_assets_per_connection: int | None = None
+        # A stall that is not silent: while > 0, no market data; every this many seconds a `[]`,
+        # and every third time a truncated JSON frame instead (PONGs still answered).
+        self.stall_noise_seconds = 0.0
         self.silent_tokens: set[str] = set()  # subscribed but never get a message (per-asset silent loss)
         self.gamma_script: deque[str] = deque()  # "500", "bad_json", "sleep:SECONDS", "loop" consumed one per request
         self.gamma_loop = False
@@ -415,9 +421,17 @@ class SimExchange:
         pool: list[bytes] = []
         pool_tokens: list[str] = []
         k = 0
+        noise_at, noise_count = 0.0, 0
         try:
             while True:
                 await asyncio.sleep(tick)
+                if self.stall_noise_seconds > 0:
+                    if time.monotonic() >= noise_at:
+                        noise_count += 1
+                        await self._send(ws, cid, STALL_GARBAGE if noise_count % 3 == 0 else b"[]")
+                        noise_at = time.monotonic() + self.stall_noise_seconds
+                    start, sent = time.monotonic(), 0.0
+                    continue
                 tokens = served()
                 self._served[cid] = len(tokens)
                 if not tokens or not self.send_data or self.rate <= 0:
