@@ -75,7 +75,7 @@ def test_discover_pages_to_the_end_and_filters():
         assert sum("after_cursor=" in p for p in s.gamma_requests) == doc["totals"]["pages_fetched"] - 1
         plan = doc["totals"]["plan"]  # 500 tokens fit 8 shards (the minimum) under the 400 cap
         assert (plan["shards"], plan["shards_min"], plan["cap_tokens"]) == (8, 8, 400) and plan["busiest_tokens"] <= 400
-        assert sum(doc["totals"]["shard_token_counts"].values()) == 500 and {m["shard"] for m in doc["markets"]} == set(range(8))
+        assert sum(r["tokens"] for r in doc["totals"]["shard_token_counts"]) == 500 and {m["shard"] for m in doc["markets"]} == set(range(8))
         few = orjson.loads(run_cli("discover", "--gamma-base-url", s.gamma_url, "--ws-max-tokens-per-shard", "50", "--json").stdout)
         assert few["totals"]["plan"]["shards"] == 10 and "500 tokens need 10 connections" in few["totals"]["plan"]["reason"]
         text = run_cli("discover", "--gamma-base-url", s.gamma_url, "--capture-max-markets", "10", "--limit", "3")
