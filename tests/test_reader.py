@@ -147,3 +147,47 @@ def _record_offset(run_dir: Path, shard: int, seq: int) -> int:
         if rec.seq == seq:
             return rec.offset
     raise AssertionError(f"no seq {seq} in shard {shard}")
+
+
+def _batch_rows(run, **kw) -> list[tuple]:
+    rows = []
+    for b in run.frame_batches(max_frames=1500, **kw):
+        d = b.to_pydict()
+        walls = b.column("rx_wall_ns_utc").cast("int64").to_pylist()
+        rows += list(zip(d["shard"], d["seq"], d["rx_mono_ns"], walls, d["flags"], d["opcode"], d["payload"]))
+    return rows
+
+
+def test_frame_batches_hold_exactly_the_frames(offline_run):
+    run = open_run(offline_run)
+    frames = [tuple(f) for f in run.frames()]
+    assert _batch_rows(run) == frames
+    assert _batch_rows(run, verify=False) == frames
+    walls = sorted(f[3] for f in frames)
+    lo, hi = walls[300], walls[2000]
+    assert _batch_rows(run, shards=[0, 2], start=lo, end=hi) == [f for f in frames if f[0] in (0, 2) and lo <= f[3] <= hi]
+
+
+def test_frame_batches_report_damage_like_frames(run_copy):
+    frames = list(open_run(run_copy).frames())
+    victim = [f for f in frames if f.shard == 1][40]
+    offset = _record_offset(run_copy, 1, victim.seq)
+    path = run_copy / "capture" / "shard_01.frames"
+    data = bytearray(path.read_bytes())
+    data[offset + 30] ^= 0x10  # a header byte covered by the checksum (rx_wall_ns_utc)
+    path.write_bytes(bytes(data))
+    run = open_run(run_copy)
+    with pytest.raises(DamagedRecordError) as exc:
+        _batch_rows(run)
+    assert (exc.value.damage.shard, exc.value.damage.seq) == (1, victim.seq)
+    seen: list[Damage] = []
+    assert _batch_rows(run, on_damage=seen.append) == [tuple(f) for f in frames if f != victim]
+    assert [(d.shard, d.seq) for d in seen] == [(1, victim.seq)]
+
+
+def test_frame_batches_on_a_live_run(run_copy):
+    before = [tuple(f) for f in open_run(run_copy).frames()]
+    last3 = [f for f in before if f[0] == 3][-1]
+    os.truncate(run_copy / "capture" / "shard_03.frames", _record_offset(run_copy, 3, last3[1]) + 20)
+    os.truncate(run_copy / "capture" / "shard_03.idx", FILE_HEADER_SIZE + IDX_ENTRY_SIZE * 5 + 3)
+    assert _batch_rows(open_run(run_copy)) == [f for f in before if f != last3]

@@ -61,6 +61,27 @@ class Run:
             for v in views:
                 v.close()
 
+    def frame_batches(
+        self,
+        shards: Iterable[int] | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        verify: bool = True,
+        on_damage: OnDamage = None,
+        max_frames: int = 65536,
+    ):
+        """The frames of `frames()` as pyarrow RecordBatches (columns shard, seq, rx_mono_ns,
+        rx_wall_ns_utc, flags, opcode, payload), in receive order, for bulk work: no Python
+        object per frame. Needs numpy and pyarrow (imported only when this is called)."""
+        from pm_arb.reader.columns import frame_batches
+
+        views = self._open_views(shards)
+        try:
+            yield from frame_batches(views, _ns(start, "start"), _ns(end, "end"), verify, on_damage, max_frames)
+        finally:
+            for v in views:
+                v.close()
+
     def events(
         self,
         shards: Iterable[int] | None = None,

@@ -65,8 +65,11 @@ class ShardView:
         self.entries = 0 if self.idx_problem else max(0, (len(self._idx) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE)
 
     def close(self) -> None:
-        close_view(self._idx)
-        close_view(self._buf)
+        for view in (self._idx, self._buf):
+            try:
+                close_view(view)
+            except BufferError:
+                pass  # a NumPy array (reader/columns.py) still maps it; unmapped when that is freed
 
     def entry(self, i: int) -> IdxEntry:
         return decode_idx(self._idx, FILE_HEADER_SIZE + i * IDX_ENTRY_SIZE)
@@ -82,13 +85,19 @@ class ShardView:
 
     def records(self, start: int | None = None, end: int | None = None, verify: bool = True, on_damage: OnDamage = None) -> Iterator[FrameRecord]:
         """Records with start <= rx_wall_ns_utc <= end (None: unbounded), in seq order."""
-        lo_w = -(2**63) if start is None else start
-        hi_w = 2**63 - 1 if end is None else end
         if self.idx_problem is not None:
             # No usable idx: the frames file alone still holds everything (ADR/0001).
-            yield from self._scanned(FILE_HEADER_SIZE, lo_w, hi_w, on_damage, None)
+            yield from self.records_after(0, start, end, on_damage)
             return
         lo, hi = self.index_range(start, end)
+        yield from self.records_between(lo, hi, start, end, verify, on_damage)
+        if hi == self.entries:
+            yield from self.records_after(hi, start, end, on_damage)
+
+    def records_between(self, lo: int, hi: int, start: int | None, end: int | None, verify: bool, on_damage: OnDamage) -> Iterator[FrameRecord]:
+        """The records of idx entries [lo, hi) inside the time bounds, one at a time."""
+        lo_w = -(2**63) if start is None else start
+        hi_w = 2**63 - 1 if end is None else end
         size = len(self._buf)
         expected = self.entry(lo - 1) if lo > 0 else None
         expected_offset = FILE_HEADER_SIZE if expected is None else expected.offset + RECORD_OVERHEAD + expected.payload_len
@@ -120,10 +129,20 @@ class ShardView:
                 yield FrameRecord(shard, seq, mono, wall, flags, opcode, payload)
             else:
                 yield FrameRecord(shard, e.seq, e.rx_mono_ns, e.rx_wall_ns_utc, e.flags, e.opcode, payload)
-        if hi == self.entries and expected_offset < size:
-            # Written after the idx was read (a live run), or an idx that lags after a crash.
-            last_seq = self.entry(hi - 1).seq if hi > 0 else None
-            yield from self._scanned(expected_offset, lo_w, hi_w, on_damage, last_seq)
+
+    def records_after(self, n: int, start: int | None, end: int | None, on_damage: OnDamage) -> Iterator[FrameRecord]:
+        """Records past the first n idx entries, found by scanning the frames file: those written
+        after the idx was read (a live run), an idx that lags after a crash, or every record
+        when there is no usable idx."""
+        lo_w = -(2**63) if start is None else start
+        hi_w = 2**63 - 1 if end is None else end
+        if self.idx_problem is not None or n == 0:
+            at, last_seq = FILE_HEADER_SIZE, None
+        else:
+            last = self.entry(n - 1)
+            at, last_seq = last.offset + RECORD_OVERHEAD + last.payload_len, last.seq
+        if at < len(self._buf):
+            yield from self._scanned(at, lo_w, hi_w, on_damage, last_seq)
 
     def _scanned(self, start: int, lo_w: int, hi_w: int, on_damage: OnDamage, last_seq: int | None) -> Iterator[FrameRecord]:
         """Records found by scanning the frames file from `start`; an unfinished tail is skipped
