@@ -2,7 +2,7 @@
 
 The same records, checks and order as `Run.frames`, without a Python object per frame: idx
 entries are read as a NumPy array, headers and payloads are gathered out of the mapped frames
-file with vectorized masks, and only the checksum (xxh3 of header and payload) is a call per
+file with Arrow's slicing kernels, and only the checksum (xxh3 of header and payload) is a call per
 record. A chunk with anything unusual (a gap the idx does not explain, a header or checksum that
 does not match) is re-read record by record through `ShardView.records`, which names the damage.
 NumPy and PyArrow are imported here only, never by the capture path.
@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from pm_arb.reader.records import FrameRecord
@@ -37,8 +38,7 @@ FRAMES_SCHEMA = pa.schema([
 ])
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # payload bytes per batch: bounds memory, keeps int32 offsets
 
-_HDR_SPAN = np.arange(RECORD_OVERHEAD, dtype=np.int64)
-_CHECKSUM_SPAN = np.arange(RECORD_HEADER_SIZE, RECORD_OVERHEAD, dtype=np.int64)
+_NO_END = 2**31 - 1  # binary_slice's stop for "to the end" (its default stop mis-sizes the output)
 _xxh3 = xxhash.xxh3_64_intdigest
 
 
@@ -124,30 +124,27 @@ class _ShardCursor:
         first = FILE_HEADER_SIZE if a == 0 else int(self.entries[a - 1]["offset"]) + RECORD_OVERHEAD + int(self.entries[a - 1]["payload_len"])
         if offs[0] != first or (offs[1:] != ends[:-1]).any() or ends[-1] > len(self._buf):
             return None
-        region = self._buf[offs[0]:ends[-1]]
-        rel = offs - offs[0]
-        hdr = region[(rel[:, None] + _HDR_SPAN).ravel()].view(HEADER_DTYPE)
+        # The records are back to back, so one Arrow binary array over the mapped bytes holds
+        # them whole; Arrow's slicing kernels then copy headers and payloads out at memcpy speed.
+        bounds = np.empty(len(offs) + 1, np.int32)
+        bounds[:-1] = offs - offs[0]
+        bounds[-1] = ends[-1] - offs[0]
+        whole = pa.Array.from_buffers(pa.binary(), len(offs), [None, pa.py_buffer(bounds), pa.py_buffer(self._buf[offs[0]:ends[-1]])])
+        hdr = np.frombuffer(pc.binary_slice(whole, 0, RECORD_OVERHEAD).buffers()[2], HEADER_DTYPE, count=len(offs))
+        payload = pc.binary_slice(whole, RECORD_OVERHEAD, _NO_END)
         if self.verify:
             if ((hdr["mark"] != RECORD_MARK) | (hdr["payload_len"] != e["payload_len"]) | (hdr["seq"] != e["seq"])).any():
                 return None
-            keep = np.ones(len(region), bool)
-            keep[(rel[:, None] + _CHECKSUM_SPAN).ravel()] = False
-            hashed = region[keep]  # each record's header and payload, now adjacent
-            starts = rel - 8 * np.arange(len(rel), dtype=np.int64)
-            stops = starts + RECORD_HEADER_SIZE + lens
-            mv = memoryview(hashed)
-            sums = np.fromiter((_xxh3(mv[s:t]) for s, t in zip(starts.tolist(), stops.tolist())), np.uint64, len(rel))
+            hashed = pc.binary_join_element_wise(pc.binary_slice(whole, 0, RECORD_HEADER_SIZE), payload, b"")
+            bounds = np.frombuffer(hashed.buffers()[1], np.int32, count=len(offs) + 1, offset=hashed.offset * 4).tolist()
+            mv = memoryview(hashed.buffers()[2])
+            sums = np.fromiter((_xxh3(mv[s:t]) for s, t in zip(bounds, bounds[1:])), np.uint64, len(offs))
             if (sums != hdr["checksum"]).any():
                 return None
             src = hdr
         else:
             src = e
-        keep = np.ones(len(region), bool)
-        keep[(rel[:, None] + _HDR_SPAN).ravel()] = False
-        data = region[keep]
-        offsets = np.zeros(len(lens) + 1, np.int32)
-        offsets[1:] = np.cumsum(lens)
-        payload = pa.Array.from_buffers(pa.binary(), len(lens), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        del whole
         wall = src["rx_wall_ns_utc"].astype(np.int64)
         cols = _Columns(self.view.shard, src["seq"].astype(np.int64), src["rx_mono_ns"].astype(np.int64), wall,
                         src["flags"].astype(np.uint8), src["opcode"].astype(np.uint8), payload)
@@ -155,7 +152,7 @@ class _ShardCursor:
         if not inside.all():  # a receive clock that stepped back inside the bisected range
             idx = np.nonzero(inside)[0]
             cols = _Columns(cols.shard, cols.seq[idx], cols.mono[idx], cols.wall[idx], cols.flags[idx], cols.opcode[idx],
-                            cols.payload.take(pa.array(idx)))
+                            cols.payload.take(_arrow(idx, pa.int64())))
         return cols
 
 
@@ -179,6 +176,13 @@ def frame_batches(views: list[ShardView], start: int | None = None, end: int | N
         yield _batch(parts)
 
 
+def _arrow(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """A NumPy array as an Arrow array without a copy, and without pa.array(), which imports
+    pandas to check whether it was handed a pandas object."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
+
+
 def _batch(parts: list[_Columns]) -> pa.RecordBatch:
     shard = np.concatenate([np.full(len(p), p.shard, np.int16) for p in parts])
     seq = np.concatenate([p.seq for p in parts])
@@ -186,13 +190,14 @@ def _batch(parts: list[_Columns]) -> pa.RecordBatch:
     order = np.lexsort((seq, shard, mono))
     payload = pa.concat_arrays([p.payload for p in parts]) if len(parts) > 1 else parts[0].payload
     if len(parts) > 1:
-        payload = payload.take(pa.array(order))
+        payload = payload.take(_arrow(order, pa.int64()))
     else:
         order = slice(None)
     wall = np.concatenate([p.wall for p in parts])[order]
     return pa.RecordBatch.from_arrays([
-        pa.array(shard[order]), pa.array(seq[order]), pa.array(mono[order]),
-        pa.array(wall).cast(pa.timestamp("ns", tz="UTC")),
-        pa.array(np.concatenate([p.flags for p in parts])[order]), pa.array(np.concatenate([p.opcode for p in parts])[order]),
+        _arrow(shard[order], pa.int16()), _arrow(seq[order], pa.int64()), _arrow(mono[order], pa.int64()),
+        _arrow(wall, pa.timestamp("ns", tz="UTC")),
+        _arrow(np.concatenate([p.flags for p in parts])[order], pa.uint8()),
+        _arrow(np.concatenate([p.opcode for p in parts])[order], pa.uint8()),
         payload,
     ], schema=FRAMES_SCHEMA)

@@ -11,6 +11,8 @@ import orjson
 
 from pm_arb.bundle import CAPTURE_DIR, read_manifest, require_run_dir
 from pm_arb.errors import UserError
+from pm_arb.events.runlog_file import read_runlog
+from pm_arb.events.types import UniverseAssigned
 from pm_arb.reader.records import Event, FrameRecord, Market
 from pm_arb.reader.shard_view import OnDamage, ShardView
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON, HeaderProblem
@@ -32,6 +34,21 @@ class Run:
         for m in self.universe:
             self.tokens[m.yes_token] = (m, "Yes")
             self.tokens[m.no_token] = (m, "No")
+
+    def token_assignments(self) -> dict[str, int]:
+        """Every token the run was ever assigned, with its last shard: the start universe and
+        each applied refresh (runlog `universe_assigned`). Empty when there is no readable runlog."""
+        try:
+            records = read_runlog(self.run_dir, skip_bad_lines=True).records
+        except UserError:
+            return {}
+        out: dict[str, int] = {}
+        for rec in records:
+            if isinstance(rec.event, UniverseAssigned):
+                for shard, tokens in rec.event.shard_tokens.items():
+                    for token in tokens:
+                        out[token] = int(shard)
+        return out
 
     @property
     def shards(self) -> list[int]:

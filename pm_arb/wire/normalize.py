@@ -11,6 +11,7 @@ rows in bulk with a columnar engine, and its tests compare the two.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, NamedTuple
 
 EXCHANGE = "polymarket"
@@ -90,6 +91,16 @@ def _text(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+def _number(v: Any) -> str | None:
+    """A price or size: the exchange's decimal string, when it is one (finite); else None."""
+    if not isinstance(v, str):
+        return None
+    try:
+        return v if math.isfinite(float(v)) else None
+    except ValueError:
+        return None
+
+
 class BookChangeMapper:
     """`book` -> snapshot rows (one per level); `price_change` -> one update row per item (the
     current schema's `price_changes`, and the legacy single-asset `changes`)."""
@@ -107,7 +118,7 @@ class BookChangeMapper:
             for side, key, legacy in (("bid", "bids", "buys"), ("ask", "asks", "sells")):
                 levels = message.get(key, message.get(legacy))
                 for level in levels if isinstance(levels, list) else []:
-                    if isinstance(level, dict) and _text(level.get("price")) and _text(level.get("size")):
+                    if isinstance(level, dict) and _number(level.get("price")) and _number(level.get("size")):
                         yield BookRow(symbol, ts, local_timestamp, True, side, level["price"], level["size"], market)
             return
         items = message.get("price_changes")
@@ -118,7 +129,7 @@ class BookChangeMapper:
             if not isinstance(item, dict):
                 continue
             symbol, side = _text(item.get("asset_id")), SIDE_OF_LEVEL.get(item.get("side"))
-            price, size = _text(item.get("price")), _text(item.get("size"))
+            price, size = _number(item.get("price")), _number(item.get("size"))
             if symbol and side and price and size:
                 yield BookRow(symbol, ts, local_timestamp, False, side, price, size, market)
 
@@ -128,7 +139,7 @@ class TradesMapper:
         return message.get("event_type") == "last_trade_price"
 
     def map(self, message: dict[str, Any], local_timestamp: int) -> Iterator[TradeRow]:
-        symbol, price, size = _text(message.get("asset_id")), _text(message.get("price")), _text(message.get("size"))
+        symbol, price, size = _text(message.get("asset_id")), _number(message.get("price")), _number(message.get("size"))
         side = message.get("side")
         if symbol and price and size and side in ("BUY", "SELL"):
             yield TradeRow(symbol, exchange_timestamp_us(message, local_timestamp), local_timestamp,
@@ -146,9 +157,9 @@ class BestBidAskMapper:
         symbol = _text(message.get("asset_id"))
         if not symbol:
             return
-        bid, ask = _text(message.get("best_bid")), _text(message.get("best_ask"))
-        bid = None if bid is None or _is_zero(bid) else bid
-        ask = None if ask is None or _is_zero(ask) else ask
+        bid, ask = _number(message.get("best_bid")), _number(message.get("best_ask"))
+        bid = None if bid is None or float(bid) == 0 else bid
+        ask = None if ask is None or float(ask) == 0 else ask
         yield QuoteRow(symbol, exchange_timestamp_us(message, local_timestamp), local_timestamp, None, ask, bid, None,
                        _text(message.get("market")))
 
@@ -178,9 +189,3 @@ def normalize(message: Any, local_timestamp: int) -> Iterator[Row]:
         if mapper.can_handle(message):
             yield from mapper.map(message, local_timestamp)
 
-
-def _is_zero(text: str) -> bool:
-    try:
-        return float(text) == 0.0
-    except ValueError:
-        return False
