@@ -39,11 +39,11 @@ def staging_to_csv(staging: Path, out: Path, tables: list[str]) -> list[Path]:
             for date in dates:
                 day = f"{root.as_posix()}/date={date}/**/*.parquet"
                 if table == "market_events":
-                    rel = con.sql(f"SELECT {_select(table, columns)} FROM read_parquet('{day}', filename=true, file_row_number=true) "
+                    rel = con.sql(f"SELECT {_select(table, columns)} FROM read_parquet('{day}', filename=true, file_row_number=true, hive_partitioning=false) "
                                   "ORDER BY local_timestamp, filename, file_row_number")
                     written.append(_write(rel.to_arrow_reader(1 << 16), out / f"{EXCHANGE}_{table}_{date}.csv.gz", _QUOTING.get(table, "none")))
                     continue
-                rel = con.sql(f"SELECT {_select(table, columns)} FROM read_parquet('{day}', filename=true, file_row_number=true) "
+                rel = con.sql(f"SELECT {_select(table, columns)} FROM read_parquet('{day}', filename=true, file_row_number=true, hive_partitioning=false) "
                               "ORDER BY symbol, local_timestamp, filename, file_row_number")
                 written += _write_per_symbol(rel.to_arrow_reader(1 << 16), out, table, str(date))
     finally:
@@ -52,19 +52,24 @@ def staging_to_csv(staging: Path, out: Path, tables: list[str]) -> list[Path]:
 
 
 def pq_names(con, root: Path) -> list[str]:
-    return [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM read_parquet('{root.as_posix()}/**/*.parquet')").fetchall()]
+    return [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM read_parquet('{root.as_posix()}/**/*.parquet', hive_partitioning=false)").fetchall()]
+
+
+def _open_csv(path: Path, schema: pa.Schema, quoting: str):
+    """A gzip CSV file with Tardis's plain header line (Arrow would quote the names)."""
+    sink = pa.CompressedOutputStream(str(path), "gzip")
+    sink.write(",".join(schema.names).encode() + b"\n")
+    return sink, pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(include_header=False, quoting_style=quoting))
 
 
 def _write(reader: pa.RecordBatchReader, path: Path, quoting: str) -> Path:
-    with pa.CompressedOutputStream(str(path), "gzip") as sink:
-        writer = None
+    sink, writer = _open_csv(path, reader.schema, quoting)
+    try:
         for batch in reader:
-            if writer is None:
-                writer = pacsv.CSVWriter(sink, batch.schema, write_options=pacsv.WriteOptions(quoting_style=quoting))
             writer.write_batch(batch)
-        if writer is None:
-            writer = pacsv.CSVWriter(sink, reader.schema, write_options=pacsv.WriteOptions(quoting_style=quoting))
+    finally:
         writer.close()
+        sink.close()
     return path
 
 
@@ -73,7 +78,6 @@ def _write_per_symbol(reader: pa.RecordBatchReader, out: Path, table: str, date:
     written: list[Path] = []
     sink = writer = None
     current = None
-    options = pacsv.WriteOptions(quoting_style="none")
     try:
         for batch in reader:
             symbols = batch.column(batch.schema.get_field_index("symbol"))
@@ -96,8 +100,7 @@ def _write_per_symbol(reader: pa.RecordBatchReader, out: Path, table: str, date:
                         writer.close()
                         sink.close()
                     path = out / f"{EXCHANGE}_{table}_{date}_{symbol}.csv.gz"
-                    sink = pa.CompressedOutputStream(str(path), "gzip")
-                    writer = pacsv.CSVWriter(sink, batch.schema, write_options=options)
+                    sink, writer = _open_csv(path, batch.schema, "none")
                     written.append(path)
                     current = symbol
                 writer.write_batch(batch.slice(start, stop - start))
