@@ -1,17 +1,19 @@
 """Decode a batch of frames into the normalized tables with DuckDB, in bulk.
 
 Each payload is parsed once (`from_json` against one struct type that covers every message
-kind; `try` turns a malformed payload into no rows), array frames are unnested with each
-element's index, and plain SQL then gives the rows of each table. The rules are those of
-`wire/normalize.py`, which is the reference: tests compare the two on every fixture frame.
-Decimal strings become DOUBLE only in the output (`price`, `amount`); the book fold for quotes
-gets the exchange's strings.
+kind; `try` turns a malformed payload into no rows). Single-object frames and array frames (the
+initial book dumps) take separate paths, so the common case needs no unnest and no sort. Each
+message then becomes a list of rows in SQL, and one `unnest` gives them in message order. The
+rules are those of `wire/normalize.py`, the reference: tests compare the two on every fixture
+frame. Decimal strings become DOUBLE only in the output (`price`, `amount`); the quotes fold gets
+the exchange's own strings.
 """
 
 from __future__ import annotations
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pm_arb.export.schemas import EXCHANGE, SCHEMAS
 
@@ -26,15 +28,15 @@ MESSAGE_TYPE = (
     '"winning_asset_id":"VARCHAR","winning_outcome":"VARCHAR","question":"VARCHAR"}'
 )
 
-_MESSAGES = f"""
+_TEXT = "SELECT shard, seq, wall_ns // 1000 AS local_us, try(decode(payload)) AS p FROM f WHERE flags = 0 AND opcode = 1"
+_OBJECTS = f"""
 CREATE OR REPLACE TEMP TABLE m AS
-WITH d AS (
-    SELECT shard, seq, wall_ns // 1000 AS local_us,
-           try(CASE WHEN starts_with(ltrim(p), '[') THEN from_json(p, '[{MESSAGE_TYPE}]')
-                    ELSE [from_json(p, '{MESSAGE_TYPE}')] END) AS l
-    FROM (SELECT shard, seq, wall_ns, try(decode(payload)) AS p FROM f WHERE flags = 0 AND opcode = 1)
-)
-SELECT shard, seq, local_us, unnest(l) AS j, generate_subscripts(l, 1) - 1 AS idx FROM d
+SELECT shard, seq, local_us, try(from_json(p, '{MESSAGE_TYPE}')) AS j, 0 AS idx FROM ({_TEXT}) WHERE NOT starts_with(ltrim(p), '[')
+"""
+_ARRAYS = f"""
+CREATE OR REPLACE TEMP TABLE a AS
+SELECT shard, seq, local_us, unnest(l) AS j, generate_subscripts(l, 1) - 1 AS idx
+FROM (SELECT shard, seq, local_us, try(from_json(p, '[{MESSAGE_TYPE}]')) AS l FROM ({_TEXT}) WHERE starts_with(ltrim(p), '['))
 """
 
 # A decimal string a row may carry (wire/normalize.py `_number`).
@@ -42,92 +44,48 @@ _NUM = "(TRY_CAST({0} AS DOUBLE) IS NOT NULL AND isfinite(TRY_CAST({0} AS DOUBLE
 _TS = ("CASE WHEN regexp_full_match(j.timestamp, '[0-9]{1,15}') THEN CAST(j.timestamp AS BIGINT) * 1000 "
        "ELSE local_us END")
 
-# One row per book change, in the order the book must see them: snapshot levels (part 0 bids,
-# 1 asks), then price_change items (2), per message (seq, idx).
+# Every book change of a message as one list, in the order the book must see them. A `book`
+# starts with a reset row (side NULL): the quotes fold needs it even when no level is valid.
 _BOOK_ROWS = f"""
-CREATE OR REPLACE TEMP TABLE l2 AS
-WITH snap AS (
-    SELECT shard, seq, idx, local_us, {_TS} AS ts, j.asset_id AS symbol, j.market AS market,
-           coalesce(j.bids, j.buys) AS bids, coalesce(j.asks, j.sells) AS asks
-    FROM m WHERE j.event_type = 'book' AND j.asset_id IS NOT NULL
-), levels AS (
-    SELECT shard, seq, idx, local_us, ts, symbol, market, 0 AS part, unnest(bids) AS lv, generate_subscripts(bids, 1) AS k FROM snap
-    UNION ALL
-    SELECT shard, seq, idx, local_us, ts, symbol, market, 1 AS part, unnest(asks) AS lv, generate_subscripts(asks, 1) AS k FROM snap
-), items AS (
-    SELECT shard, seq, idx, local_us, {_TS} AS ts, j.market AS market, unnest(j.price_changes) AS it,
-           generate_subscripts(j.price_changes, 1) AS k
-    FROM m WHERE j.event_type = 'price_change' AND j.price_changes IS NOT NULL
-    UNION ALL
-    SELECT shard, seq, idx, local_us, {_TS} AS ts, j.market AS market,
-           struct_pack(asset_id := j.asset_id, price := c.price, size := c.size, side := c.side) AS it, k
-    FROM (SELECT *, unnest(j.changes) AS c, generate_subscripts(j.changes, 1) AS k
-          FROM m WHERE j.event_type = 'price_change' AND j.price_changes IS NULL AND j.changes IS NOT NULL)
+SELECT shard, seq, idx, local_us, ts, market, r.symbol AS symbol, r.snap AS is_snapshot, r.side AS side,
+       r.price AS price_s, r.size AS size_s
+FROM (
+    SELECT shard, seq, idx, local_us, {_TS} AS ts, j.market AS market, unnest(CASE
+        WHEN j.event_type = 'book' AND j.asset_id IS NOT NULL THEN list_concat(
+            [{{'symbol': j.asset_id, 'snap': true, 'side': NULL::VARCHAR, 'price': NULL::VARCHAR, 'size': NULL::VARCHAR}}],
+            list_transform(coalesce(j.bids, j.buys), lambda v: {{'symbol': j.asset_id, 'snap': true, 'side': 'bid', 'price': v.price, 'size': v.size}}),
+            list_transform(coalesce(j.asks, j.sells), lambda v: {{'symbol': j.asset_id, 'snap': true, 'side': 'ask', 'price': v.price, 'size': v.size}}))
+        WHEN j.event_type = 'price_change' AND j.price_changes IS NOT NULL THEN
+            list_transform(j.price_changes, lambda v: {{'symbol': v.asset_id, 'snap': false,
+                'side': CASE v.side WHEN 'BUY' THEN 'bid' WHEN 'SELL' THEN 'ask' END, 'price': v.price, 'size': v.size}})
+        WHEN j.event_type = 'price_change' THEN
+            list_transform(j.changes, lambda v: {{'symbol': j.asset_id, 'snap': false,
+                'side': CASE v.side WHEN 'BUY' THEN 'bid' WHEN 'SELL' THEN 'ask' END, 'price': v.price, 'size': v.size}})
+    END) AS r
+    FROM {{src}} WHERE j.event_type IN ('book', 'price_change')
 )
-SELECT shard, seq, idx, part, k, local_us, ts, symbol, market, true AS is_snapshot,
-       CASE part WHEN 0 THEN 'bid' ELSE 'ask' END AS side, lv.price AS price_s, lv.size AS size_s
-FROM levels WHERE {_NUM.format('lv.price')} AND {_NUM.format('lv.size')}
-UNION ALL
-SELECT shard, seq, idx, 2 AS part, k, local_us, ts, it.asset_id, market, false,
-       CASE it.side WHEN 'BUY' THEN 'bid' ELSE 'ask' END, it.price, it.size
-FROM items WHERE it.asset_id <> '' AND it.side IN ('BUY', 'SELL') AND {_NUM.format('it.price')} AND {_NUM.format('it.size')}
+WHERE (r.snap AND r.side IS NULL)
+   OR (r.side IS NOT NULL AND (r.snap OR r.symbol <> '') AND {_NUM.format('r.price')} AND {_NUM.format('r.size')})
 """
 
-_L2_OUT = """
-SELECT '{ex}' AS exchange, l2.symbol, make_timestamp(ts) AS timestamp, make_timestamp(local_us) AS local_timestamp,
-       is_snapshot, side, CAST(price_s AS DOUBLE) AS price, CAST(size_s AS DOUBLE) AS amount,
-       coalesce(l2.market, t.market) AS market, t.outcome, shard, seq
-FROM l2 LEFT JOIN tokens t ON t.symbol = l2.symbol
-ORDER BY seq, idx, part, k
-"""
-
-_TRADES_OUT = f"""
-SELECT '{{ex}}' AS exchange, j.asset_id AS symbol, make_timestamp({_TS}) AS timestamp, make_timestamp(local_us) AS local_timestamp,
-       coalesce(j.transaction_hash, '') AS id, lower(j.side) AS side, CAST(j.price AS DOUBLE) AS price,
-       CAST(j.size AS DOUBLE) AS amount, coalesce(j.market, t.market) AS market, t.outcome, shard, seq
-FROM m LEFT JOIN tokens t ON t.symbol = j.asset_id
-WHERE j.event_type = 'last_trade_price' AND j.asset_id <> '' AND j.side IN ('BUY', 'SELL')
+_TRADES = f"""
+SELECT j.asset_id AS symbol, {_TS} AS timestamp, local_us AS local_timestamp, coalesce(j.transaction_hash, '') AS id,
+       lower(j.side) AS side, CAST(j.price AS DOUBLE) AS price, CAST(j.size AS DOUBLE) AS amount, j.market AS market, shard, seq
+FROM {{src}} WHERE j.event_type = 'last_trade_price' AND j.asset_id <> '' AND j.side IN ('BUY', 'SELL')
       AND {_NUM.format('j.price')} AND {_NUM.format('j.size')}
-ORDER BY seq, idx
 """
 
-_MARKET_EVENTS_OUT = f"""
-SELECT '{{ex}}' AS exchange, j.event_type, coalesce(nullif(j.asset_id, ''), j.winning_asset_id) AS symbol,
-       make_timestamp({_TS}) AS timestamp, make_timestamp(local_us) AS local_timestamp,
-       j.old_tick_size, j.new_tick_size, j.winning_outcome, j.question,
-       coalesce(j.market, t.market) AS market, t.outcome, shard, seq
-FROM m LEFT JOIN tokens t ON t.symbol = coalesce(nullif(j.asset_id, ''), j.winning_asset_id)
-WHERE j.event_type IN ('tick_size_change', 'new_market', 'market_resolved')
-ORDER BY seq, idx
+_MARKET_EVENTS = f"""
+SELECT j.event_type, coalesce(nullif(j.asset_id, ''), j.winning_asset_id) AS symbol, {_TS} AS timestamp,
+       local_us AS local_timestamp, j.old_tick_size, j.new_tick_size, j.winning_outcome, j.question, j.market AS market, shard, seq
+FROM {{src}} WHERE j.event_type IN ('tick_size_change', 'new_market', 'market_resolved')
 """
 
-# What the quotes fold needs, in book order: snapshots whole (their valid levels), changes one
-# by one, and best_bid_ask messages (kind 0 snapshot, 1 change, 2 best_bid_ask).
-_BOOK_EVENTS = f"""
-WITH snaps AS (
-    SELECT shard, seq, idx, 0 AS kind, 0 AS k, local_us, ts, symbol, market,
-           list(struct_pack(price := price_s, size := size_s) ORDER BY k) FILTER (WHERE part = 0) AS bids,
-           list(struct_pack(price := price_s, size := size_s) ORDER BY k) FILTER (WHERE part = 1) AS asks
-    FROM l2 WHERE is_snapshot GROUP BY ALL
-), empty_snaps AS (  -- a book with no valid level still empties the book
-    SELECT shard, seq, idx, 0 AS kind, 0 AS k, local_us, {_TS} AS ts, j.asset_id AS symbol, j.market AS market,
-           NULL AS bids, NULL AS asks
-    FROM m WHERE j.event_type = 'book' AND j.asset_id IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM l2 WHERE l2.is_snapshot AND l2.seq = m.seq AND l2.idx = m.idx)
-)
-SELECT shard, seq, idx, kind, k, local_us, ts, symbol, market, NULL AS side, NULL AS price_s, NULL AS size_s, bids, asks,
-       NULL AS best_bid, NULL AS best_ask FROM snaps
-UNION ALL
-SELECT shard, seq, idx, kind, k, local_us, ts, symbol, market, NULL, NULL, NULL, bids, asks, NULL, NULL FROM empty_snaps
-UNION ALL
-SELECT shard, seq, idx, 1, k, local_us, ts, symbol, market, CASE side WHEN 'bid' THEN 'BUY' ELSE 'SELL' END, price_s, size_s,
-       NULL, NULL, NULL, NULL FROM l2 WHERE NOT is_snapshot
-UNION ALL
-SELECT shard, seq, idx, 2, 0, local_us, {_TS}, j.asset_id, j.market, NULL, NULL, NULL, NULL, NULL,
-       CASE WHEN {_NUM.format('j.best_bid')} AND CAST(j.best_bid AS DOUBLE) <> 0 THEN j.best_bid END,
-       CASE WHEN {_NUM.format('j.best_ask')} AND CAST(j.best_ask AS DOUBLE) <> 0 THEN j.best_ask END
-FROM m WHERE j.event_type = 'best_bid_ask' AND j.asset_id <> ''
-ORDER BY seq, idx, kind, k
+_BEST_BID_ASK = f"""
+SELECT shard, seq, idx, local_us, {_TS} AS ts, j.market AS market, j.asset_id AS symbol,
+       CASE WHEN {_NUM.format('j.best_bid')} AND CAST(j.best_bid AS DOUBLE) <> 0 THEN j.best_bid END AS best_bid,
+       CASE WHEN {_NUM.format('j.best_ask')} AND CAST(j.best_ask AS DOUBLE) <> 0 THEN j.best_ask END AS best_ask
+FROM {{src}} WHERE j.event_type = 'best_bid_ask' AND j.asset_id <> ''
 """
 
 
@@ -136,14 +94,16 @@ class Decoder:
 
     def __init__(self, tokens: pa.Table, threads: int = 1) -> None:
         self.con = duckdb.connect(config={"threads": threads})
-        self.con.register("tokens", tokens)
+        self.token_ids = tokens.column("symbol")
+        self.token_market = tokens.column("market")
+        self.token_outcome = tokens.column("outcome")
 
     def close(self) -> None:
         self.con.close()
 
     def decode(self, batch: pa.RecordBatch, tables: set[str]) -> dict[str, pa.Table]:
-        """Rows of the requested normalized tables for one batch of frames; "book_events" is
-        the quotes fold's input (export/quotes.py)."""
+        """Rows of the requested normalized tables for one batch of frames, plus the quotes
+        fold's inputs ("book_rows" with reset rows, "best_bid_ask") when quotes are asked for."""
         frames = pa.table({
             "shard": batch.column("shard"), "seq": batch.column("seq"),
             "wall_ns": batch.column("rx_wall_ns_utc").cast(pa.int64()),
@@ -152,21 +112,42 @@ class Decoder:
         con = self.con
         con.register("f", frames)
         try:
-            con.execute(_MESSAGES)
+            con.execute(_OBJECTS)
+            con.execute(_ARRAYS)
+            has_arrays = con.sql("SELECT count(*) FROM a").fetchall()[0][0] > 0
+            # Message order is (seq, idx); arrays are rare (initial dumps), so only then a sort.
+            src = "(SELECT * FROM m UNION ALL SELECT * FROM a ORDER BY seq, idx)" if has_arrays else "m"
             out: dict[str, pa.Table] = {}
             if tables & {"incremental_book_L2", "quotes"}:
-                con.execute(_BOOK_ROWS)
-            if "incremental_book_L2" in tables:
-                out["incremental_book_L2"] = self._query(_L2_OUT, "incremental_book_L2")
+                rows = con.sql(_BOOK_ROWS.replace("{src}", src)).to_arrow_table()
+                if "incremental_book_L2" in tables:
+                    out["incremental_book_L2"] = self._l2(rows)
+                if "quotes" in tables:
+                    out["book_rows"] = rows
+                    out["best_bid_ask"] = con.sql(_BEST_BID_ASK.replace("{src}", src)).to_arrow_table()
             if "trades" in tables:
-                out["trades"] = self._query(_TRADES_OUT, "trades")
+                out["trades"] = self._finish(con.sql(_TRADES.replace("{src}", src)).to_arrow_table(), "trades")
             if "market_events" in tables:
-                out["market_events"] = self._query(_MARKET_EVENTS_OUT, "market_events")
-            if "quotes" in tables:
-                out["book_events"] = con.sql(_BOOK_EVENTS).to_arrow_table()
+                out["market_events"] = self._finish(con.sql(_MARKET_EVENTS.replace("{src}", src)).to_arrow_table(), "market_events")
             return out
         finally:
             con.unregister("f")
 
-    def _query(self, sql: str, table: str) -> pa.Table:
-        return self.con.sql(sql.replace("{ex}", EXCHANGE)).to_arrow_table().cast(SCHEMAS[table])
+    def _l2(self, rows: pa.Table) -> pa.Table:
+        levels = rows.filter(pc.is_valid(rows.column("side")))
+        table = pa.table({
+            "symbol": levels.column("symbol"), "timestamp": levels.column("ts"), "local_timestamp": levels.column("local_us"),
+            "is_snapshot": levels.column("is_snapshot"), "side": levels.column("side"),
+            "price": levels.column("price_s").cast(pa.float64()), "amount": levels.column("size_s").cast(pa.float64()),
+            "market": levels.column("market"), "shard": levels.column("shard"), "seq": levels.column("seq"),
+        })
+        return self._finish(table, "incremental_book_L2")
+
+    def _finish(self, table: pa.Table, name: str) -> pa.Table:
+        """Add exchange, the outcome (and a missing market) from the universe, in schema order."""
+        where = pc.index_in(table.column("symbol"), value_set=self.token_ids)
+        columns = {"exchange": pa.array([EXCHANGE] * table.num_rows, pa.string()), **{n: table.column(n) for n in table.column_names}}
+        columns["market"] = pc.coalesce(table.column("market"), self.token_market.take(where))
+        columns["outcome"] = self.token_outcome.take(where)
+        schema = SCHEMAS[name]
+        return pa.table({n: columns[n] for n in schema.names}).cast(schema)

@@ -22,38 +22,18 @@ class QuoteFold:
         self.books: dict[tuple[int, str], OrderBook] = {}
         self.rejected = 0  # changes the book refused (a price outside [0, 1], say)
 
-    def fold(self, events: pa.Table) -> pa.Table:
-        """Quote rows for one batch of book events (decode.py `_BOOK_EVENTS`, in book order)."""
-        cols = {name: events.column(name).to_pylist() for name in
-                ("shard", "seq", "kind", "local_us", "ts", "symbol", "market", "side", "price_s", "size_s", "bids", "asks", "best_bid", "best_ask")}
+    def fold(self, book_rows: pa.Table, best_bid_ask: pa.Table) -> pa.Table:
+        """Quote rows for one batch: `book_rows` and `best_bid_ask` from decode.py, each in
+        message order, merged here on (seq, idx)."""
         out: dict[str, list] = {name: [] for name in SCHEMAS["quotes"].names}
         books = self.books
         tokens = self.tokens
-        for shard, seq, kind, local_us, ts, symbol, market, side, price, size, bids, asks, best_bid, best_ask in zip(*cols.values()):
-            key = (shard, symbol)
-            book = books.get(key)
-            if book is None:
-                book = books[key] = OrderBook()
-            try:
-                if kind == 0:
-                    book.apply_snapshot(bids or (), asks or ())
-                elif kind == 1:
-                    book.apply_change(side, price, size)
-            except BookError:
-                self.rejected += 1
-                continue
-            if kind == 2:
-                bid_p = _float(best_bid)
-                ask_p = _float(best_ask)
-                bids_now, asks_now = book.levels()
-                bid_a = _size_at(bids_now, best_bid)
-                ask_a = _size_at(asks_now, best_ask)
-                source = "best_bid_ask"
-            else:
-                bb, ba = book.best_bid(), book.best_ask()
-                bid_p, bid_a = (float(bb[0]), float(bb[1])) if bb else (None, None)
-                ask_p, ask_a = (float(ba[0]), float(ba[1])) if ba else (None, None)
-                source = "book"
+        rows = zip(*(book_rows.column(n).to_pylist() for n in ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "is_snapshot", "side", "price_s", "size_s")))
+        tops = list(zip(*(best_bid_ask.column(n).to_pylist() for n in ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "best_bid", "best_ask"))))
+        t = 0
+        pending_snapshot = None  # (key, book, row) of a book message whose levels are still coming
+
+        def emit(shard, seq, local_us, ts, market, symbol, ask_a, ask_p, bid_p, bid_a, source) -> None:
             known = tokens.get(symbol)
             out["exchange"].append(EXCHANGE)
             out["symbol"].append(symbol)
@@ -68,6 +48,60 @@ class QuoteFold:
             out["shard"].append(shard)
             out["seq"].append(seq)
             out["source"].append(source)
+
+        def emit_top(row, book) -> None:
+            bb, ba = book.best_bid(), book.best_ask()
+            emit(row[0], row[1], row[3], row[4], row[5], row[6], float(ba[1]) if ba else None, float(ba[0]) if ba else None,
+                 float(bb[0]) if bb else None, float(bb[1]) if bb else None, "book")
+
+        def emit_best_bid_ask(top) -> None:
+            book = books.get((top[0], top[6]))
+            bids, asks = book.levels() if book is not None else ({}, {})
+            emit(top[0], top[1], top[3], top[4], top[5], top[6], _size_at(asks, top[8]), _float(top[8]), _float(top[7]),
+                 _size_at(bids, top[7]), "best_bid_ask")
+
+        def flush_snapshot() -> None:
+            key, book, row, bids, asks = pending_snapshot
+            try:
+                book.apply_snapshot(bids, asks)
+            except BookError:
+                self.rejected += 1
+                return
+            emit_top(row, book)
+
+        for row in rows:
+            shard, seq, idx, _, _, _, symbol, snap, side, price, size = row
+            while t < len(tops) and (tops[t][1], tops[t][2]) < (seq, idx):
+                if pending_snapshot is not None:
+                    flush_snapshot()
+                    pending_snapshot = None
+                emit_best_bid_ask(tops[t])
+                t += 1
+            key = (shard, symbol)
+            book = books.get(key)
+            if book is None:
+                book = books[key] = OrderBook()
+            if snap:
+                if side is None:  # the reset row that starts a book message
+                    if pending_snapshot is not None:
+                        flush_snapshot()
+                    pending_snapshot = (key, book, row, [], [])
+                else:
+                    pending_snapshot[3 if side == "bid" else 4].append({"price": price, "size": size})
+                continue
+            if pending_snapshot is not None:
+                flush_snapshot()
+                pending_snapshot = None
+            try:
+                book.apply_change("BUY" if side == "bid" else "SELL", price, size)
+            except BookError:
+                self.rejected += 1
+                continue
+            emit_top(row, book)
+        if pending_snapshot is not None:
+            flush_snapshot()
+        for top in tops[t:]:
+            emit_best_bid_ask(top)
         return pa.table(out, schema=_INPUT_SCHEMA).cast(SCHEMAS["quotes"])
 
 

@@ -123,7 +123,7 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
                     if t in decoded:
                         writers[t].write(decoded[t])
                 if quotes is not None:
-                    writers["quotes"].write(quotes.fold(decoded["book_events"]))
+                    writers["quotes"].write(quotes.fold(decoded["book_rows"], decoded["best_bid_ask"]))
             if _progress_queue is not None:
                 _progress_queue.put(batch.num_rows)
     except DamagedRecordError as exc:
