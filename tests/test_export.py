@@ -25,16 +25,7 @@ from tests.conftest import assert_one_line_error, records_by_shard, run_cli
 TABLES = ["frames", "incremental_book_L2", "trades", "quotes", "market_events", "markets"]
 
 
-def export(run_dir: Path, out: Path, *args: str) -> dict:
-    proc = run_cli("capture-export", "--run-dir", str(run_dir), "--out", str(out), "--json", *args)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
-@pytest.fixture(scope="session")
-def offline_export(offline_run, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("export") / "pq"
-    return out, export(offline_run, out)
+from tests.conftest import export  # noqa: E402
 
 
 @pytest.fixture(scope="session")

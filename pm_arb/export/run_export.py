@@ -98,7 +98,8 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
     damaged: list[Damage] = []
     normalized = [t for t in req.tables if t in NORMALIZED]
     root = req.out / STAGING if req.fmt == "csv" else req.out
-    stem = f"shard-{shard:02d}"
+    # The run id in file names lets the exports of many runs share one tree (Spark over months).
+    stem = f"{run.manifest.get('run_id') or req.run_dir.name}-shard-{shard:02d}"
     writers: dict[str, PartitionedWriter] = {}
     if "frames" in req.tables:
         writers["frames"] = PartitionedWriter(req.out / "frames", FRAMES_SCHEMA, "rx_wall_ns_utc", stem)
