@@ -13,20 +13,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import duckdb
-import orjson
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
 from pm_arb.reader import open_run
 from pm_arb.wire.normalize import BookRow, MarketEventRow, QuoteRow, TradeRow, normalize
-from tests.conftest import assert_one_line_error, records_by_shard, run_cli
-
-TABLES = ["frames", "incremental_book_L2", "trades", "quotes", "market_events", "markets"]
-
-
-from tests.conftest import export  # noqa: E402
-
+from tests.conftest import assert_one_line_error, export, records_by_shard, run_cli
 
 @pytest.fixture(scope="session")
 def sim_run(tmp_path_factory) -> Path:
