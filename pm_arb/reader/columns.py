@@ -113,6 +113,7 @@ class _ShardCursor:
             e, lens = e[:b - a], lens[:b - a]
         self.pos = b
         cols = self._bulk(a, e, lens)
+        self.view.release(int(e["offset"][-1]), a)
         if cols is None:  # something does not add up: let the record-by-record path name it
             recs = list(self.view.records_between(a, b, self.start, self.end, self.verify, self.on_damage))
             return _Columns.of_records(self.view.shard, recs)

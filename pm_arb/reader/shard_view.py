@@ -5,6 +5,7 @@ from the frames file without calling its unfinished tail damage."""
 from __future__ import annotations
 
 import bisect
+import mmap
 import struct
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -62,6 +63,7 @@ class ShardView:
         except HeaderProblem:
             self.close()
             raise
+        self._released_frames = self._released_idx = 0
         self.entries = 0 if self.idx_problem else max(0, (len(self._idx) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE)
 
     def close(self) -> None:
@@ -70,6 +72,14 @@ class ShardView:
                 close_view(view)
             except BufferError:
                 pass  # a NumPy array (reader/columns.py) still maps it; unmapped when that is freed
+
+    def release(self, frames_end: int, entries_done: int) -> None:
+        """Drop this process's mapping of what was read: frames bytes before `frames_end`, the
+        first `entries_done` idx entries. Mapped pages count as resident memory until released;
+        without this a bulk reader's RSS grows with the files, not with what it holds (the
+        page cache keeps the pages either way)."""
+        self._released_frames = _drop(self._buf, self._released_frames, frames_end)
+        self._released_idx = _drop(self._idx, self._released_idx, FILE_HEADER_SIZE + entries_done * IDX_ENTRY_SIZE)
 
     def entry(self, i: int) -> IdxEntry:
         return decode_idx(self._idx, FILE_HEADER_SIZE + i * IDX_ENTRY_SIZE)
@@ -159,6 +169,14 @@ class ShardView:
                 yield FrameRecord(shard, rec.seq, rec.rx_mono_ns, rec.rx_wall_ns_utc, rec.flags, rec.opcode, rec.payload)
         for region in summary.corrupt[reported:]:
             _report(on_damage, _region(shard, region, last_seq))
+
+
+def _drop(view, released: int, end: int) -> int:
+    end -= end % mmap.PAGESIZE
+    if end > released and hasattr(view, "madvise"):
+        view.madvise(mmap.MADV_DONTNEED, released, end - released)
+        return end
+    return released
 
 
 def _region(shard: int, region, last_seq: int | None) -> Damage:
