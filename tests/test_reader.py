@@ -73,11 +73,7 @@ def test_time_bounds_and_shard_choice_equal_a_filter(offline_run):
 def test_flipped_payload_byte_raises_naming_shard_and_seq_or_is_skipped(run_copy):
     frames = list(open_run(run_copy).frames())
     victim = [f for f in frames if f.shard == 2][5]
-    offset = _record_offset(run_copy, 2, victim.seq)
-    path = run_copy / "capture" / "shard_02.frames"
-    data = bytearray(path.read_bytes())
-    data[offset + RECORD_OVERHEAD + 3] ^= 0x01
-    path.write_bytes(bytes(data))
+    offset = _flip(run_copy, 2, victim.seq, RECORD_OVERHEAD + 3, 0x01)
     with pytest.raises(DamagedRecordError) as exc:
         list(open_run(run_copy).frames())
     assert exc.value.damage == Damage(2, victim.seq, offset, "checksum mismatch")
@@ -92,11 +88,7 @@ def test_flipped_payload_byte_raises_naming_shard_and_seq_or_is_skipped(run_copy
 def test_record_missing_from_a_rebuilt_idx_is_still_reported(run_copy):
     """After a repair the idx skips a corrupt record; the bytes it no longer accounts for are damage."""
     victim_seq = 7
-    offset = _record_offset(run_copy, 0, victim_seq)
-    path = run_copy / "capture" / "shard_00.frames"
-    data = bytearray(path.read_bytes())
-    data[offset + RECORD_OVERHEAD] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _flip(run_copy, 0, victim_seq, RECORD_OVERHEAD, 0xFF)
     assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 1
     with pytest.raises(DamagedRecordError) as exc:
         list(open_run(run_copy).frames(shards=[0]))
@@ -142,6 +134,16 @@ def test_a_slice_reads_like_its_source_window(offline_run, tmp_path):
     assert list(open_run(out).frames()) == [f for f in frames if lo <= f.rx_wall_ns_utc <= hi]
 
 
+def _flip(run_dir: Path, shard: int, seq: int, at: int, mask: int) -> int:
+    """XOR one byte of a stored record (`at` bytes into it); return the record's offset."""
+    offset = _record_offset(run_dir, shard, seq)
+    path = run_dir / "capture" / f"shard_{shard:02d}.frames"
+    data = bytearray(path.read_bytes())
+    data[offset + at] ^= mask
+    path.write_bytes(bytes(data))
+    return offset
+
+
 def _record_offset(run_dir: Path, shard: int, seq: int) -> int:
     for rec in records_by_shard(run_dir)[shard]:
         if rec.seq == seq:
@@ -171,11 +173,7 @@ def test_frame_batches_hold_exactly_the_frames(offline_run):
 def test_frame_batches_report_damage_like_frames(run_copy):
     frames = list(open_run(run_copy).frames())
     victim = [f for f in frames if f.shard == 1][40]
-    offset = _record_offset(run_copy, 1, victim.seq)
-    path = run_copy / "capture" / "shard_01.frames"
-    data = bytearray(path.read_bytes())
-    data[offset + 30] ^= 0x10  # a header byte covered by the checksum (rx_wall_ns_utc)
-    path.write_bytes(bytes(data))
+    _flip(run_copy, 1, victim.seq, 30, 0x10)  # a header byte covered by the checksum (rx_wall_ns_utc)
     run = open_run(run_copy)
     with pytest.raises(DamagedRecordError) as exc:
         _batch_rows(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -66,17 +67,10 @@ class Run:
         receive order (rx_mono_ns). With verify, each record's checksum is checked and the
         first damaged one raises DamagedRecordError naming its shard and seq; pass
         `on_damage` (called with a Damage) to skip damaged records instead."""
-        views = self._open_views(shards)
         lo, hi = _ns(start, "start"), _ns(end, "end")
-        try:
+        with self._views(shards) as views:
             streams = [v.records(lo, hi, verify, on_damage) for v in views]
-            if len(streams) == 1:
-                yield from streams[0]
-            else:
-                yield from heapq.merge(*streams, key=_mono)
-        finally:
-            for v in views:
-                v.close()
+            yield from streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_mono)
 
     def frame_batches(
         self,
@@ -92,12 +86,8 @@ class Run:
         object per frame. Needs numpy and pyarrow (imported only when this is called)."""
         from pm_arb.reader.columns import frame_batches
 
-        views = self._open_views(shards)
-        try:
+        with self._views(shards) as views:
             yield from frame_batches(views, _ns(start, "start"), _ns(end, "end"), verify, on_damage, max_frames)
-        finally:
-            for v in views:
-                v.close()
 
     def events(
         self,
@@ -131,6 +121,15 @@ class Run:
                     yield Event(rec.shard, rec.seq, i, rec.rx_mono_ns, rec.rx_wall_ns_utc, "market", _event_type(item), item)
             elif include_garbage:
                 yield Event(rec.shard, rec.seq, 0, rec.rx_mono_ns, rec.rx_wall_ns_utc, "garbage", None, rec.payload)
+
+    @contextmanager
+    def _views(self, shards: Iterable[int] | None) -> Iterator[list[ShardView]]:
+        views = self._open_views(shards)
+        try:
+            yield views
+        finally:
+            for v in views:
+                v.close()
 
     def _open_views(self, shards: Iterable[int] | None) -> list[ShardView]:
         available = self.shards
