@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pm_arb.reader.columns import arrow_of, int64_values
 
 NS_PER_HOUR = 3_600_000_000_000
 COMPRESSION = "zstd"
@@ -40,13 +41,15 @@ class PartitionedWriter:
         if table.num_rows == 0:
             return
         ns = table.column(self.time_column).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
-        hours = np.asarray(ns) // NS_PER_HOUR
+        if isinstance(ns, pa.ChunkedArray):
+            ns = ns.combine_chunks()
+        hours = int64_values(ns) // NS_PER_HOUR
         present = np.unique(hours)
         for hour in list(self._open):
             if hour not in present:
                 self._open.pop(hour).close()
         for hour in present.tolist():
-            part = table if len(present) == 1 else table.filter(pc.equal(pa.array(hours), hour))
+            part = table if len(present) == 1 else table.take(arrow_of(np.nonzero(hours == hour)[0], pa.int64()))
             self._writer(hour).write(part if isinstance(part, pa.Table) else pa.Table.from_batches([part]))
         self.rows += table.num_rows
 

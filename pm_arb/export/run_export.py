@@ -94,7 +94,6 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
     from pm_arb.export.quotes import QuoteFold
 
     run = open_run(req.run_dir)
-    tokens_tbl, by_token = token_table(run)
     damaged: list[Damage] = []
     normalized = [t for t in req.tables if t in NORMALIZED]
     root = req.out / STAGING if req.fmt == "csv" else req.out
@@ -105,8 +104,11 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
         writers["frames"] = PartitionedWriter(req.out / "frames", FRAMES_SCHEMA, "rx_wall_ns_utc", stem)
     for t in normalized:
         writers[t] = PartitionedWriter(root / t, SCHEMAS[t], "local_timestamp", stem)
-    decoder = Decoder(tokens_tbl) if normalized else None
-    quotes = QuoteFold(by_token) if "quotes" in normalized else None
+    decoder = quotes = None
+    if normalized:
+        tokens_tbl, by_token = token_table(run)
+        decoder = Decoder(tokens_tbl)
+        quotes = QuoteFold(by_token) if "quotes" in normalized else None
     token_filter = pa.array(sorted(req.tokens), pa.string()) if req.tokens is not None else None
     frames = payload_bytes = 0
     error = None

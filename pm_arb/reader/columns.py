@@ -52,6 +52,9 @@ class _Columns:
 
     @classmethod
     def of_records(cls, shard: int, recs: list[FrameRecord]) -> "_Columns":
+        if not recs:  # the common case (no records past the idx); pa.array() would import pandas
+            empty = np.zeros(0, np.int64)
+            return cls(shard, empty, empty, empty, empty.astype(np.uint8), empty.astype(np.uint8), pa.nulls(0, pa.binary()))
         return cls(shard, np.array([r.seq for r in recs], np.int64), np.array([r.rx_mono_ns for r in recs], np.int64),
                    np.array([r.rx_wall_ns_utc for r in recs], np.int64), np.array([r.flags for r in recs], np.uint8),
                    np.array([r.opcode for r in recs], np.uint8), pa.array([r.payload for r in recs], pa.binary()))
@@ -136,7 +139,8 @@ class _ShardCursor:
         if self.verify:
             if ((hdr["mark"] != RECORD_MARK) | (hdr["payload_len"] != e["payload_len"]) | (hdr["seq"] != e["seq"])).any():
                 return None
-            hashed = pc.binary_join_element_wise(pc.binary_slice(whole, 0, RECORD_HEADER_SIZE), payload, b"")
+            no_separator = pa.Array.from_buffers(pa.binary(), len(offs), [None, pa.py_buffer(np.zeros(len(offs) + 1, np.int32)), pa.py_buffer(b"")])
+            hashed = pc.binary_join_element_wise(pc.binary_slice(whole, 0, RECORD_HEADER_SIZE), payload, no_separator)
             bounds = np.frombuffer(hashed.buffers()[1], np.int32, count=len(offs) + 1, offset=hashed.offset * 4).tolist()
             mv = memoryview(hashed.buffers()[2])
             sums = np.fromiter((_xxh3(mv[s:t]) for s, t in zip(bounds, bounds[1:])), np.uint64, len(offs))
@@ -153,7 +157,7 @@ class _ShardCursor:
         if not inside.all():  # a receive clock that stepped back inside the bisected range
             idx = np.nonzero(inside)[0]
             cols = _Columns(cols.shard, cols.seq[idx], cols.mono[idx], cols.wall[idx], cols.flags[idx], cols.opcode[idx],
-                            cols.payload.take(_arrow(idx, pa.int64())))
+                            cols.payload.take(arrow_of(idx, pa.int64())))
         return cols
 
 
@@ -177,11 +181,17 @@ def frame_batches(views: list[ShardView], start: int | None = None, end: int | N
         yield _batch(parts)
 
 
-def _arrow(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+def arrow_of(values: np.ndarray, type_: pa.DataType) -> pa.Array:
     """A NumPy array as an Arrow array without a copy, and without pa.array(), which imports
     pandas to check whether it was handed a pandas object."""
     values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
+
+
+def int64_values(values: pa.Array) -> np.ndarray:
+    """The values of a null-free 64-bit Arrow array as NumPy, without a copy (to_numpy() and
+    np.asarray() also go through PyArrow's pandas check)."""
+    return np.frombuffer(values.buffers()[1], np.int64, count=len(values), offset=values.offset * 8)
 
 
 def _batch(parts: list[_Columns]) -> pa.RecordBatch:
@@ -191,14 +201,14 @@ def _batch(parts: list[_Columns]) -> pa.RecordBatch:
     order = np.lexsort((seq, shard, mono))
     payload = pa.concat_arrays([p.payload for p in parts]) if len(parts) > 1 else parts[0].payload
     if len(parts) > 1:
-        payload = payload.take(_arrow(order, pa.int64()))
+        payload = payload.take(arrow_of(order, pa.int64()))
     else:
         order = slice(None)
     wall = np.concatenate([p.wall for p in parts])[order]
     return pa.RecordBatch.from_arrays([
-        _arrow(shard[order], pa.int16()), _arrow(seq[order], pa.int64()), _arrow(mono[order], pa.int64()),
-        _arrow(wall, pa.timestamp("ns", tz="UTC")),
-        _arrow(np.concatenate([p.flags for p in parts])[order], pa.uint8()),
-        _arrow(np.concatenate([p.opcode for p in parts])[order], pa.uint8()),
+        arrow_of(shard[order], pa.int16()), arrow_of(seq[order], pa.int64()), arrow_of(mono[order], pa.int64()),
+        arrow_of(wall, pa.timestamp("ns", tz="UTC")),
+        arrow_of(np.concatenate([p.flags for p in parts])[order], pa.uint8()),
+        arrow_of(np.concatenate([p.opcode for p in parts])[order], pa.uint8()),
         payload,
     ], schema=FRAMES_SCHEMA)
