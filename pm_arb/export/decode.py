@@ -126,9 +126,9 @@ class Decoder:
                     out["book_rows"] = rows
                     out["best_bid_ask"] = con.sql(_BEST_BID_ASK.replace("{src}", src)).to_arrow_table()
             if "trades" in tables:
-                out["trades"] = self._finish(con.sql(_TRADES.replace("{src}", src)).to_arrow_table(), "trades")
+                out["trades"] = self.finish(con.sql(_TRADES.replace("{src}", src)).to_arrow_table(), "trades")
             if "market_events" in tables:
-                out["market_events"] = self._finish(con.sql(_MARKET_EVENTS.replace("{src}", src)).to_arrow_table(), "market_events")
+                out["market_events"] = self.finish(con.sql(_MARKET_EVENTS.replace("{src}", src)).to_arrow_table(), "market_events")
             return out
         finally:
             con.unregister("f")
@@ -141,12 +141,15 @@ class Decoder:
             "price": levels.column("price_s").cast(pa.float64()), "amount": levels.column("size_s").cast(pa.float64()),
             "market": levels.column("market"), "shard": levels.column("shard"), "seq": levels.column("seq"),
         })
-        return self._finish(table, "incremental_book_L2")
+        return self.finish(table, "incremental_book_L2")
 
-    def _finish(self, table: pa.Table, name: str) -> pa.Table:
+    def finish(self, table: pa.Table, name: str) -> pa.Table:
         """Add exchange, the outcome (and a missing market) from the universe, in schema order."""
         where = pc.index_in(table.column("symbol"), value_set=self.token_ids)
         columns = {"exchange": pa.array([EXCHANGE] * table.num_rows, pa.string()), **{n: table.column(n) for n in table.column_names}}
+        if name == "quotes":  # the fold's times are integers (us)
+            columns["timestamp"] = columns["timestamp"].cast(pa.timestamp("us"))
+            columns["local_timestamp"] = columns["local_timestamp"].cast(pa.timestamp("us"))
         columns["market"] = pc.coalesce(table.column("market"), self.token_market.take(where))
         columns["outcome"] = self.token_outcome.take(where)
         schema = SCHEMAS[name]

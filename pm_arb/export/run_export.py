@@ -46,12 +46,12 @@ class ExportRequest:
     batch_frames: int = 16384  # per worker: bounds RSS (~200 MB a worker, measured), no slower than 64k
 
 
-def token_table(run: Run) -> tuple[pa.Table, dict[str, tuple[str, str]]]:
-    by_token = {token: (m.condition_id, outcome) for token, (m, outcome) in run.tokens.items()}
-    table = pa.table({"symbol": list(by_token), "market": [v[0] for v in by_token.values()],
-                      "outcome": [v[1] for v in by_token.values()]},
-                     schema=pa.schema([("symbol", pa.string()), ("market", pa.string()), ("outcome", pa.string())]))
-    return table, by_token
+def token_table(run: Run) -> pa.Table:
+    """token -> market (condition id) and outcome, from the run's universe."""
+    tokens = list(run.tokens.items())
+    return pa.table({"symbol": [t for t, _ in tokens], "market": [m.condition_id for _, (m, _) in tokens],
+                     "outcome": [o for _, (_, o) in tokens]},
+                    schema=pa.schema([("symbol", pa.string()), ("market", pa.string()), ("outcome", pa.string())]))
 
 
 def markets_table(run: Run, tokens: frozenset[str] | None) -> pa.Table:
@@ -106,9 +106,8 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
         writers[t] = PartitionedWriter(root / t, SCHEMAS[t], "local_timestamp", stem)
     decoder = quotes = None
     if normalized:
-        tokens_tbl, by_token = token_table(run)
-        decoder = Decoder(tokens_tbl)
-        quotes = QuoteFold(by_token) if "quotes" in normalized else None
+        decoder = Decoder(token_table(run))
+        quotes = QuoteFold() if "quotes" in normalized else None
     token_filter = pa.array(sorted(req.tokens), pa.string()) if req.tokens is not None else None
     frames = payload_bytes = 0
     error = None
@@ -126,7 +125,7 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
                     if t in decoded:
                         writers[t].write(decoded[t])
                 if quotes is not None:
-                    writers["quotes"].write(quotes.fold(decoded["book_rows"], decoded["best_bid_ask"]))
+                    writers["quotes"].write(decoder.finish(quotes.fold(decoded["book_rows"], decoded["best_bid_ask"]), "quotes"))
             if _progress_queue is not None:
                 _progress_queue.put(batch.num_rows)
     except DamagedRecordError as exc:
