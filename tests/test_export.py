@@ -301,3 +301,11 @@ def test_time_bounds_and_tokens(offline_run, tmp_path):
     ref = [r for r in window if r.symbol == token]
     assert summary["rows"]["incremental_book_L2"] == len(ref) > 0
     assert summary["rows"]["markets"] == 1
+
+
+def test_markets_alone_reads_no_frames(offline_run, tmp_path):
+    summary = export(offline_run, tmp_path / "m", "--tables", "markets", "--format", "csv")
+    assert summary["frames"] == 0 and summary["rows"] == {"markets": len(open_run(offline_run).tokens)}
+    lines = gzip.decompress((tmp_path / "m" / "markets.csv.gz").read_bytes()).decode().splitlines()
+    assert lines[0] == '"token","outcome","condition_id","question","shard","gamma_id","slug","source"'
+    assert len(lines) == 1 + summary["rows"]["markets"]

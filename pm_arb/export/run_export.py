@@ -161,7 +161,8 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
         raise UserError(f"no capture/*.frames in {req.run_dir}: confirm the run dir path and that capture/*.frames exists", 2)
     _prepare_out(req, force)
     workers = req.workers or min(os.cpu_count() or 1, len(shards))
-    results = _run_shards(req, shards, workers, progress)
+    reads_frames = any(t == "frames" or t in NORMALIZED for t in req.tables)
+    results = _run_shards(req, shards, workers, progress) if reads_frames else []
     errors = [r["error"] for r in results if r["error"]]
     if errors:
         raise UserError(f"export stopped: {errors[0]}; pass --skip-damaged to export the rest and list what was skipped", 1)
