@@ -33,6 +33,7 @@ def documents(offline_run, tmp_path_factory):
     take("capture-slice", "capture-slice", "--run-dir", run, "--out", str(tmp / "cut"), "--from-seq", "0", "--to-seq", "3")
     take("capture-plot", "capture-plot", "--run-dir", run, "--out", str(tmp / "plot"))
     take("runs", "runs", "--data-dir", str(data))
+    take("capture-export", "capture-export", "--run-dir", run, "--out", str(tmp / "export"), "--tables", "markets")
     take("capture-bench", "capture-bench", "--frames", "2000", "--shards", "2", "--rounds", "1")
     with SimExchange(markets=6, rate=0) as sim:
         take("discover", "discover", "--gamma-base-url", sim.gamma_url)
@@ -42,7 +43,7 @@ def documents(offline_run, tmp_path_factory):
 
 
 def test_every_document_starts_with_its_schema_version(documents):
-    assert len(documents) == 14
+    assert len(documents) == 15
     for name, doc in documents.items():
         assert doc["schema_version"] == 1, name
         if not name.endswith(".json"):  # files are written with sorted keys; printed documents lead with it

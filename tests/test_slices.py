@@ -92,3 +92,13 @@ def test_a_slice_holding_the_runs_fatal_event_fails_the_fatal_gate(offline_run, 
     gate = orjson.loads(proc.stdout)["gates"]["fatal"]
     assert proc.returncode == 1 and gate["pass"] is False and gate["applies"] is True
     assert f"runlog seq {last['seq'] + 1}" in gate["figure"]
+
+
+def test_capture_export_takes_the_same_time_forms(offline_run, tmp_path):
+    whole = orjson.loads(run_cli("capture-inspect", "--run-dir", str(offline_run), "--json").stdout)
+    proc = run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "x"), "--tables", "frames",
+                   "--from-wall", "+0s", "--to-wall", "-0s", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout)["rows"]["frames"] == sum(s["frames"] for s in whole["shards"])
+    bad = run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "y"), "--from-wall", "+10")
+    assert "needs a unit" in assert_one_line_error(bad, 2)

@@ -154,6 +154,22 @@ def run_extent(readers: list[ShardReader]) -> dict[str, Any]:
     }
 
 
+def wall_extent(run_dir: Path) -> tuple[int | None, int | None]:
+    """The receive times of a run's first and last frame over every shard (what +/- offsets count from)."""
+    capture_dir = run_dir / CAPTURE_DIR
+    readers = []
+    try:
+        for shard in shard_numbers(capture_dir) if capture_dir.is_dir() else []:
+            readers.append(ShardReader(capture_dir, shard))
+        extent = run_extent(readers)
+    except HeaderProblem as exc:
+        raise UserError(f"cannot read the run's receive times: {exc}", 1) from None
+    finally:
+        for r in readers:
+            r.close()
+    return extent["first_wall_ns_utc"], extent["last_wall_ns_utc"]
+
+
 def describe_extent(extent: dict[str, Any]) -> str:
     """What the chosen shards hold, so the user can pick a range that selects something."""
     parts = []
