@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from html.parser import HTMLParser
 
 import orjson
@@ -108,11 +106,3 @@ def test_capture_plot_writes_a_png_that_is_not_blank_and_a_page_that_carries_it(
     text = run_cli("capture-plot", "--run-dir", str(faulty_run))
     assert text.returncode == 0 and "run_plot.html" in text.stdout and (faulty_run / "run_plot.png").is_file()
 
-
-def test_matplotlib_is_loaded_only_by_the_plot_command():
-    code = (
-        "import sys, pm_arb.cli, pm_arb.run_capture, pm_arb.commands.reports, pm_arb.commands.verify; "
-        "print('matplotlib' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -26,9 +26,11 @@ def test_root_exports_are_pinned():
 
 
 def test_capture_path_does_not_load_the_columnar_engines():
+    # nor matplotlib, which only capture-plot imports (ADR/0012)
     code = (
-        "import sys, pm_arb, pm_arb.run_capture, pm_arb.cli, pm_arb.capture.ws_reader, pm_arb.actors.writer;"
-        "print(sorted(m for m in ('duckdb', 'pyarrow', 'polars', 'numpy', 'pandas') if m in sys.modules))"
+        "import sys, pm_arb, pm_arb.run_capture, pm_arb.cli, pm_arb.capture.ws_reader, pm_arb.actors.writer,"
+        " pm_arb.commands.reports, pm_arb.commands.verify;"
+        "print(sorted(m for m in ('duckdb', 'pyarrow', 'polars', 'numpy', 'pandas', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
