@@ -97,8 +97,11 @@ def _is_prefix_of_record(buf, pos: int, size: int) -> bool:
     return length <= MAX_PAYLOAD and pos + RECORD_OVERHEAD + length > size
 
 
-def scan(buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | None = None) -> Iterator[FrameRecord]:
-    """Yield every valid record in order; fill `summary` with what else was found.
+def scan(
+    buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | None = None, start: int = FILE_HEADER_SIZE
+) -> Iterator[FrameRecord]:
+    """Yield every valid record in order from `start` (a record boundary); fill `summary` with
+    what else was found.
 
     `idx_ends` maps record offsets to record ends as the idx recorded them. The idx entry is
     written only after its record was fully written, so a tail whose record the idx knows to be
@@ -106,7 +109,7 @@ def scan(buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | 
     """
     s = summary if summary is not None else ScanSummary()
     size = len(buf)
-    pos = FILE_HEADER_SIZE
+    pos = start
     while pos < size:
         rec, reason = _record_at(buf, pos, size)
         if rec is not None:
