@@ -307,10 +307,12 @@ class Exchange:
         if rng.random() < BOOK_AFTER_TRADE_P:
             out.append(Message("book", (tok,), self.book_doc(tok, ts_ms)))
 
-    def _price_change(self, m: SimMarket, changes: list[tuple[str, int, int]], ts_ms: int) -> Message:
-        bb, ba = m.top()
+    def _price_change(self, m: SimMarket, changes: list[tuple], ts_ms: int) -> Message:
+        """Changes already applied to the book; each may carry the top right after it (side, p, size, (bb, ba))."""
         items = []
-        for side, p, size in changes:
+        for change in changes:
+            side, p, size = change[:3]
+            bb, ba = change[3] if len(change) > 3 else m.top()
             items.append({"asset_id": m.yes, "price": _px(p), "size": _sz(size), "side": side,
                           "hash": "%040x" % self.rng.getrandbits(160), "best_bid": _px(bb), "best_ask": _px(ba)})
             items.append({"asset_id": m.no, "price": _px(1000 - p), "size": _sz(size), "side": "SELL" if side == "BUY" else "BUY",
@@ -332,9 +334,11 @@ class Exchange:
         elif m.tick == FINE_TICK and FINE_BELOW + 2 <= m.fv <= FINE_ABOVE - 2:
             new = COARSE_TICK
             # Orders off the coarse grid are cancelled first, each a level change like any other.
-            off = [("BUY", p, 0) for p in m.bids if p % COARSE_TICK] + [("SELL", p, 0) for p in m.asks if p % COARSE_TICK]
-            for side, p, _ in off:
-                del (m.bids if side == "BUY" else m.asks)[p]
+            off = []
+            for side, levels in (("BUY", m.bids), ("SELL", m.asks)):
+                for p in [p for p in levels if p % COARSE_TICK]:
+                    del levels[p]
+                    off.append((side, p, 0, m.top()))  # each item states the top right after it
             if off:
                 out.append(self._price_change(m, off, ts_ms))
         else:
