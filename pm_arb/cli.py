@@ -271,13 +271,28 @@ def _verify_totals(run_dir: Path, as_json: bool) -> dict[str, Any] | None:
         return None
 
 
+def _book_audit(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> dict[str, Any] | None:
+    from pm_arb.commands.books import run_books
+
+    try:
+        return run_books(run_dir, skip_bad_lines=skip_bad_lines, show_progress=False if as_json else None)
+    except UserError:
+        return None
+
+
+def books_option(fn: Callable) -> Callable:
+    return click.option("--books/--no-books", "do_books", default=True, show_default=True,
+                        help="Also rebuild every token's book for the book_integrity gate (reads every frame; ADR/0010).")(fn)
+
+
 @cli.command("capture-latency-report")
 @run_dir_option
 @click.option("--verify/--no-verify", "do_verify", default=True, show_default=True, help="Also check frame checksums for the crc gate.")
+@books_option
 @skip_bad_lines_option
 @json_option
 @handle_errors
-def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool, as_json: bool) -> None:
+def capture_latency_report(run_dir: Path, do_verify: bool, do_books: bool, skip_bad_lines: bool, as_json: bool) -> None:
     """Write latency_report.json and latency_report.txt into the run dir and print the text.
 
     ws_rx_to_applied_ms percentiles (run and per shard), queue depths, drops, reconnects,
@@ -286,7 +301,8 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
     from pm_arb import bundle
     from pm_arb.commands.reports import render_latency, run_latency_report
 
-    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None)
+    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None,
+                                books=_book_audit(run_dir, skip_bad_lines, as_json) if do_books else None)
     text = render_latency(report)
     bundle.write_json(run_dir / bundle.LATENCY_JSON, report)
     (run_dir / bundle.LATENCY_TXT).write_text(text + "\n")
@@ -295,17 +311,19 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
 
 @cli.command("capture-check")
 @run_dir_option
+@books_option
 @skip_bad_lines_option
 @json_option
 @handle_errors
-def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
-    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, file integrity, a recorded stop, fatal.json.
+def capture_check(run_dir: Path, do_books: bool, skip_bad_lines: bool, as_json: bool) -> None:
+    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, file integrity, a recorded stop, book integrity, fatal.json.
 
     One line per gate; exit 0 when all pass, 1 when any fails.
     """
     from pm_arb.commands.reports import run_latency_report
 
-    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json))
+    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json),
+                                books=_book_audit(run_dir, skip_bad_lines, as_json) if do_books else None)
     if as_json:
         _emit_json({"run_dir": str(run_dir), "gates": report["gates"], "verdict": report["verdict"], "warnings": report["warnings"]})
     else:

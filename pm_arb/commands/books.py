@@ -44,6 +44,11 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
         warnings.append("runlog.ndjson has no shard_connected: reconnects cannot be placed, delta_before_snapshot counts from the first frame")
     fold = BookFold(silent_after_s=silent_after_s, only_tokens=frozenset(tokens) if tokens else None)
     damaged: list[Damage] = []
+
+    def on_damage(d: Damage) -> None:
+        damaged.append(d)
+        fold.damaged(d.shard)
+
     total = sum(frames_path(run.capture_dir, s).stat().st_size for s in run.shards) if run.capture_dir.is_dir() else 0
     progress = Progress(total, "capture-books", enabled=show_progress)
     frame, connect, assign = fold.frame, fold.connect, fold.assign
@@ -51,7 +56,7 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
     done_bytes = 0
     n = 0
     try:
-        for rec in run.frames(on_damage=damaged.append):
+        for rec in run.frames(on_damage=on_damage):
             mono = rec.rx_mono_ns
             while k < n_markers and markers[k].mono_ns <= mono:
                 m = markers[k]
@@ -82,20 +87,6 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
     result["warnings"] = warnings
     result["pass"] = result["totals"]["incidents"] == 0
     return result
-
-
-def book_integrity_gate(result: dict[str, Any] | None) -> dict[str, Any]:
-    """The gate: fails on any incident (ADR/0005, ADR/0010)."""
-    if result is None:
-        return {"pass": None, "figure": "not checked (run capture-books, or drop --no-books)", "value": None}
-    t = result["totals"]
-    causes = ", ".join(f"{c}={n}" for c, n in sorted(t["incidents_by_cause"].items())) or "none"
-    return {
-        "pass": t["incidents"] == 0,
-        "figure": f"incidents={t['incidents']} ({causes}) over {t['tokens_checked']} tokens, "
-                  f"{t['out_of_sync_s']:g} s out of sync",
-        "value": t["incidents"],
-    }
 
 
 def _where(w: dict[str, Any] | None) -> str:

@@ -83,7 +83,8 @@ def _metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[s
     return glob, shards, bad
 
 
-def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[str, Any] | None, gap_threshold_s: float = 2.0) -> dict[str, Any]:
+def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[str, Any] | None, gap_threshold_s: float = 2.0,
+                       books: dict[str, Any] | None = None) -> dict[str, Any]:
     read, warnings = load_runlog(run_dir, skip_bad_lines)
     glob, shards, bad = _metrics(run_dir)
     if bad:
@@ -100,7 +101,7 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
         )
     aud = audit(read.records, gap_threshold_s)
     report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
-    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists()))
+    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), books))
     report["warnings"] = warnings
     return report
 

@@ -1,5 +1,5 @@
-"""The five FAIL gates of MASTER.md section 6, and clean_stop (ADR/0005), from already-folded
-figures. Pure."""
+"""The five FAIL gates of MASTER.md section 6, and pm_arb's own clean_stop and book_integrity
+(ADR/0005), from already-folded figures. Pure."""
 
 from __future__ import annotations
 
@@ -21,7 +21,21 @@ def _clean_stop(audit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[str, Any] | None, fatal_present: bool) -> dict[str, Any]:
+def _book_integrity(books: dict[str, Any] | None) -> dict[str, Any]:
+    """Fails on any incident of the book audit (capture-books, ADR/0010)."""
+    if books is None:
+        return {"pass": None, "figure": "not checked (run capture-books, or drop --no-books)", "value": None}
+    t = books["totals"]
+    causes = ", ".join(f"{c}={n}" for c, n in sorted(t["incidents_by_cause"].items())) or "none"
+    return {
+        "pass": t["incidents"] == 0,
+        "figure": f"incidents={t['incidents']} ({causes}) over {t['tokens_checked']} tokens, {t['out_of_sync_s']:g} s out of sync",
+        "value": t["incidents"],
+    }
+
+
+def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[str, Any] | None, fatal_present: bool,
+          books: dict[str, Any] | None = None) -> dict[str, Any]:
     reconnects = latency["reconnects"]["total"]
     incidents = latency["disconnected"]["midrun"]["incidents"]
     dropped = latency["drops"]["dropped_messages_total"]
@@ -50,6 +64,7 @@ def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[st
         extra = ("; also " + ", ".join(f"{k}={v}" for k, v in other.items())) if other else ""
         out["crc_mismatch"] = {"pass": bad == 0 and not other, "figure": f"totals.crc_mismatch={bad}{extra}", "value": bad}
     out["clean_stop"] = _clean_stop(audit)
+    out["book_integrity"] = _book_integrity(books)
     out["fatal"] = {"pass": not fatal_present, "figure": "fatal.json present" if fatal_present else "no fatal.json", "value": fatal_present}
     checked = [g["pass"] for g in out.values() if g["pass"] is not None]
     verdict = "PASS" if all(checked) else "FAIL"
