@@ -111,3 +111,21 @@ def test_best_prices_agree_with_brute_force_over_random_changes():
         ba = min(truth["SELL"]) if truth["SELL"] else None
         assert b.best_bid() == (None if bb is None else (D(bb) / 100, D(truth["BUY"][bb])))
         assert b.best_ask() == (None if ba is None else (D(ba) / 100, D(truth["SELL"][ba])))
+
+
+def test_a_size_that_is_not_a_decimal_raises_when_read_at_the_latest():
+    b = OrderBook()
+    b.apply_change("BUY", "0.5", "1x")  # passes the cheap check on the write path
+    with pytest.raises(BookError):
+        b.levels()
+    with pytest.raises(BookError):
+        b.best_bid()
+
+
+def test_top_is_best_bid_and_ask_prices():
+    b = OrderBook()
+    assert b.top() == (None, None)
+    b.apply_snapshot(lv(("0.4", "1"), ("0.3", "1")), lv(("0.6", "2")))
+    assert b.top() == (D("0.4"), D("0.6"))
+    b.apply_change("BUY", "0.4", "0")
+    assert b.top() == (D("0.3"), D("0.6"))

@@ -5,7 +5,9 @@ through this class, so they can never disagree. Prices are exact: each level is 
 `Decimal` of its price string, so "0.5" and "0.50" are the same level. Sizes are kept as the
 strings the exchange sent and become `Decimal` only when read (`levels`, `best_bid`,
 `best_ask`, `differing_levels`): the audit sets a level on every change but reads sizes rarely,
-and parsing a size costs as much as the dict update itself (ADR/0010).
+and parsing a size costs as much as the dict update itself (ADR/0010). Zero is recognised in
+any spelling ("0", "0.00"); a size that is not a decimal raises BookError when set (sign, first
+character) or at the latest when read.
 
 Side names follow the wire: "BUY" is the bid side, "SELL" the ask side.
 """
@@ -44,22 +46,33 @@ def price_of(text: str) -> Decimal:
     return d
 
 
+_SIZE_START = frozenset("0123456789.")
+
+
 def _positive(size: object) -> bool:
-    """True for a size above zero, False for zero; BookError for anything else (one parse, exact)."""
-    if size == "0":
-        return False
+    """True for a size above zero, False for a zero ("0", "0.00"); BookError for what cannot be a size.
+
+    Cheap on purpose (this runs for every change): the sign, zero-ness and the first character
+    are checked here; a size that is still not a decimal (say "1x") raises BookError when read.
+    """
     if type(size) is not str:
         raise BookError(f"size {size!r} is not a decimal string")
-    try:
-        d = Decimal(size)
-        if d > 0:
-            if d.is_finite():
-                return True
-        elif d == 0:
-            return False
-    except InvalidOperation:
-        pass
+    if size.strip("0."):
+        if size[0] in _SIZE_START:
+            return True
+    elif "0" in size:
+        return False
     raise BookError(f"size {size!r} is not a finite non-negative decimal string")
+
+
+def _size(text: str) -> Decimal:
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        raise BookError(f"size {text!r} is not a decimal string") from None
+    if not d.is_finite():
+        raise BookError(f"size {text!r} is not finite")
+    return d
 
 
 _STALE = object()  # cached best price needs recomputing
@@ -95,7 +108,8 @@ class OrderBook:
             levels = self._asks
         else:
             raise BookError(f"side {side!r} is neither BUY nor SELL")
-        if not _positive(size):
+        # _positive inlined for the common case (a plain non-zero size): this runs for every change.
+        if not (type(size) is str and size.strip("0.") and size[0] in _SIZE_START) and not _positive(size):
             if levels.pop(p, None) is not None:
                 if side == "BUY":
                     if p == self._best_bid:
@@ -126,6 +140,15 @@ class OrderBook:
             best = self._best_bid = max(self._bids) if self._bids else None
         return best  # type: ignore[return-value]
 
+    def top(self) -> tuple[Decimal | None, Decimal | None]:
+        """(best bid price, best ask price), None for an empty side: the audit's check after every change."""
+        bid, ask = self._best_bid, self._best_ask
+        if bid is _STALE:
+            bid = self._best_bid = max(self._bids) if self._bids else None
+        if ask is _STALE:
+            ask = self._best_ask = min(self._asks) if self._asks else None
+        return bid, ask  # type: ignore[return-value]
+
     def best_ask_price(self) -> Decimal | None:
         best = self._best_ask
         if best is _STALE:
@@ -134,15 +157,15 @@ class OrderBook:
 
     def best_bid(self) -> tuple[Decimal, Decimal] | None:
         p = self.best_bid_price()
-        return None if p is None else (p, Decimal(self._bids[p]))
+        return None if p is None else (p, _size(self._bids[p]))
 
     def best_ask(self) -> tuple[Decimal, Decimal] | None:
         p = self.best_ask_price()
-        return None if p is None else (p, Decimal(self._asks[p]))
+        return None if p is None else (p, _size(self._asks[p]))
 
     def levels(self) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         """Copies of (bids, asks) as price -> size, both exact."""
-        return ({p: Decimal(s) for p, s in self._bids.items()}, {p: Decimal(s) for p, s in self._asks.items()})
+        return ({p: _size(s) for p, s in self._bids.items()}, {p: _size(s) for p, s in self._asks.items()})
 
     def is_empty(self) -> bool:
         return not self._bids and not self._asks
@@ -168,6 +191,6 @@ def _diff(mine: dict[Decimal, str], theirs: dict[Decimal, str]) -> int:
     differ = 0
     for p, s in theirs.items():
         m = mine.get(p)
-        if m is None or (m != s and Decimal(m) != Decimal(s)):
+        if m is None or (m != s and _size(m) != _size(s)):
             differ += 1
     return differ + sum(1 for p in mine if p not in theirs)

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from pm_arb.book.order_book import BookError, OrderBook, price_of
+from pm_arb.book.order_book import _PRICES, BookError, OrderBook, price_of
 
 __all__ = ["BookFold", "Connect", "Frame", "Assign", "rebuild"]
 
@@ -63,15 +63,14 @@ class Assign:
     wall_ns_utc: int
 
 
-@dataclass
-class Where:
-    shard: int
-    seq: int | None
-    mono_ns: int
-    wall_ns_utc: int
+# Where a finding happened: (shard, seq, rx_mono_ns, rx_wall_ns_utc); seq is None for a connect
+# or a subscription. A plain tuple: one is made per frame.
+Where = tuple
+SHARD, SEQ, MONO, WALL = 0, 1, 2, 3
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"shard": self.shard, "seq": self.seq, "mono_ns": self.mono_ns, "wall_ns_utc": self.wall_ns_utc}
+
+def _where_dict(w: Where | None) -> dict[str, Any] | None:
+    return None if w is None else {"shard": w[SHARD], "seq": w[SEQ], "mono_ns": w[MONO], "wall_ns_utc": w[WALL]}
 
 
 @dataclass
@@ -84,23 +83,24 @@ class Incident:
     findings: int = 1  # failed checks while it was open
 
     def duration_s(self, run_end_mono_ns: int) -> float:
-        end = self.end.mono_ns if self.end is not None else run_end_mono_ns
-        return max(0, end - self.start.mono_ns) / NS
+        end = self.end[MONO] if self.end is not None else run_end_mono_ns
+        return max(0, end - self.start[MONO]) / NS
 
 
 class _Token:
-    __slots__ = ("token", "book", "live", "shard", "last", "messages", "incident", "subscribed_at", "assigned", "resolved",
+    __slots__ = ("token", "book", "live", "shard", "last", "last_mono", "messages", "incident", "assigned", "resolved",
                  "tick_size", "tick_changes", "crossed", "crossed_first", "excused")
 
-    def __init__(self, token: str, shard: int) -> None:
+    def __init__(self, token: str, shard: int, since: Where | None) -> None:
         self.token = token
         self.book = OrderBook()
         self.live = False  # a snapshot arrived since the shard's last (re)connect
         self.shard = shard
-        self.last: Where | None = None  # last message for this token
+        # The last message for this token, or its subscription (seq None) before the first one.
+        self.last: Where | None = since
+        self.last_mono = since[MONO] if since is not None else None
         self.messages = 0
         self.incident: Incident | None = None  # the open sync incident
-        self.subscribed_at: Where | None = None
         self.assigned = False
         self.resolved = False
         self.tick_size: str | None = None
@@ -110,16 +110,14 @@ class _Token:
         self.excused = False  # a damaged record of its shard was skipped: unchecked until the next snapshot
 
 
-def _bid_of(stated: Any) -> Decimal | None:
-    if stated is None or stated == "" or stated == "0":
+def _stated(text: Any, empty: str) -> Decimal | None:
+    """A stated best price; "" / None / the empty-side value ("0" for bids, "1" for asks) is no level."""
+    if text is None or text == "" or text == empty:
         return None
-    return price_of(stated)
+    return _PRICES.get(text) or price_of(text)
 
 
-def _ask_of(stated: Any) -> Decimal | None:
-    if stated is None or stated == "" or stated == "1":
-        return None
-    return price_of(stated)
+_MISS = object()
 
 
 def _px(d: Decimal | None) -> str:
@@ -135,11 +133,19 @@ class BookFold:
     tokens: dict[str, _Token] = field(default_factory=dict)
     incidents: list[Incident] = field(default_factory=list)
     shard_last_frame: dict[int, Where] = field(default_factory=dict)
-    shard_first_frame: dict[int, Where] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("frames", "messages", "snapshots", "changes", "top_checks", "malformed", "damaged_records", "unchecked_changes"), 0))
     malformed_first: list[dict[str, Any]] = field(default_factory=list)
     end_mono_ns: int = 0
+    frames: int = 0
+    messages: int = 0
+    snapshots: int = 0
+    changes: int = 0
+    top_checks: int = 0
+    malformed: int = 0
+    damaged_records: int = 0
+    unchecked_changes: int = 0
+    # stated best price text -> its Decimal (None for an empty side), per side
+    _bid_of: dict[Any, Decimal | None] = field(default_factory=dict)
+    _ask_of: dict[Any, Decimal | None] = field(default_factory=dict)
 
     # -- feeding ------------------------------------------------------------------------
     def feed(self, items: Iterable[Frame | Connect | Assign]) -> "BookFold":
@@ -153,25 +159,26 @@ class BookFold:
                 assign(it)
         return self
 
-    def _token(self, tok: str, shard: int) -> _Token:
-        st = self.tokens.get(tok)
-        if st is None:
-            st = self.tokens[tok] = _Token(tok, shard)
+    def _new_token(self, tok: str, shard: int, since: Where | None) -> _Token | None:
+        only = self.only_tokens
+        if only is not None and tok not in only:
+            return None
+        st = self.tokens[tok] = _Token(tok, shard, since)
         return st
 
     def connect(self, c: Connect) -> None:
-        at = Where(c.shard, None, c.mono_ns, c.wall_ns_utc)
+        at = (c.shard, None, c.mono_ns, c.wall_ns_utc)
         for st in self.tokens.values():
             if st.shard == c.shard:
                 st.live = False
-                if st.assigned and not st.resolved:
-                    st.subscribed_at = at
+                if st.assigned and not st.resolved and st.messages == 0:
+                    st.last, st.last_mono = at, c.mono_ns
         self.end_mono_ns = max(self.end_mono_ns, c.mono_ns)
 
     def damaged(self, shard: int) -> None:
         """A stored record of `shard` could not be read (capture-verify's crc gate owns that loss):
         its tokens' books are unknown, not wrong, until their next snapshot."""
-        self.counts["damaged_records"] += 1
+        self.damaged_records += 1
         for st in self.tokens.values():
             if st.shard == shard:
                 st.live = False
@@ -179,47 +186,48 @@ class BookFold:
 
     def assign(self, a: Assign) -> None:
         now_assigned: dict[str, int] = {t: s for s, toks in a.shard_tokens.items() for t in toks}
-        only = self.only_tokens
         for tok, st in self.tokens.items():
             if st.assigned and tok not in now_assigned:
                 st.assigned = False  # unsubscribed: no longer expected to talk
                 st.live = False
         for tok, shard in now_assigned.items():
-            if only is not None and tok not in only:
-                continue
-            st = self._token(tok, shard)
+            at = (shard, None, a.mono_ns, a.wall_ns_utc)
+            st = self.tokens.get(tok)
+            if st is None:
+                st = self._new_token(tok, shard, at)
+                if st is None:
+                    continue
             if not st.assigned or st.shard != shard:
                 st.assigned = True
                 st.shard = shard
-                st.subscribed_at = Where(shard, None, a.mono_ns, a.wall_ns_utc)
+                if st.messages == 0:
+                    st.last, st.last_mono = at, a.mono_ns
 
     def frame(self, shard: int, seq: int, mono: int, wall: int, flags: int, payload: bytes) -> None:
         self.end_mono_ns = mono
         if flags & FLAG_SKIP:
             return
-        counts = self.counts
-        counts["frames"] += 1
+        self.frames += 1
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            self._malformed(shard, seq, mono, wall, "not JSON")
+            self._malformed((shard, seq, mono, wall), "not JSON")
             return
-        where = Where(shard, seq, mono, wall)
-        prev = self.shard_last_frame.get(shard)
-        self.shard_last_frame[shard] = where
-        if prev is None:
-            self.shard_first_frame[shard] = where
+        where = (shard, seq, mono, wall)
+        last_frames = self.shard_last_frame
+        prev = last_frames.get(shard)
+        last_frames[shard] = where
+        prev_mono = prev[MONO] if prev is not None else None
         if type(doc) is dict:
-            self._message(doc, where, prev)
+            self._message(doc, where, prev_mono)
         elif type(doc) is list:
             for item in doc:
                 if type(item) is dict:
-                    self._message(item, where, prev)
+                    self._message(item, where, prev_mono)
 
     # -- one message ------------------------------------------------------------------------
-    def _message(self, doc: dict, where: Where, prev_frame: Where | None) -> None:
-        counts = self.counts
-        counts["messages"] += 1
+    def _message(self, doc: dict, where: Where, prev_mono: int | None) -> None:
+        self.messages += 1
         et = doc.get("event_type")
         try:
             if et == "price_change":
@@ -227,55 +235,115 @@ class BookFold:
                 if items is None and "changes" in doc:  # the pre-2025-09-15 schema: no stated top
                     tok = doc.get("asset_id")
                     items = [dict(c, asset_id=tok) for c in doc["changes"]]
-                for it in items:
-                    self._change(it, where, prev_frame)
+                self._changes(items, where, prev_mono)
             elif et == "book" or (et is None and ("bids" in doc or "buys" in doc)):
-                self._snapshot(doc, where, prev_frame)
+                self._snapshot(doc, where, prev_mono)
             elif et == "best_bid_ask":
-                st = self._seen(doc["asset_id"], where, prev_frame)
+                st = self._seen(doc["asset_id"], where, prev_mono)
                 if st is not None and st.live:
                     self._check_top(st, doc.get("best_bid"), doc.get("best_ask"), where, "best_bid_ask")
             elif et == "tick_size_change":
-                st = self._seen(doc["asset_id"], where, prev_frame)
+                st = self._seen(doc["asset_id"], where, prev_mono)
                 if st is not None:
                     st.tick_size = doc.get("new_tick_size")
                     st.tick_changes += 1
             elif et == "last_trade_price":
-                self._seen(doc["asset_id"], where, prev_frame)
+                self._seen(doc["asset_id"], where, prev_mono)
             elif et == "market_resolved":
                 for tok in doc.get("assets_ids") or ():
                     st = self.tokens.get(tok)
                     if st is not None:
                         st.resolved = True  # silent from here on by design
         except (KeyError, TypeError, AttributeError, BookError) as exc:
-            self._malformed(where.shard, where.seq, where.mono_ns, where.wall_ns_utc, f"{et or 'message'}: {exc!r}")
+            self._malformed(where, f"{et or 'message'}: {exc!r}")
 
-    def _seen(self, tok: str, where: Where, prev_frame: Where | None) -> _Token | None:
-        """Count a message for `tok` and close a silence if it broke one; None when filtered out."""
-        only = self.only_tokens
-        if only is not None and tok not in only:
-            return None
+    def _seen(self, tok: str, where: Where, prev_mono: int | None) -> _Token | None:
+        """Count a message for `tok` and record a silence if it broke one; None when filtered out."""
         st = self.tokens.get(tok)
         if st is None:
-            st = self.tokens[tok] = _Token(tok, where.shard)
+            st = self._new_token(tok, where[SHARD], None)
+            if st is None:
+                return None
         st.messages += 1
-        last = st.last if st.last is not None else st.subscribed_at
-        if (last is not None and prev_frame is not None and where.mono_ns - last.mono_ns > self.silent_after_s * NS
-                and prev_frame.mono_ns - last.mono_ns > self.silent_after_s * NS and not st.resolved):
-            # The shard kept receiving for longer than the threshold while this token said nothing.
-            gap = (where.mono_ns - last.mono_ns) / NS
-            inc = Incident(tok, "silent_token", last, f"no message for {gap:.1f} s while shard {where.shard} kept receiving")
-            inc.end = where
-            self.incidents.append(inc)
+        last = st.last_mono
+        if last is not None and prev_mono is not None:
+            limit = self.silent_after_s * NS
+            if where[MONO] - last > limit and prev_mono - last > limit and not st.resolved:
+                self._silence(st, where)
         st.last = where
-        st.shard = where.shard
+        st.last_mono = where[MONO]
+        st.shard = where[SHARD]
         return st
 
-    def _snapshot(self, doc: dict, where: Where, prev_frame: Where | None) -> None:
-        st = self._seen(doc["asset_id"], where, prev_frame)
+    def _silence(self, st: _Token, where: Where) -> None:
+        # The shard kept receiving for longer than the threshold while this token said nothing.
+        gap = (where[MONO] - st.last_mono) / NS  # type: ignore[operator]
+        inc = Incident(st.token, "silent_token", st.last, f"no message for {gap:.1f} s while shard {where[SHARD]} kept receiving")  # type: ignore[arg-type]
+        inc.end = where
+        self.incidents.append(inc)
+
+    def _changes(self, items: list, where: Where, prev_mono: int | None) -> None:
+        """Every item of a price_change: set the level, then check the stated top. The hot path:
+        what `_seen` and `_check_top` do is inlined for the common case (no silence possible,
+        stated prices seen before), and falls back to them otherwise."""
+        tokens, seen = self.tokens, self._seen
+        bid_of, ask_of = self._bid_of, self._ask_of
+        mono, shard = where[MONO], where[SHARD]
+        quiet_limit = self.silent_after_s * NS
+        n = 0
+        for it in items:
+            tok = it["asset_id"]
+            st = tokens.get(tok)
+            if st is None or st.last_mono is None or mono - st.last_mono > quiet_limit or st.shard != shard:
+                st = seen(tok, where, prev_mono)  # the full bookkeeping, when a silence is possible
+                if st is None:
+                    continue
+            else:
+                st.messages += 1
+                st.last = where
+                st.last_mono = mono
+            n += 1
+            book = st.book
+            book.apply_change(it["side"], it["price"], it["size"])
+            if not st.live:
+                if st.excused:
+                    self.unchecked_changes += 1
+                    continue
+                self._finding(st, "delta_before_snapshot", where, "a change before any snapshot since the shard (re)connected")
+                continue
+            bb_text = it.get("best_bid")
+            ba_text = it.get("best_ask")
+            if bb_text is None and ba_text is None:
+                continue
+            self.top_checks += 1
+            bb, ba = book.top()
+            sb = bid_of.get(bb_text, _MISS)
+            if sb is _MISS:
+                sb = self._remember(bid_of, bb_text, "0")
+            sa = ask_of.get(ba_text, _MISS)
+            if sa is _MISS:
+                sa = self._remember(ask_of, ba_text, "1")
+            if bb != sb or ba != sa:
+                self._finding(st, "top_mismatch", where, f"price_change states {_px(sb)} / {_px(sa)}, rebuilt book has {_px(bb)} / {_px(ba)}")
+            if bb is not None and ba is not None and bb >= ba:
+                st.crossed += 1
+                if st.crossed_first is None:
+                    st.crossed_first = where
+        self.changes += n
+
+    @staticmethod
+    def _remember(cache: dict, text: Any, empty: str) -> Decimal | None:
+        value = _stated(text, empty)
+        if len(cache) >= 65536:  # a token has ~1000 ticks; only a hostile feed gets here
+            cache.clear()
+        cache[text] = value
+        return value
+
+    def _snapshot(self, doc: dict, where: Where, prev_mono: int | None) -> None:
+        st = self._seen(doc["asset_id"], where, prev_mono)
         if st is None:
             return
-        self.counts["snapshots"] += 1
+        self.snapshots += 1
         bids = doc.get("bids", doc.get("buys")) or []
         asks = doc.get("asks", doc.get("sells")) or []
         book = st.book
@@ -291,29 +359,13 @@ class BookFold:
         st.live = True
         st.excused = False
 
-    def _change(self, it: dict, where: Where, prev_frame: Where | None) -> None:
-        st = self._seen(it["asset_id"], where, prev_frame)
-        if st is None:
-            return
-        self.counts["changes"] += 1
-        st.book.apply_change(it["side"], it["price"], it["size"])
-        if not st.live:
-            if st.excused:
-                self.counts["unchecked_changes"] += 1
-                return
-            self._finding(st, "delta_before_snapshot", where, "a change before any snapshot since the shard (re)connected")
-            return
-        if "best_bid" in it or "best_ask" in it:
-            self._check_top(st, it.get("best_bid"), it.get("best_ask"), where, "price_change")
-
     def _check_top(self, st: _Token, stated_bid: Any, stated_ask: Any, where: Where, source: str) -> None:
-        self.counts["top_checks"] += 1
-        book = st.book
-        bb, ba = book.best_bid_price(), book.best_ask_price()
-        sb, sa = _bid_of(stated_bid), _ask_of(stated_ask)
+        self.top_checks += 1
+        bb, ba = st.book.top()
+        sb = _stated(stated_bid, "0")
+        sa = _stated(stated_ask, "1")
         if bb != sb or ba != sa:
-            self._finding(st, "top_mismatch", where,
-                          f"{source} states {_px(sb)} / {_px(sa)}, rebuilt book has {_px(bb)} / {_px(ba)}")
+            self._finding(st, "top_mismatch", where, f"{source} states {_px(sb)} / {_px(sa)}, rebuilt book has {_px(bb)} / {_px(ba)}")
         if bb is not None and ba is not None and bb >= ba:
             st.crossed += 1
             if st.crossed_first is None:
@@ -332,10 +384,10 @@ class BookFold:
         st.incident.end = where
         st.incident = None
 
-    def _malformed(self, shard: int, seq: int, mono: int, wall: int, why: str) -> None:
-        self.counts["malformed"] += 1
+    def _malformed(self, where: Where, why: str) -> None:
+        self.malformed += 1
         if len(self.malformed_first) < 20:
-            self.malformed_first.append({"shard": shard, "seq": seq, "wall_ns_utc": wall, "reason": why})
+            self.malformed_first.append({"shard": where[SHARD], "seq": where[SEQ], "wall_ns_utc": where[WALL], "reason": why})
 
     # -- the end ------------------------------------------------------------------------
     def result(self) -> dict[str, Any]:
@@ -343,17 +395,16 @@ class BookFold:
         threshold_ns = self.silent_after_s * NS
         silent_end: list[Incident] = []
         for tok, st in self.tokens.items():
-            if not st.assigned or st.resolved:
+            if not st.assigned or st.resolved or st.last is None:
                 continue
             shard_last = self.shard_last_frame.get(st.shard)
-            since = st.last if st.last is not None else st.subscribed_at
-            if shard_last is None or since is None:
+            if shard_last is None:
                 continue
-            if shard_last.mono_ns - since.mono_ns > threshold_ns:
-                what = "never produced a message" if st.last is None else \
-                    f"no message for the last {(shard_last.mono_ns - since.mono_ns) / NS:.1f} s"
-                silent_end.append(Incident(tok, "silent_token", since, f"{what} while shard {st.shard} kept receiving"))
-        incidents = sorted(self.incidents + silent_end, key=lambda i: (i.start.mono_ns, i.token))
+            quiet_ns = shard_last[MONO] - st.last[MONO]
+            if quiet_ns > threshold_ns:
+                what = "never produced a message" if st.messages == 0 else f"no message for the last {quiet_ns / NS:.1f} s"
+                silent_end.append(Incident(tok, "silent_token", st.last, f"{what} while shard {st.shard} kept receiving"))
+        incidents = sorted(self.incidents + silent_end, key=lambda i: (i.start[MONO], i.token))
         by_cause: dict[str, int] = {}
         out_of_sync = silent = 0.0
         for inc in incidents:
@@ -364,8 +415,8 @@ class BookFold:
                 out_of_sync += inc.duration_s(end)
         checked = [t for t, st in self.tokens.items() if st.assigned or st.messages]
         bad_tokens = {i.token for i in incidents}
-        crossed = [{"token": t, "count": st.crossed, "first": st.crossed_first.as_dict()}
-                   for t, st in self.tokens.items() if st.crossed and st.crossed_first is not None]
+        crossed = [{"token": t, "count": st.crossed, "first": _where_dict(st.crossed_first)}
+                   for t, st in self.tokens.items() if st.crossed]
         return {
             "totals": {
                 "tokens_checked": len(checked),
@@ -376,12 +427,13 @@ class BookFold:
                 "silent_s": round(silent, 3),
                 "crossed_book_warnings": sum(c["count"] for c in crossed),
                 "tick_size_changes": sum(st.tick_changes for st in self.tokens.values()),
-                **self.counts,
+                "frames": self.frames, "messages": self.messages, "snapshots": self.snapshots, "changes": self.changes,
+                "top_checks": self.top_checks, "malformed": self.malformed, "damaged_records": self.damaged_records,
+                "unchecked_changes": self.unchecked_changes,
             },
             "incidents": [{
                 "token": i.token, "cause": i.cause, "detail": i.detail, "findings": i.findings,
-                "start": i.start.as_dict(), "end": i.end.as_dict() if i.end is not None else None,
-                "duration_s": round(i.duration_s(end), 3),
+                "start": _where_dict(i.start), "end": _where_dict(i.end), "duration_s": round(i.duration_s(end), 3),
             } for i in incidents],
             "crossed_books": crossed,
             "malformed": self.malformed_first,
