@@ -60,7 +60,9 @@ def main() -> None:
         import signal
 
         cost = sim.finish(signal.SIGINT)
-    print(f"simulator sent {sim_sent_fps(cost) or 0:,.0f} frames/s over the whole run at {cost['cpu_pct']}% CPU")
+    fps = sim_sent_fps(cost) or 0
+    print(f"simulator sent {fps:,.0f} frames/s over the whole run at {cost['cpu_pct']}% of a core: "
+          f"{cost['cpu_pct'] * 1e4 / max(fps, 1):.1f} us of CPU per frame sent (ceiling {fps * 100 / max(cost['cpu_pct'], 1e-9):,.0f} frames/s a core)")
     print(f"simulator flat out, pool={args.pool}, {args.conns} connections: {(c1 - c0) / (t1 - t0):,.0f} frames/s received")
 
 

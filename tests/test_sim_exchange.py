@@ -188,7 +188,7 @@ def test_spreads_and_depth_stay_stationary():
     markets = list(ex.markets.values())
     blocks = []
     for _ in range(4):
-        for i in range(30000):
+        for i in range(15000):
             ex.step(markets[i % len(markets)], i)
         spreads = [(m.top()[1] - m.top()[0]) / 1000 for m in markets]
         depth = [len(m.bids) + len(m.asks) for m in markets]
