@@ -284,10 +284,8 @@ class BookFold:
 
     def _changes(self, items: list, where: Where, prev_mono: int | None) -> None:
         """Every item of a price_change: set the level, then check the stated top. The hot path:
-        what `_seen` and `_check_top` do is inlined for the common case (no silence possible,
-        stated prices seen before), and falls back to them otherwise."""
-        tokens, seen = self.tokens, self._seen
-        bid_of, ask_of = self._bid_of, self._ask_of
+        what `_seen` does is inlined for the common case (no silence possible)."""
+        tokens, seen, check = self.tokens, self._seen, self._check_top
         mono, shard = where[MONO], where[SHARD]
         quiet_limit = self.silent_after_s * NS
         n = 0
@@ -315,20 +313,7 @@ class BookFold:
             ba_text = it.get("best_ask")
             if bb_text is None and ba_text is None:
                 continue
-            self.top_checks += 1
-            bb, ba = book.top()
-            sb = bid_of.get(bb_text, _MISS)
-            if sb is _MISS:
-                sb = self._remember(bid_of, bb_text, "0")
-            sa = ask_of.get(ba_text, _MISS)
-            if sa is _MISS:
-                sa = self._remember(ask_of, ba_text, "1")
-            if bb != sb or ba != sa:
-                self._finding(st, "top_mismatch", where, f"price_change states {_px(sb)} / {_px(sa)}, rebuilt book has {_px(bb)} / {_px(ba)}")
-            if bb is not None and ba is not None and bb >= ba:
-                st.crossed += 1
-                if st.crossed_first is None:
-                    st.crossed_first = where
+            check(st, bb_text, ba_text, where, "price_change")
         self.changes += n
 
     @staticmethod
@@ -362,8 +347,12 @@ class BookFold:
     def _check_top(self, st: _Token, stated_bid: Any, stated_ask: Any, where: Where, source: str) -> None:
         self.top_checks += 1
         bb, ba = st.book.top()
-        sb = _stated(stated_bid, "0")
-        sa = _stated(stated_ask, "1")
+        sb = self._bid_of.get(stated_bid, _MISS)
+        if sb is _MISS:
+            sb = self._remember(self._bid_of, stated_bid, "0")
+        sa = self._ask_of.get(stated_ask, _MISS)
+        if sa is _MISS:
+            sa = self._remember(self._ask_of, stated_ask, "1")
         if bb != sb or ba != sa:
             self._finding(st, "top_mismatch", where, f"{source} states {_px(sb)} / {_px(sa)}, rebuilt book has {_px(bb)} / {_px(ba)}")
         if bb is not None and ba is not None and bb >= ba:
