@@ -224,3 +224,71 @@ def test_rebuild_returns_the_final_books():
     books = rebuild([Frame(0, 1, 1, 1, 0, orjson.dumps(BASE)), Frame(0, 2, 2, 2, 0, orjson.dumps(change(A, "BUY", "0.30", "4", "0.40", "0.41")))])
     assert books[A].levels() == f.fold.tokens[A].book.levels()
     assert str(books[A].best_bid()[0]) == "0.40"
+
+
+# --- the command, on real runs ----------------------------------------------------------------
+
+
+def _drop_fixture_change(src, dst):
+    """A copy of the bundled fixtures with one top-moving price_change lost; returns its token."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    lines = (dst / "frames.ndjson").read_bytes().splitlines()
+    last_top: dict[str, tuple] = {}
+    for k, line in enumerate(lines):
+        text = orjson.loads(line)["text"]
+        doc = orjson.loads(text) if text and text.startswith("{") else None
+        if not doc or doc.get("event_type") != "price_change" or len(doc["price_changes"]) != 1:
+            continue
+        it = doc["price_changes"][0]
+        top = (it["best_bid"], it["best_ask"])
+        if k > len(lines) // 3 and it["asset_id"] in last_top and last_top[it["asset_id"]] != top:
+            (dst / "frames.ndjson").write_bytes(b"\n".join(lines[:k] + lines[k + 1:]) + b"\n")
+            return it["asset_id"]
+        last_top[it["asset_id"]] = top
+    raise AssertionError("no top-moving change in the fixtures")
+
+
+def test_command_passes_a_clean_run_and_finds_a_lost_change_in_another(offline_run, tmp_path):
+    from tests.conftest import REPO, run_cli
+
+    ok = run_cli("capture-books", "--run-dir", str(offline_run), "--json")
+    assert ok.returncode == 0, ok.stderr
+    doc = orjson.loads(ok.stdout)
+    assert doc["pass"] and doc["totals"]["tokens_checked"] == doc["totals"]["tokens_clean"] > 0
+    assert doc["totals"]["changes"] > 1000 and doc["totals"]["tick_size_changes"] > 0
+    tok = _drop_fixture_change(REPO / "fixtures" / "default", tmp_path / "fx")
+    cap = run_cli("capture", "--offline", "--fixtures", str(tmp_path / "fx"), "--offline-speed", "0", "--ws-shards", "4",
+                  "--run-id", "lossy", "--data-dir", str(tmp_path / "data"))
+    assert cap.returncode == 0, cap.stderr
+    run_dir = tmp_path / "data" / "runs" / "lossy"
+    bad = run_cli("capture-books", "--run-dir", str(run_dir), "--json")
+    assert bad.returncode == 1, bad.stderr
+    found = orjson.loads(bad.stdout)
+    assert {i["token"] for i in found["incidents"]} == {tok}
+    assert found["incidents"][0]["cause"] == "top_mismatch"
+    text = run_cli("capture-books", "--run-dir", str(run_dir)).stdout
+    assert "FAIL: incidents=" in text and "top_mismatch" in text
+    check = run_cli("capture-check", "--run-dir", str(run_dir))
+    assert check.returncode == 1 and "FAIL  book_integrity" in check.stdout
+    skipped = run_cli("capture-check", "--run-dir", str(run_dir), "--no-books")
+    assert skipped.returncode == 0 and "----  book_integrity" in skipped.stdout
+    only = run_cli("capture-books", "--run-dir", str(run_dir), "--tokens", tok, "--json")
+    assert orjson.loads(only.stdout)["totals"]["tokens_checked"] == 1
+
+
+def test_command_bad_input_is_one_line_exit_2(offline_run, tmp_path):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    assert "does not exist" in assert_one_line_error(run_cli("capture-books", "--run-dir", str(tmp_path / "nope")), 2)
+    for bad in ("0", "-1", "nan", "inf"):
+        line = assert_one_line_error(run_cli("capture-books", "--run-dir", str(offline_run), "--silent-after-seconds", bad), 2)
+        assert "--silent-after-seconds" in line
+    line = assert_one_line_error(run_cli("capture-books", "--run-dir", str(offline_run), "--tokens", "123,456"), 2)
+    assert "none of the 2 token(s)" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_bytes((offline_run / "manifest.json").read_bytes())
+    (empty / "runlog.ndjson").write_bytes((offline_run / "runlog.ndjson").read_bytes())
+    assert "capture/*.frames" in assert_one_line_error(run_cli("capture-books", "--run-dir", str(empty)), 2)

@@ -77,6 +77,9 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
     result = fold.result()
     if tokens:
         unknown = [t for t in tokens if t not in fold.tokens]
+        if len(unknown) == len(tokens):
+            raise UserError(f"none of the {len(tokens)} token(s) given with --tokens appear in {run_dir}: "
+                            "pass token ids from its manifest (capture-inspect lists the universe)", 2)
         if unknown:
             warnings.append(f"{len(unknown)} token(s) given with --tokens never appear in this run: {', '.join(t[:12] + '...' for t in unknown[:5])}")
     for d in damaged[:20]:
