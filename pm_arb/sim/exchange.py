@@ -443,8 +443,11 @@ class SimExchange:
             conn.custom = sub.get("custom_feature_enabled") is True
             self._sync_markets()
 
+            subscribed: set[str] = set()
+
             def add(ids: list) -> list[str]:
-                fresh = [t for t in ids if isinstance(t, str) and t not in conn.tokens]
+                fresh = list(dict.fromkeys(t for t in ids if isinstance(t, str) and t not in subscribed))
+                subscribed.update(fresh)
                 conn.tokens = conn.tokens + fresh
                 return fresh
 
@@ -476,7 +479,9 @@ class SimExchange:
                         if doc.get("initial_dump", True):
                             await self._dump(conn, fresh)
                     elif op == "unsubscribe":
-                        conn.tokens = [t for t in conn.tokens if t not in ids]
+                        gone = {t for t in ids if isinstance(t, str)}
+                        subscribed.difference_update(gone)
+                        conn.tokens = [t for t in conn.tokens if t not in gone]
                         self._serve(conn)
             finally:
                 if sender is not None:
