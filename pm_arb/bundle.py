@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import orjson
@@ -52,4 +53,16 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def write_json(path: Path, doc) -> None:
-    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    write_file(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """All of `data` at `path`, or nothing new there: written beside it and renamed over it, and
+    the temp file removed when the write fails (a full disk leaves no half report)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

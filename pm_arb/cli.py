@@ -16,7 +16,9 @@ import click
 import orjson
 
 from pm_arb import __version__
-from pm_arb.config import FIELDS, Config, flag_name, load_config
+from pm_arb.commands import cli_params as P
+from pm_arb.commands.cli_params import FiniteFloat
+from pm_arb.config import FIELDS, MAX_SHARDS, Config, flag_name, load_config
 from pm_arb.errors import UserError
 
 CONFIG_GROUP_ORDER = ("capture", "refresh", "endpoints", "discovery", "websocket", "pipeline", "offline")
@@ -123,7 +125,7 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
 def capture_inspect(run_dir: Path, as_json: bool) -> None:
     """Summarize a run bundle: file sizes, frames per shard, first/last receive time, metrics tails.
 
-    Exit 1 when a shard's files cannot be read.
+    Exit 1 when a shard's files cannot be read or a file header is damaged.
     """
     from pm_arb.commands.inspect_run import inspect_run, render_inspect
 
@@ -133,6 +135,10 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
     if unreadable:
         click.echo(f"error: {len(unreadable)} shard file(s) could not be read (see above); run capture-verify for details", err=True)
         sys.exit(1)
+    damaged = [s for s in result["shards"] if "header_damage" in s]
+    if damaged:
+        click.echo(f"error: {len(damaged)} shard file(s) have a damaged header (see above); run capture-verify for details", err=True)
+        sys.exit(1)
 
 
 @cli.command("capture-slice")
@@ -140,16 +146,17 @@ def capture_inspect(run_dir: Path, as_json: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="New bundle directory (must not exist or be empty).")
 @click.option("--from-wall", help="Start receive time, inclusive: ISO-8601 (UTC if no offset) or integer ns.")
 @click.option("--to-wall", help="End receive time, inclusive.")
-@click.option("--from-seq", type=click.IntRange(min=0), help="First per-shard seq, inclusive.")
-@click.option("--to-seq", type=click.IntRange(min=0), help="Last per-shard seq, inclusive.")
-@click.option("--shard", "shards", type=click.IntRange(min=0), multiple=True, help="Only these shards (repeatable; default all).")
+@click.option("--from-seq", type=click.IntRange(min=0, max=2**64 - 1), help="First per-shard seq, inclusive.")
+@click.option("--to-seq", type=click.IntRange(min=0, max=2**64 - 1), help="Last per-shard seq, inclusive.")
+@click.option("--shard", "shards", type=click.IntRange(min=0, max=65535), multiple=True, help="Only these shards (repeatable; default all).")
 @json_option
 @handle_errors
 def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to_seq, shards, as_json: bool) -> None:
     """Extract frames by receive time or by seq into a new run bundle that passes capture-verify.
 
     Payloads, seq numbers and timestamps are copied unchanged; the runlog and metrics lines
-    inside the window come along, and the manifest names the source run and range.
+    inside the window come along, and the manifest names the source run and range. Exit 1 when
+    the range selects no frames; a failed slice leaves nothing at --out.
     """
     from pm_arb.commands.slice_run import parse_time_ns, slice_run
 
@@ -163,6 +170,8 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
         shards=list(shards) or None,
         show_progress=False if as_json else None,
     )
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _emit_json(result)
     else:
@@ -176,22 +185,25 @@ def main() -> None:
 
 
 @cli.command("capture")
-@click.option("--run-id", help="Run id (default: UTC timestamp). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
-@click.option("--duration-seconds", type=click.FloatRange(min=0), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
+@click.option("--run-id", help="Run id (default: UTC start time to the ms and the pid, e.g. 20261125T130000.123Z-4242). The run goes to DATA_DIR/runs/<run_id>/; an existing one is refused.")
+@click.option("--duration-seconds", type=FiniteFloat(min=0, max=P.MAX_DURATION_SECONDS), default=0.0, help="Stop cleanly after this many seconds (0: until SIGINT/SIGTERM).")
 @click.option("--sim", is_flag=True, help="Start the loopback simulated exchange in-process and capture from it over real sockets.")
-@click.option("--sim-markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active markets the --sim exchange lists.")
-@click.option("--sim-rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
-@click.option("--offline-repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
+@click.option("--sim-markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active markets the --sim exchange lists.")
+@click.option("--sim-rate", type=FiniteFloat(min=0, max=P.MAX_RATE), default=200.0, show_default=True, help="Frames per second the --sim exchange sends in total.")
+@click.option("--sim-max-tokens-per-connection", type=click.IntRange(min=0, max=P.MAX_SIM_MARKETS * 2), default=500, show_default=True,
+              help="Like Polymarket: the --sim exchange sends nothing for tokens past this many on one connection (0: no limit).")
+@click.option("--offline-repeat", type=click.IntRange(min=1, max=P.MAX_REPEAT), default=1, show_default=True, help="Replay the fixture frames this many times (offline).")
 @click.option("--status/--no-status", default=None, help="Live status line on stderr (default: only when stderr is a terminal).")
 @json_option
 @config_options
 @handle_errors
-def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat, status, as_json, **kwargs) -> None:
+def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, sim_max_tokens_per_connection, offline_repeat, status, as_json, **kwargs) -> None:
     """Capture every frame of every active YES/NO market into a run bundle.
 
     Online by default (Gamma + CLOB WebSocket); --offline replays a fixture set; --sim runs
     against a loopback simulated exchange. Stop with SIGINT/SIGTERM (`timeout --signal=INT 10m
-    pm_arb capture`) for a clean stop: sources closed, queues drained, files fsynced. Prints the
+    pm_arb capture`) for a clean stop: sources closed, queues drained, files fsynced. Signals
+    within 1 s of the first are the same stop; a later one exits at once (130). Prints the
     run dir first; exits 0 on a clean stop, 1 on a fatal run (see fatal.json).
     """
     import dataclasses
@@ -208,16 +220,18 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         from pm_arb.sim.exchange import SimExchange
 
         sim_exchange = SimExchange(markets=sim_markets, rate=sim_rate)
+        sim_exchange.max_assets_per_connection = sim_max_tokens_per_connection or None
         sim_exchange.start()
         config = dataclasses.replace(config, gamma_base_url=sim_exchange.gamma_url, clob_ws_url=sim_exchange.ws_url)
-        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate}
+        extra["sim"] = {"gamma_url": sim_exchange.gamma_url, "ws_url": sim_exchange.ws_url, "markets": sim_markets, "rate": sim_rate,
+                        "max_tokens_per_connection": sim_max_tokens_per_connection}
         mode = "sim"
 
-    def announce(run_dir: Path) -> None:
+    def announce(run_dir: Path, plan: dict) -> None:
         if not as_json:  # with --json, stdout is one JSON document (the run dir is in it)
             click.echo(str(run_dir))
             sys.stdout.flush()
-        click.echo(f"capturing ({mode}, {config.ws_shards} shards) into {run_dir}; stop with Ctrl-C", err=True)
+        click.echo(f"capturing ({mode}, {plan['shards']} shards: {plan['reason']}) into {run_dir}; stop with Ctrl-C", err=True)
 
     try:
         code, run_dir, last = run_capture(
@@ -227,7 +241,7 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
     finally:
         if sim_exchange is not None:
             sim_exchange.stop()
-    final_keys = ("phase", "shards_active", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
+    final_keys = ("phase", "shards_active", "shards_open", "balance", "frames", "bytes", "dropped", "reconnects", "coverage_pct", "fatal_reason")
     summary = {"run_dir": str(run_dir), "exit_code": code, **{k: last.get(k) for k in final_keys}}
     if as_json:
         _emit_json(summary)
@@ -237,6 +251,13 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, offline_repeat
         f"reconnects {last.get('reconnects', 0)}; next: pm_arb capture-check --run-dir {run_dir}",
         err=True,
     )
+    bal = last.get("balance")
+    if bal and bal["shards_with_tokens"]:
+        click.echo(
+            f"shards: {last.get('shards_open')} open, busiest {bal['busiest_tokens']} tokens vs mean {bal['mean_tokens']:g} "
+            f"(x{bal['busiest_over_mean']:g}), cap {config.ws_max_tokens_per_shard}",
+            err=True,
+        )
     sys.exit(code)
 
 
@@ -246,7 +267,7 @@ def skip_bad_lines_option(fn: Callable) -> Callable:
 
 @cli.command("capture-audit")
 @run_dir_option
-@click.option("--gap-threshold-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
+@click.option("--gap-threshold-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=2.0, show_default=True, help="A heartbeat gap longer than this fails the gate.")
 @skip_bad_lines_option
 @json_option
 @handle_errors
@@ -305,7 +326,7 @@ def capture_latency_report(run_dir: Path, do_verify: bool, do_books: bool, skip_
                                 books=_book_audit(run_dir, skip_bad_lines, as_json) if do_books else None)
     text = render_latency(report)
     bundle.write_json(run_dir / bundle.LATENCY_JSON, report)
-    (run_dir / bundle.LATENCY_TXT).write_text(text + "\n")
+    bundle.write_file(run_dir / bundle.LATENCY_TXT, (text + "\n").encode())
     _emit_json(report) if as_json else click.echo(text)
 
 
@@ -379,7 +400,7 @@ def capture_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool, a
 
 
 @cli.command("discover")
-@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many markets (after capture_max_markets).")
+@click.option("--limit", type=click.IntRange(min=1, max=P.MAX_LIST), help="Show at most this many markets (after capture_max_markets).")
 @json_option
 @config_options
 @handle_errors
@@ -391,12 +412,17 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     --capture-max-markets. Exit 1 when Gamma cannot be read after the retries.
     """
     from pm_arb.gamma import fetch_active_rows
-    from pm_arb.universe_select import assign_shards, select_markets, shard_of
+    from pm_arb.universe.placement import PlacementRules, place, plan_summary
+    from pm_arb.universe_select import select_markets
 
     config = build_config(kwargs)
     res = fetch_active_rows(config)
     markets, rejected = select_markets(res.rows, config.capture_max_markets)
     shown = markets[:limit] if limit else markets
+    rules = PlacementRules.of(config)
+    placement = place(None, markets, rules).placement
+    loads = placement.token_loads()
+    plan = plan_summary(len(markets), placement, rules)
     totals = {
         "pages_fetched": res.pages,
         "retries": res.retries,
@@ -404,10 +430,11 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
         "selected": len(markets),
         "tokens": 2 * len(markets),
         "rejected": rejected,
-        "shard_token_counts": {str(s): len(t) for s, t in assign_shards(markets, config.ws_shards).items()},
+        "shard_token_counts": {str(s): n for s, n in enumerate(loads)},
+        "plan": plan,
     }
     if as_json:
-        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in shown]})
+        _emit_json({"totals": totals, "markets": [{**mk.to_dict(), "shard": placement.shard_of[mk.condition_id]} for mk in shown]})
         return
     for mk in shown:
         q = mk.question if len(mk.question) <= 60 else mk.question[:57] + "..."
@@ -418,18 +445,24 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     )
     if rejected:
         click.echo("rejected: " + ", ".join(f"{why}: {n}" for why, n in sorted(rejected.items())))
+    click.echo(
+        f"plan: {plan['shards']} shards: {plan['reason']}; busiest shard {plan['busiest_tokens']} tokens, "
+        f"mean {plan['mean_tokens']:g} (x{plan['busiest_over_mean']:g})"
+    )
 
 
 @cli.command("sim-exchange")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=0, show_default=True, help="Port (0: any free port).")
-@click.option("--markets", type=click.IntRange(min=1), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
-@click.option("--rate", type=click.FloatRange(min=0), default=200.0, show_default=True, help="Market messages per second across all connections.")
+@click.option("--markets", type=click.IntRange(min=1, max=P.MAX_SIM_MARKETS), default=40, show_default=True, help="Active binary markets listed (plus rows the filter must reject).")
+@click.option("--rate", type=FiniteFloat(min=0, max=P.MAX_RATE), default=200.0, show_default=True, help="Market messages per second across all connections.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the generated markets and messages.")
-@click.option("--pool", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--pool", type=click.IntRange(min=0, max=P.MAX_POOL), default=0, show_default=True,
               help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
+@click.option("--max-tokens-per-connection", type=click.IntRange(min=0, max=P.MAX_SIM_MARKETS * 2), default=0, show_default=True,
+              help="Like Polymarket past ~500: tokens past this many on one connection get no messages (0: no limit).")
 @handle_errors
-def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int) -> None:
+def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int, max_tokens_per_connection: int) -> None:
     """Serve a loopback simulated Polymarket (Gamma REST + CLOB market WebSocket) until Ctrl-C.
 
     Prints the two base URLs; point a capture at them with --gamma-base-url and --clob-ws-url.
@@ -441,7 +474,9 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
     from pm_arb.sim.exchange import SimExchange
 
     try:
-        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool).start()
+        sim = SimExchange(markets=markets, rate=rate, seed=seed, host=host, port=port, pool=pool)
+        sim.max_assets_per_connection = max_tokens_per_connection or None
+        sim.start()
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port", 2) from None
     click.echo(f"gamma_base_url={sim.gamma_url}")
@@ -461,10 +496,10 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
 
 
 @cli.command("capture-bench")
-@click.option("--frames", type=click.IntRange(min=1), default=200_000, show_default=True, help="Frames to push through the pipeline.")
-@click.option("--shards", type=click.IntRange(min=1), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
+@click.option("--frames", type=click.IntRange(min=1, max=P.MAX_BENCH_FRAMES), default=200_000, show_default=True, help="Frames to push through the pipeline.")
+@click.option("--shards", type=click.IntRange(min=1, max=MAX_SHARDS), default=4, show_default=True, help="Shards (fixture markets are spread over them).")
 @click.option("--fixtures", type=click.Path(path_type=Path), help="Fixture set (default: the bundled one).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
+@click.option("--rounds", type=click.IntRange(min=1, max=P.MAX_ROUNDS), default=3, show_default=True, help="Interleaved pipeline/baseline rounds; the median round is reported.")
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON result to this file (e.g. benchmarks/results/capture_bench.json).")
 @json_option

@@ -8,6 +8,7 @@ is the last word on a long-running capture.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -21,14 +22,27 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
 
-def _setting(default: Any, help: str, check: str, group: str = "capture") -> Any:
-    return field(default=default, metadata={"help": help, "check": check, "group": group})
+# Upper bounds. A count or a duration past these is a typo, not a plan: 100000000 shards grew
+# memory by 150 MB/s and never connected. Seconds up to a week; counts by what each one costs.
+MAX_SECONDS = 7 * 86_400.0
+MAX_SHARDS = 256  # a connection and a thread each; 4,000 tokens need 8 at 500 a shard
+MAX_QUEUE_FRAMES = 10_000_000  # ~620 B a queued frame: ~6 GB at the bound
+
+
+def _setting(default: Any, help: str, check: str, group: str = "capture", most: float | None = None) -> Any:
+    """`most` is the largest accepted value: every number setting has one (MAX_SECONDS for ">0"/">=0")."""
+    if most is None and check in (">0", ">=0"):
+        most = MAX_SECONDS
+    return field(default=default, metadata={"help": help, "check": check, "group": group, "most": most})
 
 
 @dataclass(frozen=True)
 class Config:
     # --- the spec's key settings -------------------------------------------------------------
-    ws_shards: int = _setting(8, "WebSocket connections (shards) to spread tokens over.", "int>=1")
+    ws_shards: int = _setting(
+        8, "Fewest WebSocket connections (shards); more open when the universe needs them under --ws-max-tokens-per-shard.", "int>=1",
+        most=MAX_SHARDS,
+    )
     ws_ping_interval_seconds: float = _setting(10.0, "Seconds between text PINGs on each shard.", ">0")
     ws_ping_timeout_seconds: float = _setting(10.0, "Seconds to wait for PONG before the connection counts as dead.", ">0")
     ws_data_idle_reconnect_seconds: float = _setting(
@@ -37,10 +51,10 @@ class Config:
     capture_confirm_timeout_seconds: float = _setting(
         45.0, "Every shard must see market events within this many seconds of start, or the run is fatal.", ">0"
     )
-    capture_confirm_min_events: int = _setting(1, "Market events a shard must see to be confirmed.", "int>=1")
+    capture_confirm_min_events: int = _setting(1, "Market events a shard must see to be confirmed.", "int>=1", most=1_000_000)
     capture_universe_refresh_enable: bool = _setting(True, "Refetch Gamma periodically and follow universe changes.", "bool")
     capture_universe_refresh_interval_seconds: float = _setting(60.0, "Base universe refresh cadence.", ">0")
-    capture_max_markets: int = _setting(2000, "Upper bound on the active-binary universe.", "int>=1")
+    capture_max_markets: int = _setting(2000, "Upper bound on the active-binary universe.", "int>=1", most=100_000)
     data_dir: str = _setting("./data", "Run bundles go under DATA_DIR/runs/<run_id>/.", "path")
     # --- universe refresh tuning ---------------------------------------------------------------
     capture_universe_refresh_timeout_seconds: float = _setting(30.0, "Deadline for one refresh's Gamma fetch.", ">0", "refresh")
@@ -48,13 +62,13 @@ class Config:
     capture_universe_refresh_grace_seconds: float = _setting(
         30.0, "New tokens are left out of coverage until this many seconds have passed.", ">=0", "refresh"
     )
-    capture_universe_refresh_min_delta_tokens: int = _setting(2, "Token changes below this are ignored.", "int>=0", "refresh")
+    capture_universe_refresh_min_delta_tokens: int = _setting(2, "Token changes below this are ignored.", "int>=0", "refresh", most=1_000_000)
     capture_universe_refresh_max_churn_pct: float = _setting(10.0, "Churn above this percentage trips the churn guard.", "pct", "refresh")
     capture_universe_refresh_max_interval_seconds: float = _setting(
         600.0, "Longest refresh interval the churn guard backs off to.", ">0", "refresh"
     )
     capture_universe_refresh_churn_guard_consecutive_fatal: int = _setting(
-        5, "Consecutive churn guards that make the run fatal.", "int>=1", "refresh"
+        5, "Consecutive churn guards that make the run fatal.", "int>=1", "refresh", most=1_000
     )
     # --- endpoints -----------------------------------------------------------------------------
     gamma_base_url: str = _setting("https://gamma-api.polymarket.com", "Gamma REST API base URL.", "http-url", "endpoints")
@@ -62,16 +76,21 @@ class Config:
         "wss://ws-subscriptions-clob.polymarket.com/ws/market", "CLOB market WebSocket URL.", "ws-url", "endpoints"
     )
     # --- discovery -----------------------------------------------------------------------------
-    gamma_page_limit: int = _setting(100, "Markets per Gamma keyset page.", "int>=1", "discovery")
-    gamma_max_pages: int = _setting(1000, "Pages after which paging is treated as a loop and stopped.", "int>=1", "discovery")
-    gamma_max_retries: int = _setting(4, "Retries of one Gamma request (HTTP errors, timeouts, bad JSON).", "int>=0", "discovery")
+    gamma_page_limit: int = _setting(100, "Markets per Gamma keyset page.", "int>=1", "discovery", most=1_000)
+    gamma_max_pages: int = _setting(1000, "Pages after which paging is treated as a loop and stopped.", "int>=1", "discovery", most=1_000_000)
+    gamma_max_retries: int = _setting(4, "Retries of one Gamma request (HTTP errors, timeouts, bad JSON).", "int>=0", "discovery", most=100)
     gamma_retry_backoff_seconds: float = _setting(0.5, "First retry delay; doubles on each retry.", ">=0", "discovery")
     gamma_request_timeout_seconds: float = _setting(10.0, "Timeout of one Gamma HTTP request.", ">0", "discovery")
     # --- WebSocket shards ----------------------------------------------------------------------
     ws_max_tokens_per_shard: int = _setting(
-        500, "Feeds break past ~500 tokens per connection: a shard above this is reported.", "int>=1", "websocket"
+        400, "Never subscribe more tokens than this on one connection (feeds go silent past ~500): ADR/0007.", "int>=2", "websocket",
+        most=100_000,
     )
-    ws_subscribe_chunk_size: int = _setting(100, "Token ids per subscribe message (Polymarket: at most 100).", "int>=1", "websocket")
+    ws_connect_stagger_seconds: float = _setting(
+        0.5, "Gap between opening one shard's connection and the next at start (many at once draw HTTP 429).", ">=0", "websocket",
+        most=60.0,
+    )
+    ws_subscribe_chunk_size: int = _setting(100, "Token ids per subscribe message (Polymarket: at most 100).", "int>=1", "websocket", most=10_000)
     ws_connect_timeout_seconds: float = _setting(10.0, "Timeout for one WebSocket connect and handshake.", ">0", "websocket")
     ws_reconnect_backoff_initial_seconds: float = _setting(0.5, "First reconnect delay; doubles per failed attempt.", ">=0", "websocket")
     ws_reconnect_backoff_max_seconds: float = _setting(30.0, "Longest reconnect delay.", ">=0", "websocket")
@@ -79,27 +98,27 @@ class Config:
     heartbeat_interval_seconds: float = _setting(1.0, "Runlog heartbeat cadence (audit flags gaps over 2 s).", ">0", "pipeline")
     metrics_interval_seconds: float = _setting(1.0, "Metrics record cadence.", ">0", "pipeline")
     parse_q_capacity: int = _setting(
-        200_000, "Frames a shard actor may have waiting for its token-coverage scan (never drops frames).", "int>=1", "pipeline"
+        200_000, "Frames a shard actor may have waiting for its token-coverage scan (never drops frames).", "int>=1", "pipeline", most=MAX_QUEUE_FRAMES
     )
     write_q_capacity: int = _setting(
-        250_000, "Frames queued for the writer (all shards) before dropping; ~620 B each in memory.", "int>=1", "pipeline"
+        250_000, "Frames queued for the writer (all shards) before dropping; ~620 B each in memory.", "int>=1", "pipeline", most=MAX_QUEUE_FRAMES
     )
     write_q_full_wait_ms: float = _setting(
         100.0, "When the writer's queue is full, the reader waits this long for room before dropping (bounded backpressure).",
-        ">=0", "pipeline",
+        ">=0", "pipeline", most=3_600_000.0,
     )
-    batch_max_frames: int = _setting(1024, "Frames per hand-off from a shard's reader.", "int>=1", "pipeline")
-    batch_max_delay_ms: float = _setting(1.0, "Longest a received frame waits in the reader before hand-off.", ">=0", "pipeline")
+    batch_max_frames: int = _setting(1024, "Frames per hand-off from a shard's reader.", "int>=1", "pipeline", most=1_000_000)
+    batch_max_delay_ms: float = _setting(1.0, "Longest a received frame waits in the reader before hand-off.", ">=0", "pipeline", most=60_000.0)
     gil_switch_interval_ms: float = _setting(
         1.0, "Longest one thread may hold the GIL while others wait (Python's default is 5): bounds how long a reader "
-        "parsing a burst can hold the writer off.", ">0", "pipeline",
+        "parsing a burst can hold the writer off.", ">0", "pipeline", most=1_000.0,
     )
     writer_fsync_interval_seconds: float = _setting(5.0, "fsync cadence of frames/idx/runlog files.", ">0", "pipeline")
-    last_frames_per_shard: int = _setting(64, "Frames kept per shard for last_frames_shard_NN.bin on a fatal.", "int>=1", "pipeline")
+    last_frames_per_shard: int = _setting(64, "Frames kept per shard for last_frames_shard_NN.bin on a fatal.", "int>=1", "pipeline", most=100_000)
     # --- offline -------------------------------------------------------------------------------
     offline: bool = _setting(False, "Replay a fixture set instead of connecting to Polymarket.", "bool", "offline")
     fixtures: str = _setting("", "Fixture set directory for --offline (default: the bundled set).", "str", "offline")
-    offline_speed: float = _setting(1.0, "Offline pacing: 1 = as recorded, 10 = ten times faster, 0 = flat out.", ">=0", "offline")
+    offline_speed: float = _setting(1.0, "Offline pacing: 1 = as recorded, 10 = ten times faster, 0 = flat out.", ">=0", "offline", most=1_000_000.0)
 
     def snapshot(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,12 +135,12 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _describe(check: str) -> str:
+def _describe(check: str, most: float | None = None) -> str:
+    if most is not None and check.startswith("int"):
+        return f"an integer from {check[-1]} to {int(most)}"
+    if most is not None and check in (">0", ">=0"):
+        return f"a finite number {check[:-1]} 0 and <= {most:.0f}"
     return {
-        "int>=1": "an integer >= 1",
-        "int>=0": "an integer >= 0",
-        ">0": "a number > 0",
-        ">=0": "a number >= 0",
         "pct": "a percentage > 0 and <= 100",
         "bool": "one of true/false/1/0/yes/no/on/off",
         "path": "a non-empty path",
@@ -135,10 +154,11 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
     """Turn a raw flag/env value into the field's type, or raise ConfigError naming the source."""
     f = FIELDS[name]
     check = f.metadata["check"]
+    most = f.metadata["most"]
     where = f"{env_name(name)} (environment)" if source == "env" else f"{flag_name(name)} (flag)"
 
     def bad() -> ConfigError:
-        return ConfigError(f"invalid value {raw!r} for {where}: expected {_describe(check)}")
+        return ConfigError(f"invalid value {str(raw)[:60]!r} for {where}: expected {_describe(check, most)}")
 
     if check == "bool":
         if isinstance(raw, bool):
@@ -152,9 +172,9 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
     if check.startswith("int"):
         try:
             value = int(str(raw).strip())
-        except ValueError:
+        except ValueError:  # also an integer of more than 4,300 digits
             raise bad() from None
-        if value < (1 if check == "int>=1" else 0):
+        if not int(check[len("int>="):]) <= value <= most:
             raise bad()
         return value
     if check in (">0", ">=0", "pct"):
@@ -162,11 +182,11 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
             value = float(str(raw).strip())
         except ValueError:
             raise bad() from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise bad()
-        if check == ">0" and value <= 0:
+        if check == ">0" and not 0 < value <= most:
             raise bad()
-        if check == ">=0" and value < 0:
+        if check == ">=0" and not 0 <= value <= most:
             raise bad()
         if check == "pct" and not (0 < value <= 100):
             raise bad()

@@ -15,7 +15,6 @@ import orjson
 
 from pm_arb.errors import UserError
 from pm_arb.store.frames_format import OPCODE_BINARY, OPCODE_TEXT
-from pm_arb.universe_select import shard_of
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "default"
 
@@ -74,14 +73,15 @@ def load_fixture_set(path: str | Path | None) -> FixtureSet:
     return FixtureSet(d, rows, frames)
 
 
-def frames_by_shard(fixture: FixtureSet, markets: set[str], shards: int) -> dict[int, list[FixtureFrame]]:
-    """Each shard's share of the fixture frames: its markets' frames plus the broadcast ones."""
+def frames_by_shard(fixture: FixtureSet, shard_of: dict[str, int], shards: int) -> dict[int, list[FixtureFrame]]:
+    """Each shard's share of the fixture frames: its markets' frames (by the placement's
+    condition id -> shard map) plus the broadcast ones."""
     out: dict[int, list[FixtureFrame]] = {s: [] for s in range(shards)}
-    active_shards = {shard_of(c, shards) for c in markets}
+    active_shards = set(shard_of.values())
     for f in fixture.frames:
         if f.market is None:
             for s in active_shards:
                 out[s].append(f)
-        elif f.market in markets:
-            out[shard_of(f.market, shards)].append(f)
+        elif f.market in shard_of:
+            out[shard_of[f.market]].append(f)
     return out

@@ -26,10 +26,10 @@ from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.metrics import MetricsActor
 from pm_arb.actors.shard import ShardActor
-from pm_arb.actors.supervisor import AttachPeers, SupervisorActor
+from pm_arb.actors.supervisor import SupervisorActor
 from pm_arb.actors.ticker import Ticker
 from pm_arb.actors.universe import UniverseActor
-from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.actors.writer import WriterActor
 from pm_arb.capture.offline_reader import OfflineReader
 from pm_arb.capture.ws_reader import ws_reader_factory
 from pm_arb.clock import SystemClock
@@ -38,20 +38,40 @@ from pm_arb.errors import UserError
 from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
 from pm_arb.gamma import GammaError, fetch_active_rows
 from pm_arb.malloc_tuning import tune_malloc
+from pm_arb.plant.stop_signals import EXIT_NOW, FORCE_AFTER_SECONDS, StopSignals
 from pm_arb.progress import human_bytes
-from pm_arb.universe_select import shard_of
+from pm_arb.store import run_lock
+from pm_arb.universe.placement import PlacementRules, plan_summary
 
 OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TEST_CRASH_ENV = "PMARB_TEST_INJECT_CRASH"  # tests only; not PM_ARB_ so it is never a setting
+CRASHABLE = ("MetricsActor", "ShardActor", "SupervisorActor", "UniverseActor", "WriterActor")
 DEPENDENCIES = ("pykka", "websocket-client", "requests", "orjson", "xxhash", "click", "websockets")
 
 
-def default_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+_issued_run_ids: set[str] = set()
 
 
-def prepare_run_dir(data_dir: str, run_id: str) -> Path:
-    """Create data_dir/runs/<run_id>/; refuse an existing one (nothing is ever overwritten)."""
+def default_run_id(now: datetime | None = None) -> str:
+    """UTC start time to the millisecond, then the pid: sorts by time, and two captures started
+    in the same millisecond on one host still differ (a counter covers one process)."""
+    now = now or datetime.now(timezone.utc)
+    base = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{os.getpid()}"
+    run_id, n = base, 1
+    while run_id in _issued_run_ids:
+        n += 1
+        run_id = f"{base}-{n}"
+    _issued_run_ids.add(run_id)
+    return run_id
+
+
+def prepare_run_dir(data_dir: str, run_id: str, named: bool = True) -> Path:
+    """Create data_dir/runs/<run_id>/; refuse an existing one (nothing is ever overwritten).
+
+    `named` is False for a generated id, whose clash the user can only fix by starting again.
+    """
+    retry = "choose another --run-id" if named else "start the capture again (it generates a new run id)"
     if not RUN_ID_RE.match(run_id):
         raise UserError(f"invalid --run-id {run_id!r}: use letters, digits, '.', '_' or '-' (at most 128, not starting with '.' or '-')", 2)
     root = bundle.runs_root(data_dir)
@@ -66,11 +86,11 @@ def prepare_run_dir(data_dir: str, run_id: str) -> Path:
     run_dir = root / run_id
     if run_dir.exists() or run_dir.is_symlink():
         kind = "directory" if run_dir.is_dir() else "file"
-        raise UserError(f"run dir {run_dir} already exists (a {kind}); choose another --run-id (nothing was overwritten)", 2)
+        raise UserError(f"run dir {run_dir} already exists (a {kind}); {retry} (nothing was overwritten)", 2)
     try:
         run_dir.mkdir()
     except FileExistsError:
-        raise UserError(f"run dir {run_dir} already exists; choose another --run-id (nothing was overwritten)", 2) from None
+        raise UserError(f"run dir {run_dir} already exists; {retry} (nothing was overwritten)", 2) from None
     except PermissionError:
         raise UserError(f"data dir {data_dir} is not writable: choose another --data-dir or fix its permissions", 2) from None
     if not os.access(run_dir, os.W_OK):
@@ -106,11 +126,17 @@ def build_manifest(run_id: str, mode: str, config: Config, universe: dict[str, A
             "markets_seen": universe.get("markets_seen"),
             "rejected": universe.get("rejected"),
             "shard_token_counts": {str(s): len(t) for s, t in sorted(universe["shard_tokens"].items())},
-            "markets": [{**mk.to_dict(), "shard": shard_of(mk.condition_id, config.ws_shards)} for mk in markets],
+            "placement": placement_summary(config, universe),
+            "markets": [{**mk.to_dict(), "shard": universe["placement"].placement.shard_of[mk.condition_id]} for mk in markets],
             "note": "the universe at start; refreshes are recorded in runlog.ndjson (universe_refresh, universe_assigned)",
         },
         **extra,
     }
+
+
+def placement_summary(config: Config, universe: dict[str, Any]) -> dict[str, Any]:
+    """How many connections the universe takes under the cap, why, and how even they are."""
+    return plan_summary(len(universe["markets"]), universe["placement"].placement, PlacementRules.of(config))
 
 
 class StatusLine:
@@ -146,6 +172,39 @@ class StatusLine:
             sys.stderr.flush()
 
 
+def install_stop_handlers(stops: StopSignals, run_dir_of: Callable[[], Path | None]) -> dict[int, Any]:
+    """SIGINT/SIGTERM -> `stops`; returns the previous handlers. Only in the main thread."""
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        if stops.on_signal(name, time.monotonic_ns()) == EXIT_NOW:
+            # os.write and os._exit: a handler interrupts the main thread anywhere, perhaps
+            # holding stderr's or a queue's lock, so it must take none.
+            run_dir = run_dir_of()
+            hint = f"; run `pm_arb capture-verify --repair --run-dir {run_dir}`" if run_dir else ""
+            os.write(2, f"\n{name} more than {FORCE_AFTER_SECONDS:g} s after {stops.first}: exiting now without a clean stop{hint}\n".encode())
+            os._exit(130)
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, on_signal)
+    return old
+
+
+def test_crash_request() -> tuple[str, m.InjectCrash] | None:
+    """Test hook: PMARB_TEST_INJECT_CRASH=<Actor>:<MessageType>[:<nth>] makes that actor raise on
+    the nth such message, to test the actor_crash path end to end. Not a setting: tests only.
+    Read before anything starts, so a bad value is refused with nothing to clean up."""
+    spec = os.environ.get(TEST_CRASH_ENV)
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in CRASHABLE or (len(parts) == 3 and not parts[2].isdigit()):
+        raise UserError(f"{TEST_CRASH_ENV}={spec}: expected <Actor>:<MessageType>[:<n>] with Actor one of {', '.join(CRASHABLE)}", 2)
+    return parts[0], m.InjectCrash(parts[1], int(parts[2]) if len(parts) == 3 else 1)
+
+
 def run_capture(
     config: Config,
     run_id: str | None,
@@ -154,16 +213,29 @@ def run_capture(
     fixture: FixtureSet | None = None,
     offline_repeat: int = 1,
     status: bool | None = None,
-    on_run_dir: Callable[[Path], None] | None = None,
+    on_run_dir: Callable[[Path, dict[str, Any]], None] | None = None,
     extra_manifest: dict[str, Any] | None = None,
 ) -> tuple[int, Path, dict[str, Any]]:
     """Run one capture to its end; returns (exit code, run dir, final status)."""
+    # From the first moment: a signal during start-up is a stop request like any other.
+    stops = StopSignals()
+    where: dict[str, Path] = {}
+    old_handlers = install_stop_handlers(stops, lambda: where.get("run_dir"))
+    try:
+        return _run(stops, where, config, run_id, mode, duration_s, fixture, offline_repeat, status, on_run_dir, extra_manifest)
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+
+
+def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str | None, mode: str, duration_s: float,
+         fixture: FixtureSet | None, offline_repeat: int, status: bool | None,
+         on_run_dir: Callable[[Path], None] | None, extra_manifest: dict[str, Any] | None) -> tuple[int, Path, dict[str, Any]]:
+    crash_request = test_crash_request()
     malloc_settings = tune_malloc()  # before any actor thread creates its allocator arena
     clock = SystemClock()
-    run_id = default_run_id() if run_id is None else run_id
-    shards = config.ws_shards
-    parse_gauges = {s: DepthGauge() for s in range(shards)}
-    write_gauges = {s: DepthGauge() for s in range(shards)}
+    named = run_id is not None
+    run_id = run_id if named else default_run_id()
     done = threading.Event()
     result: dict[str, int] = {}
 
@@ -195,12 +267,24 @@ def run_capture(
             universe = universe_actor.ask(m.LoadUniverse())
         except GammaError as exc:
             raise UserError(f"cannot discover the universe from Gamma: {exc.message}", 1) from None
-        run_dir = prepare_run_dir(config.data_dir, run_id)
+        if not isinstance(universe, dict):  # the universe actor crashed; base.py logged why
+            raise UserError("the universe actor crashed while loading the universe (see the line above); nothing was written", 1)
+        if stops.first is not None:  # a stop before the run dir exists: nothing to stop cleanly
+            raise UserError(f"{stops.first} during start-up: stopped before the run began; nothing was written", 130)
+        run_dir = prepare_run_dir(config.data_dir, run_id, named)
+        # Held until this process ends: capture-verify --repair refuses a run a capture is writing.
+        run_lock_fd = run_lock.hold_for_capture(run_dir)
     except BaseException:
         pykka.ActorRegistry.stop_all()
         raise
+    where["run_dir"] = run_dir
+    plan = placement_summary(config, universe)
     if on_run_dir is not None:
-        on_run_dir(run_dir)
+        on_run_dir(run_dir, plan)
+    shards = plan["shards"]
+    # Shards a refresh opens mid-run add their gauges here (the writer holds this same dict).
+    parse_gauges = {s: DepthGauge() for s in range(shards)}
+    write_gauges = {s: DepthGauge() for s in range(shards)}
     started_wall, started_mono = clock.wall_ns(), clock.mono_ns()
     extra = dict(extra_manifest or {})
     extra["malloc"] = malloc_settings
@@ -209,11 +293,10 @@ def run_capture(
     bundle.write_json(run_dir / bundle.MANIFEST, build_manifest(run_id, mode, config, universe, started_wall, started_mono, extra))
 
     writer = WriterActor.start(run_dir, config, clock, write_gauges)
-    metrics = MetricsActor.start(writer, shards)
-    writer.tell(AttachWriterPeers(supervisor, metrics))
+    metrics = MetricsActor.start(writer, shards, supervisor)
+    writer.tell(m.AttachWriterPeers(supervisor, metrics))
     if mode == "offline":
-        conditions = {mk.condition_id for mk in universe["markets"]}
-        per_shard = frames_by_shard(fixture, conditions, shards)
+        per_shard = frames_by_shard(fixture, universe["placement"].placement.shard_of, shards)
         source = f"fixture://{fixture.path}"
 
         def make_reader(shard, tokens, sink, tell, clk):
@@ -221,57 +304,70 @@ def run_capture(
 
     else:
         make_reader = ws_reader_factory(config)
-    shard_refs = {
-        s: ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
-        for s in range(shards)
-    }
-    supervisor.tell(AttachPeers(writer=writer, shards=shard_refs))
-    ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor, *shard_refs.values()])
+    ticker = Ticker(config.heartbeat_interval_seconds, [supervisor, writer, universe_actor])
+
+    def open_shard(s: int):
+        """A shard's actor with its own gauges; called at start and by the supervisor when a
+        refresh needs another connection under the cap."""
+        parse_gauges.setdefault(s, DepthGauge())
+        write_gauges.setdefault(s, DepthGauge())
+        ref = ShardActor.start(s, config, clock, supervisor, writer, metrics, make_reader, parse_gauges[s], write_gauges[s])
+        ticker.targets.append(ref)
+        return ref
+
+    shard_refs = {s: open_shard(s) for s in range(shards)}
+    supervisor.tell(m.AttachPeers(writer=writer, shards=shard_refs, open_shard=open_shard))
+    if crash_request is not None:
+        refs = {"SupervisorActor": supervisor, "UniverseActor": universe_actor, "WriterActor": writer, "MetricsActor": metrics, "ShardActor": shard_refs[0]}
+        refs[crash_request[0]].tell(crash_request[1])
     # 8 reader threads and the writer share one GIL: with Python's 5 ms default, a reader parsing
     # a burst kept the writer waiting, and a 5k frames/s run's p99 swung between 4 and 12 ms;
     # at 1 ms it stayed at 3.0-3.6 ms (ADR/0006).
     previous_switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
     ticker.start()
-    supervisor.tell(m.StartRun(universe["shard_tokens"], len(universe["markets"])))
+    supervisor.tell(m.StartRun(universe["shard_tokens"], len(universe["markets"]), placement=universe["placement"]))
 
-    signals_seen: list[str] = []
-
-    def on_signal(signum, _frame):
-        name = signal.Signals(signum).name
-        signals_seen.append(name)
-        if len(signals_seen) == 1:
-            supervisor.tell(m.RequestStop(name))
-        else:
-            sys.stderr.write(f"\nsecond {name}: exiting now without a clean stop; run `pm_arb capture-verify --repair --run-dir {run_dir}`\n")
-            os._exit(130)
-
-    old_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, on_signal)
     line = StatusLine(sys.stderr.isatty() if status is None else status)
-    last = {}
+    last: dict[str, Any] = {}
     t0 = time.monotonic()
+    next_status = t0
+    stop_told = False
     try:
-        while not done.wait(0.5):
-            if duration_s and time.monotonic() - t0 >= duration_s and not signals_seen:
-                signals_seen.append("duration")
+        # The signal handler only records; this loop acts on it (within 0.1 s).
+        while not done.wait(0.1):
+            if stops.first is not None and not stop_told:
+                stop_told = True
+                line.clear()
+                sys.stderr.write(f"{stops.first}: stopping cleanly (draining queues, fsync); a second Ctrl-C more than "
+                                 f"{FORCE_AFTER_SECONDS:g} s from now exits at once without a clean stop\n")
+                supervisor.tell(m.RequestStop(stops.first))
+            if duration_s and time.monotonic() - t0 >= duration_s and not stop_told:
+                stop_told = True
                 supervisor.tell(m.RequestStop("duration"))
+            if time.monotonic() < next_status:
+                continue
+            next_status = time.monotonic() + 0.5
             try:
-                last = supervisor.ask(m.GetStatus(), timeout=2)
+                reply = supervisor.ask(m.GetStatus(), timeout=2)
             except pykka.Timeout:
                 continue
-            line.update(last)
+            except pykka.ActorDeadError:
+                sys.stderr.write("error: the supervisor stopped without finishing the run; closing the files\n")
+                break
+            if isinstance(reply, dict):
+                last = reply
+                line.update(last)
     finally:
         ticker.stop()
         line.clear()
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
         try:
-            last = supervisor.ask(m.GetStatus(), timeout=2)
+            reply = supervisor.ask(m.GetStatus(), timeout=2)
+            if isinstance(reply, dict):
+                last = reply
         except Exception:
             pass
         pykka.ActorRegistry.stop_all(block=True, timeout=10)
         sys.setswitchinterval(previous_switch_interval)
+        run_lock.release(run_lock_fd)
     return result.get("code", 1), run_dir, last

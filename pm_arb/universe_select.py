@@ -1,4 +1,4 @@
-"""Which Gamma markets are captured, and which shard each one's tokens go to (ADR/0003)."""
+"""Which Gamma markets are captured (ADR/0003); which shard carries each: universe/placement.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import orjson
-import xxhash
 
 
 @dataclass(frozen=True)
@@ -92,16 +91,3 @@ def select_markets(rows: Iterable[Any], max_markets: int) -> tuple[list[Market],
     if len(ordered) > max_markets:
         rejected["over capture_max_markets"] = len(ordered) - max_markets
     return ordered[:max_markets], rejected
-
-
-def shard_of(condition_id: str, shards: int) -> int:
-    """A market's shard depends only on its condition id, so both tokens share a connection."""
-    return xxhash.xxh64_intdigest(condition_id.encode()) % shards
-
-
-def assign_shards(markets: Iterable[Market], shards: int) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {s: [] for s in range(shards)}
-    for m in markets:
-        s = shard_of(m.condition_id, shards)
-        out[s].extend((m.yes_token, m.no_token))
-    return {s: sorted(toks) for s, toks in out.items()}

@@ -14,8 +14,8 @@ import pytest
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.shard import ShardActor
-from pm_arb.actors.supervisor import AttachPeers, SupervisorActor
-from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.actors.supervisor import SupervisorActor
+from pm_arb.actors.writer import WriterActor
 from pm_arb.clock import ManualClock
 from pm_arb.commands.verify import verify_run
 from pm_arb.config import Config
@@ -35,7 +35,8 @@ def stop_actors():
 
 
 def cfg(**over) -> Config:
-    base = dict(ws_shards=3, capture_confirm_timeout_seconds=10.0, capture_confirm_min_events=2, heartbeat_interval_seconds=1.0)
+    base = dict(ws_shards=3, capture_confirm_timeout_seconds=10.0, capture_confirm_min_events=2, heartbeat_interval_seconds=1.0,
+                ws_connect_stagger_seconds=0.0)
     base.update(over)
     return Config(**base)
 
@@ -45,9 +46,9 @@ def supervisor_with_writer(tmp_path: Path, config: Config, clock: ManualClock):
     codes = []
     sup = SupervisorActor.start("r1", "offline", config, clock, lambda c: (codes.append(c), done.set()))
     writer = WriterActor.start(tmp_path, config, clock, {s: DepthGauge() for s in range(config.ws_shards)})
-    writer.tell(AttachWriterPeers(sup, None))
+    writer.tell(m.AttachWriterPeers(sup, None))
     shards = {s: Probe.start(s, sup) for s in range(config.ws_shards)}
-    sup.tell(AttachPeers(writer=writer, shards=shards))
+    sup.tell(m.AttachPeers(writer=writer, shards=shards))
     return sup, writer, shards, done, codes
 
 
@@ -76,6 +77,24 @@ def test_supervisor_reaches_running_on_confirm_and_stops_cleanly(tmp_path):
     assert [r.seq for r in recs] == list(range(len(recs)))
     assert fold(recs).phase == "stopped"
     assert not (tmp_path / "fatal.json").exists()
+
+
+def test_connections_open_staggered_and_the_confirm_deadline_waits_for_the_last(tmp_path):
+    clock = ManualClock()
+    sup, writer, shards, done, codes = supervisor_with_writer(tmp_path, cfg(ws_connect_stagger_seconds=0.5), clock)
+    t0 = clock.mono_ns()
+    sup.tell(m.StartRun({0: ["a1", "a2"], 1: ["b1", "b2"], 2: ["c1", "c2"]}, markets=3))
+    sup.ask(m.GetStatus())  # barrier: StartShard has been told to every shard
+    starts = [shards[s].ask("got")[0] for s in range(3)]
+    assert [x.not_before_mono_ns - t0 for x in starts] == [0, 500_000_000, 1_000_000_000]
+    begin = [r.event for r in read_runlog_pending(sup, writer, tmp_path) if isinstance(r.event, ev.ConfirmBegin)][0]
+    assert begin.deadline_mono_ns - t0 == 11_000_000_000  # the 10 s timeout, counted from the last opening
+
+
+def read_runlog_pending(sup, writer, tmp_path):
+    sup.ask(m.GetStatus())
+    writer.ask(m.FlushMetrics())
+    return read_runlog(tmp_path).records
 
 
 def test_supervisor_goes_fatal_on_confirm_timeout_and_replay_equals_fatal_json(tmp_path):
@@ -107,7 +126,7 @@ def test_writer_applies_batches_in_order_and_reports_intervals(tmp_path):
     gauges = {s: DepthGauge() for s in range(3)}
     writer = WriterActor.start(tmp_path, config, clock, gauges)
     metrics = Probe.start()
-    writer.ask(AttachWriterPeers(Probe.start(), metrics))  # ask: the writer has started before time moves
+    writer.ask(m.AttachWriterPeers(Probe.start(), metrics))  # ask: the writer has started before time moves
     sent = {0: [], 1: []}
     batches = []
     for k in range(20):
@@ -144,7 +163,7 @@ class FakeReader:
         self.started = self.stopped = False
         self.token_changes = []
 
-    def start(self):
+    def start(self, not_before_mono_ns=0):
         self.started = True
 
     def request_stop(self):
@@ -187,7 +206,7 @@ def test_shard_sends_frames_to_the_writer_counts_events_and_relays_reader_facts(
     assert readers[0].started and readers[0].stopped
     appends = [x for x in writer.ask("got") if isinstance(x, m.AppendFrames)]
     assert [f[4] for a in appends for f in a.frames] == [book, b"PONG", b"{not json", b"\xff\xfe", book]
-    assert [f[2] for f in appends[0].frames] == [0, 1, 0, 2]  # flags: market data, control text, looks like JSON (counted as not JSON at hand-off), not JSON
+    assert [f[2] for f in appends[0].frames] == [0, 1, 2, 2]  # flags: market data, control text, truncated JSON is not JSON, not JSON
     assert wg.depth == 5 and pg.depth == 0
     got = sup.ask("got")
     emitted = [x.event for x in got if isinstance(x, m.Emit)]
@@ -215,7 +234,7 @@ def test_slow_writer_fills_queue_then_drops_are_counted_and_logged_without_corru
     wg, pg = DepthGauge(), DepthGauge()
     writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
     sup = Probe.start()
-    writer.tell(AttachWriterPeers(sup, None))
+    writer.tell(m.AttachWriterPeers(sup, None))
     shard, readers = start_shard(config, clock, sup, writer, None, pg, wg)
     shard.ask(m.StartShard(("t1",)))
     gate = threading.Event()
@@ -244,7 +263,7 @@ def test_full_write_queue_waits_a_bounded_time_for_room_before_dropping(tmp_path
     config = cfg(ws_shards=1, write_q_capacity=10, batch_max_frames=10, write_q_full_wait_ms=2000)
     wg = DepthGauge()
     writer = GatedWriter.start(tmp_path, config, clock, {0: wg})
-    writer.tell(AttachWriterPeers(Probe.start(), None))
+    writer.tell(m.AttachWriterPeers(Probe.start(), None))
     shard, readers = start_shard(config, clock, Probe.start(), writer, None, DepthGauge(), wg)
     shard.ask(m.StartShard(("t1",)))
     sink = readers[0].sink
@@ -319,3 +338,56 @@ def test_a_batch_counts_as_received_only_once_it_is_queued_or_dropped():
     sink.flush()  # 2 queued + 2 > capacity 3, no wait allowed: dropped
     assert (sink.received, sink.dropped, gauge.depth) == (4, 2, 2)
     assert sink.received - sink.dropped - gauge.depth == 0  # nothing applied yet, and the floor says so
+
+
+def test_a_refresh_past_capacity_opens_a_shard_records_why_and_touches_only_changed_shards(tmp_path):
+    from dataclasses import dataclass as _dc
+
+    from pm_arb.events.folds.placement import fold as fold_placement
+    from pm_arb.universe.placement import PlacementRules, place
+
+    @_dc(frozen=True)
+    class Mk:
+        condition_id: str
+        yes_token: str
+        no_token: str
+
+    def markets(ids):
+        return [Mk(f"c{i}", f"y{i}", f"n{i}") for i in ids]
+
+    clock = ManualClock()
+    config = cfg(ws_shards=2, ws_max_tokens_per_shard=4, capture_universe_refresh_stagger_seconds=0.25)
+    rules = PlacementRules.of(config)
+    sup = SupervisorActor.start("r1", "online", config, clock, None)
+    writer = WriterActor.start(tmp_path, config, clock, {})
+    writer.tell(AttachWriterPeers(sup, None))
+    shards = {s: Probe.start(s, sup) for s in range(2)}
+    opened = []
+
+    def open_shard(s):
+        opened.append(s)
+        shards[s] = Probe.start(s, sup)
+        return shards[s]
+
+    sup.tell(AttachPeers(writer=writer, shards=dict(shards), open_shard=open_shard))
+    start = place(None, markets(range(4)), rules)  # 4 markets, 2 per shard: both full
+    sup.tell(m.StartRun(start.placement.shard_tokens(), 4, placement=start))
+    for s in range(2):
+        sup.tell(m.Emit(clock.mono_ns(), clock.wall_ns(), ev.ShardConfirmed(shard=s, market_events=2, seconds_after_start=0.1)))
+    assert sup.ask(m.GetStatus())["phase"] == "running"
+    grown = place(start.placement, markets([0, 1, 2, 3, 4]), rules)  # one more market: no room on 0 or 1
+    t0 = clock.mono_ns()
+    sup.tell(m.ApplyRefresh(grown.placement.shard_tokens(), grown.changed_shards(), ["y4", "n4"], 5, placement=grown))
+    status = sup.ask(m.GetStatus())
+    assert opened == [2] and status["shards_open"] == 3 and status["balance"]["busiest_tokens"] == 4
+    got = shards[2].ask("got")
+    assert [type(x) for x in got] == [m.SetTokens] and got[0].tokens == ("n4", "y4") and got[0].not_before_mono_ns == t0
+    assert all(not isinstance(x, m.SetTokens) for s in (0, 1) for x in shards[s].ask("got"))  # full shards untouched
+    writer.ask(m.FlushMetrics())
+    recs = read_runlog(tmp_path).records
+    kinds = [r.type for r in recs]
+    assert kinds.index("shards_planned") < kinds.index("market_assigned") < kinds.index("universe_assigned")
+    opened_ev = [r.event for r in recs if isinstance(r.event, ev.ShardOpened)]
+    assert [(e.shard, e.shards, e.cap_tokens) for e in opened_ev] == [(2, 3, 4)] and "10 tokens need 3 connections" in opened_ev[0].reason
+    assert fold_placement(recs).placement == grown.placement  # the runlog rebuilds the live placement
+    assert fold(recs).shards[2].tokens == ["n4", "y4"]

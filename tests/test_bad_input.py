@@ -49,8 +49,9 @@ CASES = {
     ("empty frames file", "capture-verify"): (1, "shorter than its 16-byte header"),
     ("empty frames file", "capture-inspect"): (1, "could not be read"),
     ("frames file is a directory", "capture-verify"): (1, "cannot read shard_00.frames"),
-    ("wrong magic", "capture-verify"): (1, "is not a pm_arb file"),
-    ("wrong magic", "capture-inspect"): (1, "could not be read"),
+    # A damaged header is reported, and the records behind it are still read.
+    ("wrong magic", "capture-verify"): (1, "shard_00.frames has a damaged header (magic b'NOTPMARB'"),
+    ("wrong magic", "capture-inspect"): (1, "damaged header"),
     ("wrong magic", "capture-check"): (1, "FAIL  crc_mismatch"),
     ("newer format version", "capture-verify"): (1, "upgrade pm_arb"),
     ("truncated idx", "capture-verify"): (1, "--repair"),

@@ -8,7 +8,9 @@ import signal
 import orjson
 import pytest
 
+from pm_arb.config import Config
 from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
+from pm_arb.universe.placement import PlacementRules, place
 from pm_arb.universe_select import select_markets
 from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
@@ -16,7 +18,8 @@ from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_
 def fixture_frames_per_shard(shards: int):
     fx = load_fixture_set(None)
     markets, _ = select_markets(fx.gamma_rows, 2000)
-    return frames_by_shard(fx, {m.condition_id for m in markets}, shards)
+    change = place(None, markets, PlacementRules(cap_tokens=Config().ws_max_tokens_per_shard, min_shards=shards))
+    return frames_by_shard(fx, change.placement.shard_of, change.placement.shards)
 
 
 def test_full_offline_run_has_every_fixture_frame_byte_for_byte(offline_run):
@@ -75,6 +78,11 @@ def test_capture_json_is_one_document_on_stdout(data_dir):
     doc = orjson.loads(proc.stdout)
     assert doc["run_dir"] == str(data_dir / "runs" / "j") and doc["exit_code"] == 0 and doc["phase"] == "stopped"
     assert doc["frames"] == 3071 and doc["dropped"] == 0 and doc["fatal_reason"] is None
+    # the run summary reports the busiest shard against the mean (ADR/0007)
+    manifest = orjson.loads((data_dir / "runs" / "j" / "manifest.json").read_bytes())
+    loads = list(manifest["universe"]["shard_token_counts"].values())
+    assert doc["shards_open"] == 2 and doc["balance"]["busiest_tokens"] == max(loads) and doc["balance"]["mean_tokens"] == 24.0
+    assert f"busiest {max(loads)} tokens vs mean 24" in proc.stderr
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's; elsewhere the allocator is left alone")
@@ -96,7 +104,6 @@ def test_gil_switch_interval_holds_during_the_run_and_is_restored_after(tmp_path
     import sys
     import threading
 
-    from pm_arb.config import Config
     from pm_arb.run_capture import run_capture
 
     before = sys.getswitchinterval()

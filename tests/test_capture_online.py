@@ -14,7 +14,8 @@ import pytest
 from pm_arb.sim.exchange import SimExchange
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.store.shard_files import ShardReader, shard_numbers
-from pm_arb.universe_select import select_markets, shard_of
+from pm_arb.universe.placement import PlacementRules, place
+from pm_arb.universe_select import select_markets
 from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 FAST = [
@@ -48,6 +49,14 @@ def events(run_dir, kind):
     return [r for r in read_runlog_dicts(run_dir) if r["type"] == kind]
 
 
+RULES = PlacementRules(cap_tokens=400, min_shards=4)  # FAST's --ws-shards 4, the default cap
+
+
+def shard_map(markets) -> dict[str, int]:
+    """Where capture places these markets at start: condition id -> shard."""
+    return place(None, markets, RULES).placement.shard_of
+
+
 # --- discover ---------------------------------------------------------------------------------
 
 
@@ -64,8 +73,14 @@ def test_discover_pages_to_the_end_and_filters():
         assert [m["condition_id"] for m in doc["markets"]] == [m.condition_id for m in expected]
         assert all("/markets/keyset?" in p and "closed=false" in p for p in s.gamma_requests)
         assert sum("after_cursor=" in p for p in s.gamma_requests) == doc["totals"]["pages_fetched"] - 1
+        plan = doc["totals"]["plan"]  # 500 tokens fit 8 shards (the minimum) under the 400 cap
+        assert (plan["shards"], plan["shards_min"], plan["cap_tokens"]) == (8, 8, 400) and plan["busiest_tokens"] <= 400
+        assert sum(doc["totals"]["shard_token_counts"].values()) == 500 and {m["shard"] for m in doc["markets"]} == set(range(8))
+        few = orjson.loads(run_cli("discover", "--gamma-base-url", s.gamma_url, "--ws-max-tokens-per-shard", "50", "--json").stdout)
+        assert few["totals"]["plan"]["shards"] == 10 and "500 tokens need 10 connections" in few["totals"]["plan"]["reason"]
         text = run_cli("discover", "--gamma-base-url", s.gamma_url, "--capture-max-markets", "10", "--limit", "3")
         assert text.returncode == 0 and "selected: 10 (20 tokens), shown: 3" in text.stdout
+        assert "plan: 8 shards: 8 connections (--ws-shards); 20 tokens fit at most 400 to a connection; busiest shard" in text.stdout
         assert expected[0].yes_token in text.stdout
 
 
@@ -157,9 +172,10 @@ def test_silent_stall_and_missing_pong_are_detected_with_cause(sim, data_dir):
 
 def test_a_silent_shard_makes_confirm_fatal_with_missing_tokens(sim, data_dir):
     markets, _ = select_markets(sim.rows(), 2000)
-    silent = {t for mk in markets if shard_of(mk.condition_id, 4) == 1 for t in (mk.yes_token, mk.no_token)}
-    # a whole market: price_change messages carry both tokens of a market, so one token alone is not silent
-    one_more = next({mk.yes_token, mk.no_token} for mk in markets if shard_of(mk.condition_id, 4) == 2)
+    where = shard_map(markets)
+    silent = {t for mk in markets if where[mk.condition_id] == 1 for t in (mk.yes_token, mk.no_token)}
+    # every market of shard 1, and one market of shard 2 (a token of a pair can also be silenced alone)
+    one_more = next({mk.yes_token, mk.no_token} for mk in markets if where[mk.condition_id] == 2)
     sim.silent_tokens = silent | one_more
     proc, run_dir = start_capture(sim, data_dir, "fatal", "--capture-confirm-timeout-seconds", "2", "--no-capture-universe-refresh-enable")
     code, _, err = proc.wait(timeout=30), proc.stdout.read(), proc.stderr.read()
@@ -198,7 +214,9 @@ def test_refresh_reconnects_only_the_shards_whose_tokens_changed(data_dir):
         wait_for_runlog(run_dir, lambda r: r["type"] == "universe_refresh" and r["applied"])
         old = {m.condition_id: m for m in before}
         new = {m.condition_id: m for m in after}
-        changed = {shard_of(c, 4) for c in set(old) ^ set(new)}
+        step = place(place(None, before, RULES).placement, after, RULES)
+        changed = set(step.changed_shards())
+        assert 1 <= len(changed) <= 4 and not step.opened
         wait_for_runlog(run_dir, lambda r: r["type"] == "shard_refresh_applied" and len(events(run_dir, "shard_refresh_applied")) == len(changed))
         code, _, err = stop_with(proc)
         assert code == 0, err
@@ -211,6 +229,11 @@ def test_refresh_reconnects_only_the_shards_whose_tokens_changed(data_dir):
     assert {r["shard"] for r in planned} == changed and all(r["planned"] for r in planned)
     begins = sorted(r["mono_ns"] for r in events(run_dir, "shard_refresh_begin"))
     assert all(b - a >= 0.15e9 for a, b in zip(begins, begins[1:]))  # staggered
+    # the runlog names every placement the refresh made: released markets, new ones, their shards
+    released = {(r["condition_id"], r["shard"]) for r in events(run_dir, "market_released")}
+    placed = {(r["condition_id"], r["shard"]) for r in events(run_dir, "market_assigned") if r["reason"] == "refresh"}
+    assert released == set(step.released) and placed == {(c, s) for c, s, *_ in step.assigned}
+    assert {s for _c, s in released | placed} == changed
     assigned = [r for r in events(run_dir, "universe_assigned") if r["reason"] == "refresh"][0]
     added = {t for c in set(new) - set(old) for t in (new[c].yes_token, new[c].no_token)}
     assert set(assigned["grace_tokens"]) == added

@@ -18,7 +18,7 @@ def test_verify_clean_run_text_and_json(offline_run):
     doc = orjson.loads(proc.stdout)
     assert doc["ok"] is True and "shards" not in doc
     assert doc["totals"] == {"shards": 4, "frames": 3075, "bytes": doc["totals"]["bytes"], "crc_mismatch": 0, "seq_gaps": 0,
-                             "idx_mismatch": 0, "torn_tail_bytes": 0, "frames_missing": 0, "file_errors": 0}
+                             "idx_mismatch": 0, "torn_tail_bytes": 0, "frames_missing": 0, "header_damage": 0, "file_errors": 0}
     assert doc["runlog_check"] == {"checked": True, "reason": None}
 
 
@@ -64,7 +64,7 @@ def test_verify_reports_a_deleted_shard_the_runlog_says_was_written(run_copy):
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("shard 02"))
     n = _run_stop(run_copy)["frames_written"]["2"]
     assert line == f"shard 02: ERROR shard_02.frames is missing; the runlog (run_stop, seq {_run_stop(run_copy)['seq']}) says at least {n:,} frames were written to it"
-    assert f"frames_missing={n} file_errors=1" in proc.stdout and "hint: the runlog says more frames" in proc.stdout
+    assert f"frames_missing={n} header_damage=0 file_errors=1" in proc.stdout and "hint: the runlog says more frames" in proc.stdout
 
 
 def test_latency_report_warns_when_metrics_lines_are_lost(offline_run, run_copy):

@@ -58,13 +58,13 @@ def test_unknown_env_setting_is_noted_not_fatal():
 @pytest.mark.parametrize(
     "flags, env, expected",
     [
-        ({}, {"PM_ARB_WS_SHARDS": "abc"}, "invalid value 'abc' for PM_ARB_WS_SHARDS (environment): expected an integer >= 1"),
-        ({"ws_shards": "0"}, {}, "invalid value '0' for --ws-shards (flag): expected an integer >= 1"),
-        ({"ws_ping_timeout_seconds": "-1"}, {}, "invalid value '-1' for --ws-ping-timeout-seconds (flag): expected a number > 0"),
+        ({}, {"PM_ARB_WS_SHARDS": "abc"}, "invalid value 'abc' for PM_ARB_WS_SHARDS (environment): expected an integer from 1 to 256"),
+        ({"ws_shards": "0"}, {}, "invalid value '0' for --ws-shards (flag): expected an integer from 1 to 256"),
+        ({"ws_ping_timeout_seconds": "-1"}, {}, "invalid value '-1' for --ws-ping-timeout-seconds (flag): expected a finite number > 0 and <= 604800"),
         ({}, {"PM_ARB_CAPTURE_UNIVERSE_REFRESH_ENABLE": "maybe"}, "invalid value 'maybe' for PM_ARB_CAPTURE_UNIVERSE_REFRESH_ENABLE (environment): expected one of true/false/1/0/yes/no/on/off"),
         ({"capture_universe_refresh_max_churn_pct": "150"}, {}, "invalid value '150' for --capture-universe-refresh-max-churn-pct (flag): expected a percentage > 0 and <= 100"),
         ({"clob_ws_url": "http://x/ws"}, {}, "invalid value 'http://x/ws' for --clob-ws-url (flag): expected a ws:// or wss:// URL"),
-        ({"offline_speed": "nan"}, {}, "invalid value 'nan' for --offline-speed (flag): expected a number >= 0"),
+        ({"offline_speed": "nan"}, {}, "invalid value 'nan' for --offline-speed (flag): expected a finite number >= 0 and <= 1000000"),
         ({"data_dir": "  "}, {}, "invalid value '  ' for --data-dir (flag): expected a non-empty path"),
     ],
 )

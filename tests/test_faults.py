@@ -18,7 +18,7 @@ import pytest
 
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
-from pm_arb.actors.writer import AttachWriterPeers, WriterActor
+from pm_arb.actors.writer import WriterActor
 from pm_arb.clock import ManualClock
 from pm_arb.commands.verify import verify_run
 from pm_arb.config import Config
@@ -70,7 +70,8 @@ def test_server_closing_every_connection_every_few_seconds_loses_nothing(data_di
 def test_garbage_from_the_server_is_recorded_as_received_and_counted(data_dir):
     """Fault 3: invalid UTF-8, a binary frame, a 5 MiB frame, invalid JSON."""
     big = b'{"event_type":"book","pad":"' + b"x" * (5 * 1024 * 1024) + b'"}'
-    garbage = [(b"\xff\xfe\x80 not utf-8", False), (b"\x00\x01binary\x02", True), (big, False), (b'{"event_type": "book", "asset_id": ', False)]
+    garbage = [(b"\xff\xfe\x80 not utf-8", False), (b"\x00\x01binary\x02", True), (big, False), (b'{"event_type": "book", "asset_id": ', False),
+               (b'{"asset_id":"7132","event_type":"pri', False)]
     with SimExchange(markets=20, rate=200, record_sent=True) as sim:
         proc, run_dir = start_capture(sim, data_dir, "garbage", "--no-capture-universe-refresh-enable")
         wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
@@ -88,6 +89,11 @@ def test_garbage_from_the_server_is_recorded_as_received_and_counted(data_dir):
             rec = by_payload[payload]  # stored byte for byte
             assert rec.opcode == (2 if binary else 1)
         assert by_payload[garbage[0][0]].flags == 2 and by_payload[garbage[1][0]].flags == 2
+        assert by_payload[big].flags == 0 and by_payload[garbage[3][0]].flags == 2 and by_payload[garbage[4][0]].flags == 2
+    # The heartbeat's count and the records' flag agree: one rule decides both (ADR/0007).
+    last_hb = [r for r in read_runlog_dicts(run_dir) if r["type"] == "heartbeat"][-1]
+    for s, recs in records_by_shard(run_dir).items():
+        assert last_hb["shards"][str(s)]["not_json_frames"] == sum(1 for r in recs if r.flags & 2) == 4
     assert not [r for r in events(run_dir, "shard_disconnected") if not r["planned"]]  # the capture went on
 
 
@@ -169,7 +175,7 @@ def test_injected_enospc_at_the_writer_makes_the_run_fatal(tmp_path):
     sup = Probe.start()
     gauge = DepthGauge()
     writer = FullDiskWriter.start(tmp_path, config, clock, {0: gauge})
-    writer.ask(AttachWriterPeers(sup, None))
+    writer.ask(m.AttachWriterPeers(sup, None))
     gauge.add(2)
     writer.tell(m.AppendFrames(0, [(1, 1, 0, 1, b"a"), (2, 2, 0, 1, b"b")]))
     gauge.add(1)
@@ -203,7 +209,7 @@ def test_a_failed_fsync_is_fatal_and_never_retried(tmp_path):
     sup = Probe.start()
     writer = WriterActor.start(tmp_path, Config(ws_shards=1), ManualClock(), {0: DepthGauge()})
     try:
-        writer.ask(AttachWriterPeers(sup, None))
+        writer.ask(m.AttachWriterPeers(sup, None))
         writer.tell(got[0])
         writer.tell(SyncFailed(OSError(errno.EIO, "Input/output error")))  # a second failure is not reported again
         summary = writer.ask(m.CloseWriter())

@@ -81,7 +81,11 @@ def test_truncated_tail_reported_then_repaired_by_reopening_writer(tmp_path):
     items = write_run(tmp_path)
     path = frames_path(tmp_path / "capture", 0)
     size = path.stat().st_size
-    os.truncate(path, size - 7)  # SIGKILL mid-write: the last record is cut short
+    # SIGKILL mid-write: the last record is cut short, and its idx entry (written after the
+    # frames) never made it
+    os.truncate(path, size - 7)
+    ipath = idx_path(tmp_path / "capture", 0)
+    os.truncate(ipath, ipath.stat().st_size - IDX_ENTRY_SIZE)
     result = verify_run(tmp_path, show_progress=False)
     assert not result["ok"]
     assert result["totals"]["torn_tail_bytes"] > 0 and result["totals"]["crc_mismatch"] == 0

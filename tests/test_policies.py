@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pm_arb.capture.frame_parse import classify, scan_market_events
+from pm_arb.capture.frame_parse import frame_shape, market_events, scan_market_events
 from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
 from pm_arb.capture.ws_reader import subscribe_messages
 from pm_arb.config import Config
@@ -13,7 +13,7 @@ from pm_arb.latency_hist import RELATIVE_ERROR_BOUND, add_batch, bucket_floor, b
 from pm_arb.refresh_policy import decide
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON
-from pm_arb.universe_select import assign_shards, rejection, select_markets, shard_of
+from pm_arb.universe_select import rejection, select_markets
 
 S = 1_000_000_000
 
@@ -24,14 +24,14 @@ def test_keepalive_pings_on_interval_and_pong_clears_the_deadline():
     assert k.due(10 * S) == PING
     k.ping_sent(10 * S)
     assert k.due(14 * S) is None and k.next_deadline_ns() == 15 * S
-    k.on_frame(14 * S, FLAG_CONTROL, b"PONG")
+    k.on_frame(14 * S, 0, b"PONG")
     assert k.due(15 * S) is None and k.next_deadline_ns() == 20 * S
 
 
 def test_keepalive_missing_pong_is_a_dead_connection():
     k = Keepalive(0, 10, 5, 120)
     k.ping_sent(10 * S)
-    k.on_frame(12 * S, 0, b'{"event_type":"book"}')  # data does not answer a PING
+    k.on_frame(12 * S, 1, b'{"event_type":"book"}')  # data does not answer a PING
     assert k.due(15 * S - 1) is None
     assert k.due(15 * S) == PING_TIMEOUT
 
@@ -40,11 +40,11 @@ def test_data_idle_watchdog_ignores_pongs_silent_stall():
     k = Keepalive(0, 10, 5, 30)
     for t in (10, 20):
         k.ping_sent(t * S)
-        k.on_frame(t * S + 1, FLAG_CONTROL, b"PONG")
+        k.on_frame(t * S + 1, 0, b"PONG")
     assert k.due(29 * S) is None
     assert k.due(30 * S) == DATA_IDLE
     k2 = Keepalive(0, 10, 5, 30)
-    k2.on_frame(25 * S, 0, b"[]")
+    k2.on_frame(25 * S, 1, b'[{"event_type":"book"}]')
     assert k2.due(30 * S) == PING  # data at 25 s reset the idle watchdog; only the PING is due
     assert k2.due(55 * S - 1) != DATA_IDLE and k2.due(55 * S) == DATA_IDLE
     assert Keepalive(0, 100, 5, 30).due(30 * S) == DATA_IDLE
@@ -69,24 +69,59 @@ def test_subscribe_messages_chunk_at_100_with_initial_form_first():
      (1, b"NO NEW ASSETS", FLAG_CONTROL), (1, b"\xff\xfe", FLAG_NOT_JSON), (2, b"{}", FLAG_NOT_JSON), (1, b"", FLAG_NOT_JSON)],
 )
 def test_classify_without_parsing(opcode, payload, flags):
-    assert classify(opcode, payload) == flags
+    assert frame_shape(opcode, payload)[0] == flags
+
+
+# Frames a stalled or odd server sends: none of them is market data (ADR/0007).
+NOT_MARKET_DATA = [
+    (1, b"[]", 0), (1, b" [ ]\n", 0), (1, b"PONG", FLAG_CONTROL), (1, b" PONG\n", FLAG_CONTROL),
+    (1, b"NO NEW ASSETS", FLAG_CONTROL), (1, b'{"asset_id":"71321","event_type":"pri', FLAG_NOT_JSON),
+    (1, b'[{"event_type":"book","asset_id":"1"}', FLAG_NOT_JSON), (1, b'{"a":1]', FLAG_NOT_JSON),
+    (1, b"{", FLAG_NOT_JSON), (1, b"", FLAG_NOT_JSON), (1, b"   ", FLAG_NOT_JSON), (1, b"hello", FLAG_NOT_JSON),
+    (1, b"\xff\xfe", FLAG_NOT_JSON), (2, b'{"event_type":"book"}', FLAG_NOT_JSON),
+]
+
+
+@pytest.mark.parametrize("opcode, payload, flags", NOT_MARKET_DATA)
+def test_only_frames_that_carry_market_events_are_market_data(opcode, payload, flags):
+    assert frame_shape(opcode, payload) == (flags, 0)
+
+
+@pytest.mark.parametrize("opcode, payload, flags", NOT_MARKET_DATA)
+def test_no_frame_but_market_data_resets_the_data_idle_watchdog(opcode, payload, flags):
+    """The watchdog is fed what the receive path counted, so the rule is the same one."""
+    from pm_arb.actors.gauge import DepthGauge
+    from pm_arb.capture.reader_sink import ReaderSink
+    from pm_arb.clock import ManualClock
+
+    class Writer:
+        def tell(self, msg):
+            pass
+
+    sink = ReaderSink(0, lambda msg: None, Writer(), ManualClock(), DepthGauge(), 100, DepthGauge(), 100, 10, 1.0, 1)
+    k = Keepalive(0, 100, 100, 30)
+    for t in range(1, 30):
+        k.on_frame(t * S, sink.frame(opcode, payload), payload)
+    assert k.due(30 * S) == DATA_IDLE and k.market_frames == 0
+    k.on_frame(31 * S, sink.frame(1, b'{"event_type":"book","asset_id":"1"}'), b"")
+    assert k.due(60 * S) is None and k.market_frames == 1
 
 
 def test_cheap_scan_agrees_with_a_full_parse_on_every_fixture_frame():
-    from pm_arb.capture.frame_parse import asset_ids, count_market_events, looks_complete
+    from pm_arb.capture.frame_parse import asset_ids
     from pm_arb.fixtures_io import load_fixture_set
 
     checked = 0
     for f in load_fixture_set(None).frames:
-        if classify(f.opcode, f.payload) != 0:
+        flags, cheap_events = frame_shape(f.opcode, f.payload)
+        if flags != 0:
             continue
         events, tokens, ok = scan_market_events(f.payload)
-        assert ok and looks_complete(f.payload)
-        assert count_market_events(f.payload) == events
+        assert ok and cheap_events == events
         assert asset_ids(f.payload) == tokens
         checked += 1
     assert checked > 3000
-    assert not looks_complete(b'{"event_type": "book", "asset_id": ') and looks_complete(b"[{}]  \n")
+    assert frame_shape(1, b'{"event_type": "book", "asset_id": ')[0] == FLAG_NOT_JSON and frame_shape(1, b"[{}]  \n")[0] == 0
 
 
 def test_scan_market_events_counts_array_items_and_price_change_tokens():
@@ -137,16 +172,6 @@ def test_select_is_deterministic_deduplicated_and_capped():
     assert [int(m.id) for m in a] == sorted(int(m.id) for m in a)
     dup = rows + [dict(rows[0], id="999999")]
     assert len(select_markets(dup, 1000)[0]) == 30
-
-
-def test_sharding_is_stable_and_keeps_a_market_together():
-    markets, _ = select_markets(make_gamma_rows(50, seed=2), 1000)
-    full = assign_shards(markets, 8)
-    fewer = assign_shards(markets[:-5], 8)
-    for mk in markets[:-5]:
-        s = shard_of(mk.condition_id, 8)
-        assert mk.yes_token in full[s] and mk.no_token in full[s] and mk.yes_token in fewer[s]
-    assert sum(len(v) for v in full.values()) == 100
 
 
 def cfg(**over):
@@ -218,9 +243,7 @@ def test_batch_histogram_equals_per_frame_buckets():
 
 
 def test_market_events_one_per_object_and_counted_in_arrays():
-    from pm_arb.capture.frame_parse import count_market_events
-
-    assert count_market_events(b'{"event_type":"price_change","price_changes":[{"event_type":"x"}]}') == 1
-    assert count_market_events(b'  {"event_type":"book"}') == 1
-    assert count_market_events(b'[{"event_type":"book"},{"event_type":"book"},{"event_type":"book"}]') == 3
-    assert count_market_events(b"[]") == 0 and count_market_events(b" [ ] ") == 0
+    assert market_events(b'{"event_type":"price_change","price_changes":[{"event_type":"x"}]}') == 1
+    assert market_events(b'  {"event_type":"book"}') == 1
+    assert market_events(b'[{"event_type":"book"},{"event_type":"book"},{"event_type":"book"}]') == 3
+    assert market_events(b"[]") == 0 and market_events(b" [ ] ") == 0

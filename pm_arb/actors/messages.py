@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pm_arb.events.types import Event
 
@@ -36,12 +36,46 @@ class FatalCondition:
     shard: int = -1
 
 
+@dataclass(frozen=True)
+class ActorCrashed:
+    """Any actor -> the supervisor: handling `message_type` raised; the run ends as fatal
+    `actor_crash` (actors/base.py). `shard` is -1 for actors that are not a shard."""
+
+    actor: str
+    shard: int
+    message_type: str
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class UnknownMessage:
+    """Any actor -> the supervisor: it was sent a message it does not handle (a bug); the
+    supervisor records it as an `unknown_message` event. `count` is that actor's total so far."""
+
+    actor: str
+    shard: int
+    message_type: str
+    count: int
+
+
+@dataclass(frozen=True)
+class InjectCrash:
+    """Tests only (tests/, and the PMARB_TEST_INJECT_CRASH hook of run_capture) -> any actor:
+    raise while handling the `nth` message of type `message_type` from now on, to prove that a
+    crash in that actor ends the run as fatal `actor_crash`."""
+
+    message_type: str
+    nth: int = 1
+
+
 # --- shard ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class StartShard:
     tokens: tuple[str, ...]
+    not_before_mono_ns: int = 0  # connect no earlier: openings are staggered (ws_connect_stagger_seconds)
 
 
 @dataclass(frozen=True)
@@ -113,6 +147,14 @@ class ShardStopped:
 
 
 @dataclass(frozen=True)
+class AttachWriterPeers:
+    """run_capture -> writer: where to report (supervisor) and where intervals go (metrics)."""
+
+    supervisor: Any
+    metrics: Any = None
+
+
+@dataclass(frozen=True)
 class AppendFrames:
     shard: int
     frames: list[Frame]
@@ -161,9 +203,20 @@ class CloseWriter:
 
 
 @dataclass(frozen=True)
+class AttachPeers:
+    """run_capture -> supervisor: the writer and the shard actors it drives."""
+
+    writer: Any
+    shards: dict[int, Any]
+    # Starts the actor of a shard a refresh opens mid-run (its own reader, files and events).
+    open_shard: Callable[[int], Any] | None = None
+
+
+@dataclass(frozen=True)
 class StartRun:
     shard_tokens: dict[int, list[str]]
     markets: int
+    placement: Any = None  # universe.placement.PlacementChange of the start: recorded as placement events
 
 
 @dataclass(frozen=True)
@@ -177,6 +230,13 @@ class GetStatus:
 
 
 @dataclass(frozen=True)
+class FinishRun:
+    """Supervisor -> itself: record run_stop and close the writer, after what is already queued."""
+
+    frames_written: dict[str, int]
+
+
+@dataclass(frozen=True)
 class ApplyRefresh:
     """The universe actor's accepted refresh: new token sets for the shards that changed."""
 
@@ -184,6 +244,7 @@ class ApplyRefresh:
     changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (added, removed)
     added_tokens: list[str] = field(default_factory=list)
     markets: int = 0
+    placement: Any = None  # universe.placement.PlacementChange: assignments, releases, shards opened
 
 
 # --- universe ------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import pykka
 
 from pm_arb import bundle
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.latency_hist import merge, percentiles
 
 QS = (0.5, 0.95, 0.99)
@@ -30,9 +30,10 @@ def latency_summary(hist: dict[int, int], max_us: int) -> dict[str, Any]:
     }
 
 
-class MetricsActor(pykka.ThreadingActor):
-    def __init__(self, writer, shards: int) -> None:
+class MetricsActor(PlantActor):
+    def __init__(self, writer, shards: int, supervisor=None) -> None:
         super().__init__()
+        self.supervisor = supervisor
         self.writer = writer
         self.shards = shards
         self.latest: dict[int, m.ShardStatus] = {}
@@ -40,11 +41,13 @@ class MetricsActor(pykka.ThreadingActor):
         self.bytes_total: dict[int, int] = {}
         self.dropped_seen: dict[int, int] = {}
 
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.ShardStatus):
             self.latest[msg.shard] = msg
         elif isinstance(msg, m.WriterInterval):
             self._write_interval(msg)
+        else:
+            self.unknown(msg)
         return None
 
     def _record(self, msg: m.WriterInterval, shard_ids: list[int], applied: dict[int, dict[str, Any]]) -> dict[str, Any]:

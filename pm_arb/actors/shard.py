@@ -11,21 +11,23 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import pykka
-
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.actors.gauge import DepthGauge
-from pm_arb.capture.frame_parse import asset_ids
+from pm_arb.capture.frame_parse import asset_ids, market_events
 from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 
-# make_reader(shard, tokens, sink, tell, clock) -> an object with start(), request_stop() and
+# make_reader(shard, tokens, sink, tell, clock) -> an object with start(not_before_mono_ns), request_stop() and
 # set_tokens(tokens, not_before_mono_ns, added, removed); it feeds `sink` from its own thread.
 ReaderFactory = Callable[..., Any]
 
 
-class ShardActor(pykka.ThreadingActor):
+class ShardActor(PlantActor):
+    # After a crash the shard still relays its reader's lifecycle and stops it on request.
+    ENDGAME = (m.StopShard, m.ReaderFinished, m.ReaderEvent)
+
     def __init__(
         self,
         shard: int,
@@ -48,6 +50,7 @@ class ShardActor(pykka.ThreadingActor):
         self.make_reader = make_reader
         self.parse_gauge = parse_gauge
         self.write_gauge = write_gauge
+        # A shard opened mid-run gets the same share as those opened at start.
         self.write_capacity = max(1, config.write_q_capacity // max(1, config.ws_shards))
         self.sink: ReaderSink | None = None
         self.reader = None
@@ -59,7 +62,7 @@ class ShardActor(pykka.ThreadingActor):
         self.loop_lag_ms = 0.0
         self.started_ns: int | None = None
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         cfg = self.config
         self.sink = ReaderSink(
             self.shard, self.actor_ref.tell, self.writer, self.clock, self.write_gauge, self.write_capacity,
@@ -72,7 +75,7 @@ class ShardActor(pykka.ThreadingActor):
             m.Emit(self.clock.mono_ns() if mono_ns is None else mono_ns, self.clock.wall_ns() if wall_ns is None else wall_ns, event)
         )
 
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.FrameBatch):
             self._find_new_tokens(msg.frames)
         elif isinstance(msg, m.ReaderEvent):
@@ -89,11 +92,11 @@ class ShardActor(pykka.ThreadingActor):
             self.loop_lag_ms = max(0.0, (self.clock.mono_ns() - msg.scheduled_mono_ns) / 1e6)
             self._report()
         elif isinstance(msg, m.StartShard):
-            self._start_reader(msg.tokens)
+            self._start_reader(msg.tokens, msg.not_before_mono_ns)
         elif isinstance(msg, m.SetTokens):
             self._set_unseen(msg.tokens)
-            if self.reader is None:
-                self._start_reader(msg.tokens)
+            if self.reader is None:  # a shard a refresh opened, or one that had no tokens
+                self._start_reader(msg.tokens, msg.not_before_mono_ns)
             elif not self.stopping:
                 self.reader.set_tokens(msg.tokens, msg.not_before_mono_ns, msg.added, msg.removed)
         elif isinstance(msg, m.StopShard):
@@ -104,20 +107,22 @@ class ShardActor(pykka.ThreadingActor):
                 self.reader.request_stop()
         elif isinstance(msg, m.ReaderFinished):
             self._stopped()
+        else:
+            self.unknown(msg)
         return None
 
     def _set_unseen(self, tokens) -> None:
         self.unseen = set(tokens) - self.tokens_seen
         self.sink.want_tokens = bool(self.unseen)
 
-    def _start_reader(self, tokens) -> None:
+    def _start_reader(self, tokens, not_before_mono_ns: int) -> None:
         if self.stopping:
             return
         if self.started_ns is None:
             self.started_ns = self.clock.mono_ns()
         self._set_unseen(tokens)
         self.reader = self.make_reader(self.shard, tuple(tokens), self.sink, self.actor_ref.tell, self.clock)
-        self.reader.start()
+        self.reader.start(not_before_mono_ns)
 
     def _find_new_tokens(self, frames: list) -> None:
         self.parse_gauge.remove(len(frames))
@@ -126,7 +131,7 @@ class ShardActor(pykka.ThreadingActor):
         seen, unseen = self.tokens_seen, self.unseen
         new_tokens: list[str] = []
         for _mono, _wall, flags, _opcode, payload in frames:
-            if flags:
+            if flags or not market_events(payload):  # coverage counts market data only (ADR/0007)
                 continue
             for t in asset_ids(payload):
                 if t not in seen:

@@ -7,30 +7,28 @@ that state and are themselves recorded as events, so a replay of the runlog rebu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
-
-import pykka
 
 from pm_arb import __version__
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
+from pm_arb.events.folds.placement import placement_events
 from pm_arb.events.folds.supervisor_state import SupervisorState, apply
+from pm_arb.universe.placement import PlacementRules, balance, plan_summary
 
 STOP_GRACE_SECONDS = 15.0
 EXIT_OK = 0
 EXIT_FATAL = 1
 
 
-@dataclass(frozen=True)
-class AttachPeers:
-    writer: Any
-    shards: dict[int, Any]
+class SupervisorActor(PlantActor):
+    # After its own crash it still records, decides the fatal, stops the shards and finishes.
+    ENDGAME = (m.ActorCrashed, m.UnknownMessage, m.Emit, m.ShardStatus, m.Tick, m.FatalCondition,
+               m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers, m.FinishRun)
 
-
-class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.run_id = run_id
@@ -42,11 +40,13 @@ class SupervisorActor(pykka.ThreadingActor):
         self._next_seq = 0
         self.writer = None
         self.shards: dict[int, Any] = {}
+        self.open_shard: Callable[[int], Any] | None = None
         self.started_shards: set[int] = set()
         self.stopped_shards: set[int] = set()
         self.latest_status: dict[int, m.ShardStatus] = {}
         self._stop_deadline_ns: int | None = None
         self._finished = False
+        self._finishing = False  # run_stop is on its way (FinishRun)
         self.exit_code: int | None = None
 
     # -- the one appender ------------------------------------------------------------------
@@ -78,7 +78,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._begin_stop("source_exhausted")
 
     # -- messages --------------------------------------------------------------------------
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.Emit):
             if not self._finished:
                 self._record(msg.event, msg.mono_ns, msg.wall_ns)
@@ -97,12 +97,43 @@ class SupervisorActor(pykka.ThreadingActor):
             self._apply_refresh(msg)
         elif isinstance(msg, m.StartRun):
             self._start(msg)
-        elif isinstance(msg, AttachPeers):
+        elif isinstance(msg, m.AttachPeers):
             self.writer = msg.writer
             self.shards = dict(msg.shards)
+            self.open_shard = msg.open_shard
         elif isinstance(msg, m.GetStatus):
             return self.status()
+        elif isinstance(msg, m.ActorCrashed):
+            self._actor_crashed(msg)
+        elif isinstance(msg, m.FinishRun):
+            self._finish_run(msg.frames_written)
+        elif isinstance(msg, m.UnknownMessage):
+            if not self._finished:
+                self._record(ev.UnknownMessage(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, count=msg.count))
+        else:
+            self.unknown(msg)
         return None
+
+    # -- crashes (actors/base.py) ----------------------------------------------------------
+    def report(self, msg: Any) -> None:
+        self.actor_ref.tell(msg)  # the supervisor reports to itself, as the next message
+
+    def after_crash(self, report: m.ActorCrashed, first: bool) -> None:
+        if first:
+            self.report(report)
+        elif not self._finished and self.on_done is not None:
+            # Crashed again while ending the run: give up, so the process ends; the CLI then
+            # stops the actors and the writer closes (fsync) in its on_stop.
+            self._finished = True
+            self.on_done(EXIT_FATAL)
+
+    def _actor_crashed(self, msg: m.ActorCrashed) -> None:
+        if self._finished:
+            return  # after run_stop: nothing left to record; base.py has logged it
+        self._record(ev.ActorCrashed(actor=msg.actor, shard=msg.shard, message_type=msg.message_type, error=msg.error, traceback=msg.traceback))
+        where = f" (shard {msg.shard:02d})" if msg.shard >= 0 else ""
+        details = {"actor": msg.actor, "message_type": msg.message_type, "error": msg.error, "traceback": msg.traceback}
+        self._fatal("actor_crash", f"{msg.actor}{where} crashed handling {msg.message_type}: {msg.error}", msg.shard, details)
 
     def _start(self, msg: m.StartRun) -> None:
         cfg = self.config
@@ -111,13 +142,15 @@ class SupervisorActor(pykka.ThreadingActor):
                 run_id=self.run_id,
                 mode=self.mode,
                 pm_arb_version=__version__,
-                shards=cfg.ws_shards,
+                shards=max(cfg.ws_shards, len(msg.shard_tokens)),
                 confirm_timeout_seconds=cfg.capture_confirm_timeout_seconds,
                 confirm_min_events=cfg.capture_confirm_min_events,
                 heartbeat_interval_seconds=cfg.heartbeat_interval_seconds,
             )
         )
         tokens_total = sum(len(t) for t in msg.shard_tokens.values())
+        if msg.placement is not None:
+            self._record_plan(msg.placement, msg.markets, tokens_total)
         self._record(
             ev.UniverseAssigned(
                 reason="start",
@@ -126,19 +159,32 @@ class SupervisorActor(pykka.ThreadingActor):
                 tokens=tokens_total,
             )
         )
-        for s, toks in sorted(msg.shard_tokens.items()):
-            if len(toks) > cfg.ws_max_tokens_per_shard:
-                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(toks), limit=cfg.ws_max_tokens_per_shard))
         if tokens_total == 0:
             self._fatal("universe_empty", "the universe has no active binary markets: nothing to capture (check the Gamma URL and filters)")
             return
         now = self.clock.mono_ns()
         active = self.state.active_shards()
-        self._record(ev.ConfirmBegin(deadline_mono_ns=now + int(cfg.capture_confirm_timeout_seconds * 1e9), shards=active))
+        # Connections open one every ws_connect_stagger_seconds; the last one gets the full
+        # confirm timeout too.
+        gap_ns = int(cfg.ws_connect_stagger_seconds * 1e9)
+        deadline = now + int(cfg.capture_confirm_timeout_seconds * 1e9) + gap_ns * max(0, len(active) - 1)
+        self._record(ev.ConfirmBegin(deadline_mono_ns=deadline, shards=active))
         self._heartbeat()
-        for s in active:
+        for k, s in enumerate(active):
             self.started_shards.add(s)
-            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens)))
+            self.shards[s].tell(m.StartShard(tuple(self.state.shards[s].tokens), now + k * gap_ns))
+
+    def _record_plan(self, change, markets: int, tokens: int) -> None:
+        """shards_planned, then one market_assigned per market: the placement at start."""
+        plan = plan_summary(markets, change.placement, PlacementRules.of(self.config))
+        self._record(
+            ev.ShardsPlanned(
+                shards=plan["shards"], shards_min=plan["shards_min"], markets=markets, tokens=tokens, cap_tokens=plan["cap_tokens"],
+                reason=plan["reason"], busiest_tokens=plan["busiest_tokens"], mean_tokens=plan["mean_tokens"],
+            )
+        )
+        for e in placement_events(change, "start"):
+            self._record(e)
 
     def _on_tick(self, tick: m.Tick) -> None:
         now = self.clock.mono_ns()
@@ -187,7 +233,7 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         )
 
-    def _fatal(self, reason: str, message: str, shard: int = -1) -> None:
+    def _fatal(self, reason: str, message: str, shard: int = -1, details: dict[str, Any] | None = None) -> None:
         if self.state.phase in ("fatal", "stopped") or self._finished:
             return
         rec = self._record(ev.Fatal(reason=reason, message=message, shard=shard))
@@ -201,6 +247,7 @@ class SupervisorActor(pykka.ThreadingActor):
             "wall_ns_utc": rec.wall_ns_utc,
             "state": self.state.to_dict(),
             "config": self.config.snapshot(),
+            **(details or {}),
         }
         owner = {t: s for s, v in self.state.shards.items() for t in v.tokens}
         missing = [{"token": t, "shard": owner.get(t, -1)} for t in self.state.missing_tokens()]
@@ -221,7 +268,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _stop_shards(self) -> None:
         self._stop_deadline_ns = self.clock.mono_ns() + int(STOP_GRACE_SECONDS * 1e9)
-        for s in sorted(self.started_shards):
+        for s in sorted(self.started_shards - self.stopped_shards):
             self.shards[s].tell(m.StopShard())
         self._maybe_finish()
 
@@ -230,9 +277,9 @@ class SupervisorActor(pykka.ThreadingActor):
             self._finish()
 
     def _finish(self) -> None:
-        if self._finished:
+        if self._finished or self._finishing:
             return
-        st = self.state
+        self._finishing = True
         self._heartbeat()
         frames_written: dict[str, int] = {}
         if self.writer is not None:
@@ -242,6 +289,15 @@ class SupervisorActor(pykka.ThreadingActor):
                 reply = None
             if isinstance(reply, dict):
                 frames_written = dict(reply.get("frames_written", {}))
+        # run_stop comes as the next message, not now: an actor that crashed while the writer
+        # flushed (on a batch still queued there) has told us so by now, and that crash must
+        # still make this run fatal.
+        self.actor_ref.tell(m.FinishRun(frames_written))
+
+    def _finish_run(self, frames_written: dict[str, int]) -> None:
+        if self._finished:
+            return
+        st = self.state
         duration = (self.clock.mono_ns() - (st.started_mono_ns or self.clock.mono_ns())) / 1e9
         frames = sum(s.frames for s in self.latest_status.values())
         nbytes = sum(s.bytes for s in self.latest_status.values())
@@ -257,13 +313,14 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         )
         self._finished = True
+        closed: Any = {}
         if self.writer is not None:
             try:
-                self.writer.ask(m.CloseWriter(), timeout=60)
+                closed = self.writer.ask(m.CloseWriter(), timeout=60)
             except Exception:
-                pass
+                closed = None
         code = self.exit_code if self.exit_code is not None else EXIT_OK
-        if st.phase == "fatal":
+        if st.phase == "fatal" or not isinstance(closed, dict):  # not a dict: the writer crashed closing
             code = EXIT_FATAL
         if self.on_done is not None:
             self.on_done(code)
@@ -273,6 +330,11 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         cfg = self.config
         now = self.clock.mono_ns()
+        change = msg.placement
+        if change is not None:
+            for e in placement_events(change, "refresh"):
+                self._record(e)
+            self._open_shards(change, msg.markets)
         self._record(
             ev.UniverseAssigned(
                 reason="refresh",
@@ -286,11 +348,22 @@ class SupervisorActor(pykka.ThreadingActor):
         for k, s in enumerate(sorted(msg.changed)):
             added, removed = msg.changed[s]
             tokens = tuple(self.state.shards[s].tokens)
-            if len(tokens) > cfg.ws_max_tokens_per_shard:
-                self._record(ev.ShardOverTokenLimit(shard=s, tokens=len(tokens), limit=cfg.ws_max_tokens_per_shard))
             not_before = now + int(k * cfg.capture_universe_refresh_stagger_seconds * 1e9)
             self.started_shards.add(s)
             self.shards[s].tell(m.SetTokens(tokens, not_before, added, removed))
+
+    def _open_shards(self, change, markets: int) -> None:
+        """A refresh grew the universe past what the open shards hold under the cap."""
+        rules = PlacementRules.of(self.config)
+        for s in change.opened:
+            self._record(
+                ev.ShardOpened(
+                    shard=s, shards=s + 1, markets=markets, tokens=2 * markets, cap_tokens=rules.cap_tokens,
+                    reason=f"{2 * markets:,} tokens need {change.shards_needed} connections of at most {rules.cap_tokens} tokens each",
+                )
+            )
+            if self.open_shard is not None and s not in self.shards:
+                self.shards[s] = self.open_shard(s)
 
     def status(self) -> dict[str, Any]:
         st = self.state
@@ -306,4 +379,6 @@ class SupervisorActor(pykka.ThreadingActor):
             "coverage_pct": st.coverage_pct(),
             "fatal_reason": st.fatal_reason,
             "write_q_depth": sum(s.write_q_depth for s in self.latest_status.values()),
+            "shards_open": len(st.shards),
+            "balance": balance([len(v.tokens) for _s, v in sorted(st.shards.items())]),
         }

@@ -1,24 +1,30 @@
-"""UniverseActor: the token universe, its shard assignment, and periodic refresh from Gamma."""
+"""UniverseActor: the token universe, its placement on shards, and periodic refresh from Gamma.
+
+Placement (which shard carries each market) is `universe.placement.place`: a refresh keeps every
+listed market where it is, places new ones, and opens shards when the cap needs them (ADR/0007).
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Callable
 
-import pykka
-
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.gamma import GammaError
 from pm_arb.refresh_policy import decide
-from pm_arb.universe_select import Market, assign_shards, select_markets
+from pm_arb.universe.placement import Placement, PlacementRules, place
+from pm_arb.universe_select import Market, select_markets
 
 # fetch_rows(deadline_seconds | None) -> (rows, pages_fetched); raises GammaError
 RowsFetcher = Callable[[float | None], tuple[list, int]]
 
 
-class UniverseActor(pykka.ThreadingActor):
+class UniverseActor(PlantActor):
+    ANSWERS = (GammaError,)  # LoadUniverse's answer when Gamma cannot be read: the CLI says so
+
     def __init__(self, config: Config, clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
         super().__init__()
         self.config = config
@@ -27,31 +33,32 @@ class UniverseActor(pykka.ThreadingActor):
         self.fetch_rows = fetch_rows
         self.refresh_enabled = refresh_enabled
         self.markets: list[Market] = []
-        self.shard_tokens: dict[int, list[str]] = {}
+        self.rules = PlacementRules.of(config)
+        self.placement = Placement()
         self.interval_s = config.capture_universe_refresh_interval_seconds
         self.next_refresh_ns: int | None = None
         self.consecutive_guards = 0
         self.last_stats: dict[str, Any] = {}
 
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.LoadUniverse):
             return self._load()
         if isinstance(msg, m.Tick):
             now = self.clock.mono_ns()
             if self.refresh_enabled and self.next_refresh_ns is not None and now >= self.next_refresh_ns:
                 self._refresh()
+        else:
+            self.unknown(msg)
         return None
-
-    def _select(self, rows: list) -> tuple[list[Market], dict[int, list[str]], dict[str, int]]:
-        markets, rejected = select_markets(rows, self.config.capture_max_markets)
-        return markets, assign_shards(markets, self.config.ws_shards), rejected
 
     def _load(self) -> dict[str, Any]:
         rows, pages = self.fetch_rows(None)
-        self.markets, self.shard_tokens, rejected = self._select(rows)
+        self.markets, rejected = select_markets(rows, self.config.capture_max_markets)
+        change = place(None, self.markets, self.rules)
+        self.placement = change.placement
         self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
         self.last_stats = {"gamma_pages_fetched": pages, "markets_seen": len(rows), "rejected": rejected}
-        return {"markets": self.markets, "shard_tokens": self.shard_tokens, **self.last_stats}
+        return {"markets": self.markets, "shard_tokens": change.placement.shard_tokens(), "placement": change, **self.last_stats}
 
     def _emit(self, event: ev.Event) -> None:
         self.supervisor.tell(m.Emit(self.clock.mono_ns(), self.clock.wall_ns(), event))
@@ -66,9 +73,9 @@ class UniverseActor(pykka.ThreadingActor):
             self._emit(ev.UniverseRefreshError(duration_ms=round((time.monotonic() - started) * 1e3, 3), error=exc.kind, message=exc.message))
             self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
             return
-        markets, shard_tokens, _ = self._select(rows)
-        current = {t for toks in self.shard_tokens.values() for t in toks}
-        fresh = {t for toks in shard_tokens.values() for t in toks}
+        markets, _ = select_markets(rows, cfg.capture_max_markets)
+        current = {t for pair in self.placement.tokens_of.values() for t in pair}
+        fresh = {t for mk in markets for t in (mk.yes_token, mk.no_token)}
         d = decide(current, fresh, cfg, self.consecutive_guards, interval_used)
         self.consecutive_guards = d.consecutive_churn_guards
         self.interval_s = d.next_interval_seconds
@@ -102,10 +109,14 @@ class UniverseActor(pykka.ThreadingActor):
             return
         if not d.applied:
             return
-        changed = {}
-        for s in sorted(set(shard_tokens) | set(self.shard_tokens)):
-            old, new = set(self.shard_tokens.get(s, [])), set(shard_tokens.get(s, []))
-            if old != new:
-                changed[s] = (len(new - old), len(old - new))
-        self.markets, self.shard_tokens = markets, shard_tokens
-        self.supervisor.tell(m.ApplyRefresh(shard_tokens=shard_tokens, changed=changed, added_tokens=sorted(d.added), markets=len(markets)))
+        change = place(self.placement, markets, self.rules)
+        self.markets, self.placement = markets, change.placement
+        self.supervisor.tell(
+            m.ApplyRefresh(
+                shard_tokens=change.placement.shard_tokens(),
+                changed=change.changed_shards(),
+                added_tokens=sorted(d.added),
+                markets=len(markets),
+                placement=change,
+            )
+        )

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pykka
-
 from pm_arb import bundle
 from pm_arb.actors import messages as m
+from pm_arb.actors.base import PlantActor
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.config import Config
 from pm_arb.latency_hist import add_batch
@@ -77,13 +76,12 @@ class Syncer:
                 return
 
 
-@dataclass(frozen=True)
-class AttachWriterPeers:
-    supervisor: Any
-    metrics: Any = None
+class WriterActor(PlantActor):
+    # After a crash the writer appends no more frames or metrics (counted as lost: its files may
+    # hold a half-done append) but still writes the runlog and the fatal bundle, and fsyncs on close.
+    ENDGAME = (m.AppendFrames, m.AppendRunlog, m.AppendMetrics, m.FlushMetrics, m.WriteFatalBundle,
+               m.CloseWriter, m.AttachWriterPeers, SyncFailed)
 
-
-class WriterActor(pykka.ThreadingActor):
     def __init__(self, run_dir: Path, config: Config, clock, write_gauges: dict[int, DepthGauge]) -> None:
         super().__init__()
         self.run_dir = run_dir
@@ -106,7 +104,7 @@ class WriterActor(pykka.ThreadingActor):
         self._reserve = run_dir / ".reserve"
         self.closed = False
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         (self.run_dir / bundle.CAPTURE_DIR).mkdir(parents=True, exist_ok=True)
         (self.run_dir / bundle.METRICS_DIR).mkdir(parents=True, exist_ok=True)
         self._runlog_fd = os.open(self.run_dir / bundle.RUNLOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -122,11 +120,15 @@ class WriterActor(pykka.ThreadingActor):
         self._syncer = Syncer(self.actor_ref.tell)
 
     def on_stop(self) -> None:
-        if self._syncer is not None:
-            self._syncer.stop()
+        # Normally closed by the supervisor; if it could not (it crashed), fsync and close here.
+        self._close()
+
+    def after_crash(self, report: m.ActorCrashed, first: bool) -> None:
+        self.failed = self.failed or "actor_crash"
+        super().after_crash(report, first)
 
     # -- messages ----------------------------------------------------------------------------
-    def on_receive(self, msg: Any) -> Any:
+    def receive(self, msg: Any) -> Any:
         if isinstance(msg, m.AppendFrames):
             self._append_frames(msg.shard, msg.frames)
         elif isinstance(msg, m.AppendRunlog):
@@ -142,11 +144,13 @@ class WriterActor(pykka.ThreadingActor):
             return self._write_fatal(msg)
         elif isinstance(msg, m.CloseWriter):
             return self._close()
-        elif isinstance(msg, AttachWriterPeers):
+        elif isinstance(msg, m.AttachWriterPeers):
             self.supervisor = msg.supervisor
             self.metrics = msg.metrics
         elif isinstance(msg, SyncFailed):
             self._fail(msg.error, "fsync")
+        else:
+            self.unknown(msg)
         return None
 
     def _writer_for(self, shard: int) -> ShardFileWriter:
@@ -299,7 +303,7 @@ class WriterActor(pykka.ThreadingActor):
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
-        if not self.failed:
+        if self.failed in (None, "actor_crash"):  # after a failed write or fsync, no fsync can be trusted
             self._fsync_all()
         summary = {s: {"frames": w.frames_written, "bytes": w.bytes_written} for s, w in self.shard_writers.items()}
         for w in self.shard_writers.values():

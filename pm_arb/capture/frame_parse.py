@@ -1,7 +1,7 @@
 """What a received frame is, decided cheaply, without parsing JSON on the capture path.
 
-`classify`, `looks_complete` and `count_market_events` back the reader thread's per-frame path
-(`ReaderSink.frame` inlines their common case: a `{...}` text frame is one market event).
+`frame_shape` is the one rule for flags and market events; it backs the reader thread's
+per-frame path (`ReaderSink.frame` inlines its common case: a `{...}` text frame is one event).
 `asset_ids` runs on the shard actor's thread, after the frame is on its way to the writer. All
 scan bytes at C speed (a full JSON parse costs ~4 us a frame, measured).
 Full parsing is for analysis of the recorded bytes, which are kept exactly as received.
@@ -16,45 +16,51 @@ import orjson
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON, OPCODE_TEXT
 
 CONTROL_TEXTS = frozenset({b"PONG", b"INVALID OPERATION", b"NO NEW ASSETS"})
-_JSON_STARTS = (b"{"[0], b"["[0])
-
-
-def classify(opcode: int, payload: bytes) -> int:
-    if opcode != OPCODE_TEXT:
-        return FLAG_NOT_JSON
-    if payload and payload[0] in _JSON_STARTS:
-        return 0
-    if payload in CONTROL_TEXTS:
-        return FLAG_CONTROL
-    stripped = payload.strip()
-    if stripped and stripped[0] in _JSON_STARTS:
-        return 0
-    return FLAG_CONTROL if stripped in CONTROL_TEXTS else FLAG_NOT_JSON
 
 
 _EVENT_KEY = b'"event_type"'
 _ASSET_ID = re.compile(rb'"asset_id"\s*:\s*"([^"]+)"')
-_JSON_ENDS = (b"}"[0], b"]"[0])
+_CLOSER = {b"{": b"}", b"[": b"]"}
+_LONGEST_CONTROL = max(map(len, CONTROL_TEXTS))
 
 
-def looks_complete(payload: bytes) -> bool:
-    """A structural check for a frame that starts like JSON: it must also end like JSON.
+def frame_shape(opcode: int, payload: bytes) -> tuple[int, int]:
+    """(flags, market events): the one rule for what a frame is and whether it is market data.
 
-    Catches what garbage usually is (a truncated or cut-off message) without a parse.
+    Judged by the first and last non-whitespace bytes, never by a parse (ADR/0007):
+    - a binary frame: not JSON, 0 events;
+    - exactly `PONG`, `INVALID OPERATION` or `NO NEW ASSETS` (surrounding whitespace allowed):
+      control text, 0 events;
+    - `{ ... }`: one market event (the channel's single-event message);
+    - `[ ... ]`: one event per `"event_type"` key, so the empty dump `[]` carries none;
+    - anything else, including a JSON start without its matching end (a truncated message):
+      not JSON, 0 events.
+    Only a frame with events counts as market data: for confirmation, the data-idle watchdog
+    and coverage alike. `ReaderSink.frame` inlines the `{...}` case. A frame that starts like
+    JSON is never hashed or copied (initial dumps can be megabytes).
     """
-    if payload and payload[-1] in _JSON_ENDS:
-        return True
-    tail = payload.rstrip()
-    return bool(tail) and tail[-1] in _JSON_ENDS
+    if opcode != OPCODE_TEXT:
+        return FLAG_NOT_JSON, 0
+    close = _CLOSER.get(payload[:1])
+    if close is None:  # control text, leading whitespace, or garbage
+        payload = payload.strip()
+        if len(payload) <= _LONGEST_CONTROL and payload in CONTROL_TEXTS:
+            return FLAG_CONTROL, 0
+        close = _CLOSER.get(payload[:1])
+        if close is None:
+            return FLAG_NOT_JSON, 0
+    elif payload[-1:].isspace():
+        payload = payload.rstrip()
+    if len(payload) < 2 or payload[-1:] != close:
+        return FLAG_NOT_JSON, 0
+    if close == b"}":
+        return 0, 1
+    return 0, payload.count(_EVENT_KEY)
 
 
-def count_market_events(payload: bytes) -> int:
-    """Events in a JSON frame: an object is one event; an array (the initial book dump) has one
-    per `event_type` key, so an empty dump `[]` has none and confirms nothing. Only arrays are
-    scanned, which keeps this off the per-frame cost of the common single-event frame."""
-    if payload[:1] == b"{" or payload.lstrip()[:1] == b"{":
-        return 1
-    return payload.count(_EVENT_KEY)
+def market_events(payload: bytes) -> int:
+    """Market events in a text frame (0 for control text, garbage, `[]`): `frame_shape`'s count."""
+    return frame_shape(OPCODE_TEXT, payload)[1]
 
 
 def asset_ids(payload: bytes) -> list[str]:

@@ -2,12 +2,12 @@
 
 The reader thread feeds it what happened (frames, PINGs sent) with the time, and asks what is
 due. Only market data resets the data-idle watchdog: Polymarket's silent stall keeps PONGs
-coming while data stops.
+coming while data stops, and a stalled server may keep sending `[]` or garbage too. What counts
+as market data is `frame_parse.frame_shape`'s rule (a frame carrying market events), the same
+rule that confirms a shard and counts coverage (ADR/0007).
 """
 
 from __future__ import annotations
-
-from pm_arb.store.frames_format import FLAG_CONTROL
 
 PING = "ping"
 PING_TIMEOUT = "ping_timeout"
@@ -24,11 +24,12 @@ class Keepalive:
         self.pong_deadline_ns: int | None = None
         self.market_frames = 0
 
-    def on_frame(self, now_ns: int, flags: int, payload: bytes) -> None:
-        if flags == 0:
+    def on_frame(self, now_ns: int, market_events: int, payload: bytes) -> None:
+        """`market_events`: what `ReaderSink.frame` counted in the frame (0: not market data)."""
+        if market_events:
             self.last_data_ns = now_ns
             self.market_frames += 1
-        elif flags & FLAG_CONTROL and payload.strip() == b"PONG":
+        elif payload == b"PONG" or payload.strip() == b"PONG":
             self.pong_deadline_ns = None
 
     def due(self, now_ns: int) -> str | None:

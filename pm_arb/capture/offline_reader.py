@@ -37,7 +37,8 @@ class OfflineReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"offline-reader-{shard:02d}", daemon=True)
 
-    def start(self) -> None:
+    def start(self, not_before_mono_ns: int = 0) -> None:
+        """A replay opens no socket, so it has nothing to stagger."""
         self._thread.start()
 
     def request_stop(self) -> None:

@@ -3,8 +3,9 @@
 Per frame: two clock reads, two one-byte slices, a counter, a list append; no JSON. A batch goes
 straight to the writer (one queue hop between the socket and the file) when it is full, when
 its oldest frame has waited `batch_max_delay_ms`, or when the reader says the socket is
-drained. Market events are counted per frame (an object is one; arrays are scanned for
-`event_type`), frames and bytes at hand-off (ADR/0002). The shard actor gets
+drained. Market events are counted per frame by `frame_parse.frame_shape`'s rule (an object
+is one; arrays are scanned for `event_type`; control text, garbage and `[]` carry none), frames
+and bytes at hand-off (ADR/0002, ADR/0007). The shard actor gets
 the batch too, but only while some of its tokens have not produced an event yet: it extracts
 token ids for coverage. When the writer already holds `capacity` frames of this shard, the
 batch is dropped and counted, never queued without bound.
@@ -18,8 +19,8 @@ from typing import Any, Callable
 
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.messages import AppendFrames, ConfirmReached, FrameBatch
-from pm_arb.capture.frame_parse import classify, count_market_events, looks_complete
-from pm_arb.store.frames_format import FLAG_CONTROL
+from pm_arb.capture.frame_parse import frame_shape
+from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON
 
 _payload_of = itemgetter(4)
 
@@ -70,38 +71,36 @@ class ReaderSink:
         self.want_tokens = True
 
     def frame(self, opcode: int, payload: bytes) -> int:
-        """Stamp and queue one frame as received; returns its flags.
+        """Stamp and queue one frame as received; returns the market events it carries (0 means
+        it is not market data: the data-idle watchdog and confirmation go by this).
 
         The common frame (a text `{...}` object: one market event) takes the first branch and
         nothing else; `_classify_rare` handles arrays, control text, binary and garbage with
-        `frame_parse`'s rules. This runs once per captured frame, so it stays this short.
+        `frame_shape`'s rule. This runs once per captured frame, so it stays this short.
         """
         self.last_mono_ns = mono = self._mono()
         if opcode == 1 and payload[-1:] == b"}" and payload[:1] == b"{":
             flags = 0
+            events = 1
             self.market_events += 1
         else:
-            flags = self._classify_rare(opcode, payload)
+            flags, events = self._classify_rare(opcode, payload)
         batch = self.batch
         if not batch:
             self._flush_at_ns = mono + self._delay_ns
         batch.append((mono, self._wall(), flags, opcode, payload))
         if len(batch) >= self._batch_max or mono >= self._flush_at_ns:
             self.flush()
-        return flags
+        return events
 
-    def _classify_rare(self, opcode: int, payload: bytes) -> int:
-        flags = classify(opcode, payload)
-        if flags:
-            if flags & FLAG_CONTROL:
-                self.control_frames += 1
-            else:
-                self.not_json_frames += 1
-        elif looks_complete(payload):
-            self.market_events += count_market_events(payload)
-        else:
+    def _classify_rare(self, opcode: int, payload: bytes) -> tuple[int, int]:
+        flags, events = frame_shape(opcode, payload)
+        if flags & FLAG_CONTROL:
+            self.control_frames += 1
+        elif flags & FLAG_NOT_JSON:
             self.not_json_frames += 1
-        return flags
+        self.market_events += events
+        return flags, events
 
     def _wait_for_room(self, n: int) -> bool:
         """Bounded backpressure: sleep (releasing the GIL to the writer, and letting TCP flow

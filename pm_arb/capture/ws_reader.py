@@ -86,9 +86,13 @@ class WsReader:
         self._pending: _PendingTokens | None = None
         self._thread = threading.Thread(target=self._run, name=f"ws-reader-{shard:02d}", daemon=True)
         self._ws: websocket.WebSocket | None = None
+        self._not_before_mono_ns = 0
 
     # -- called from the shard actor's thread ---------------------------------------------
-    def start(self) -> None:
+    def start(self, not_before_mono_ns: int = 0) -> None:
+        """Start the thread; it opens its first connection no earlier than `not_before_mono_ns`
+        (connections open staggered: many sockets at once draw HTTP 429)."""
+        self._not_before_mono_ns = not_before_mono_ns
         self._thread.start()
 
     def request_stop(self) -> None:
@@ -121,7 +125,21 @@ class WsReader:
         failures = 0
         connects = 0
         refresh: tuple[int, int, int] | None = None  # (began mono, added, removed)
+        wait_s = (self._not_before_mono_ns - self.clock.mono_ns()) / 1e9
+        if wait_s > 0:
+            self._stop.wait(wait_s)
         while not self._stop.is_set():
+            if not self.tokens:
+                # Every market of this shard was delisted: no connection (a subscription of no
+                # tokens is refused) until a refresh places markets here again.
+                due = self._take_due_tokens(self.clock.mono_ns())
+                if due is None:
+                    self._stop.wait(IDLE_RECV_TIMEOUT_S)
+                    continue
+                self._report(ev.ShardRefreshBegin(shard=self.shard, added_count=due.added, removed_count=due.removed, tokens=len(due.tokens)))
+                self.tokens = due.tokens
+                refresh = (self.clock.mono_ns(), due.added, due.removed)
+                continue
             connects += 1
             self._report(ev.ShardConnecting(shard=self.shard, url=cfg.clob_ws_url, attempt=connects, tokens=len(self.tokens)))
             t0 = self.clock.mono_ns()
@@ -246,8 +264,8 @@ class WsReader:
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
                 reason = data[2:].decode("utf-8", "replace")
                 return "server_close", f"close frame code={code} reason={reason!r}", False, None
-            flags = sink.frame(opcode, data)
-            on_frame(sink.last_mono_ns, flags, data)
+            events = sink.frame(opcode, data)
+            on_frame(sink.last_mono_ns, events, data)
             between_reads = drained()
             if between_reads:
                 # Everything the socket had is parsed: hand the batch off now. At low rates this

@@ -79,9 +79,9 @@ def _rate(n: int, nbytes: int, seconds: float) -> dict[str, Any]:
 def _pipeline_inputs(fixture, run_dir: Path, shards: int, repeat: int) -> list[bytes]:
     """The payload objects the offline readers pushed, shard by shard, lap by lap."""
     manifest = bundle.read_manifest(run_dir)
-    conditions = {mk["condition_id"] for mk in manifest["universe"]["markets"]}
+    shard_of = {mk["condition_id"]: mk["shard"] for mk in manifest["universe"]["markets"]}
     out: list[bytes] = []
-    for frames in frames_by_shard(fixture, conditions, shards).values():
+    for frames in frames_by_shard(fixture, shard_of, manifest["universe"]["placement"]["shards"]).values():
         out.extend([f.payload for f in frames] * repeat)
     return out
 

@@ -49,6 +49,8 @@ def inspect_run(run_dir: Path) -> dict[str, Any]:
         info: dict[str, Any] = {"shard": shard}
         try:
             with ShardReader(capture_dir, shard) as reader:
+                if reader.header_damage:
+                    info["header_damage"] = reader.header_damage
                 entries = reader.idx
                 info["frames"] = len(entries)
                 info["payload_bytes"] = sum(e.payload_len for e in entries)
@@ -95,6 +97,8 @@ def render_inspect(r: dict[str, Any]) -> str:
             f"  shard {s['shard']:02d}: {s['frames']:>10,} frames ({s['control_frames']:,} control), "
             f"{human_bytes(s['payload_bytes'])} payload, rx {s['first_rx'] or '-'} .. {s['last_rx'] or '-'}"
         )
+        if "header_damage" in s:
+            lines.append(f"    {s['header_damage']}; its records were still read")
     lines.append(f"frames total: {r['frames_total']:,}")
     for name, tail in r["metrics_tail"].items():
         lines.append(f"metrics/{name} (last {len(tail)}):")

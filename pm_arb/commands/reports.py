@@ -12,8 +12,10 @@ from pm_arb.bundle import require_run_dir
 from pm_arb.events.folds.audit import audit
 from pm_arb.events.folds.gates import gates
 from pm_arb.events.folds.latency import latency_report
+from pm_arb.events.folds.placement import fold as fold_placement
 from pm_arb.events.folds.supervisor_state import fold
 from pm_arb.events.runlog_file import RunlogRead, read_runlog
+from pm_arb.store.shard_files import shard_number
 
 
 def _read_ndjson(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -76,9 +78,9 @@ def _metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[s
     glob, bad = _read_ndjson(mdir / bundle.GLOBAL_METRICS)
     shards: dict[int, list[dict[str, Any]]] = {}
     for p in sorted(mdir.glob("shard_*.ndjson")) if mdir.is_dir() else []:
-        num = p.stem.split("_", 1)[1]
-        if num.isdigit():
-            shards[int(num)], b = _read_ndjson(p)
+        num = shard_number(p)
+        if num is not None:
+            shards[num], b = _read_ndjson(p)
             bad += b
     return glob, shards, bad
 
@@ -144,7 +146,9 @@ def run_replay(run_dir: Path, until_seq: int | None, skip_bad_lines: bool) -> di
     state = fold(read.records, until_seq=until_seq)
     out = state.to_dict()
     out["missing_token_ids"] = state.missing_tokens()
-    return {"state": out, "warnings": warnings}
+    placed = fold_placement(read.records, until_seq=until_seq)
+    placement = {**placed.to_dict(), "token_shard": placed.token_shard()}
+    return {"state": out, "placement": placement, "warnings": warnings}
 
 
 def render_replay(r: dict[str, Any]) -> str:
@@ -159,6 +163,14 @@ def render_replay(r: dict[str, Any]) -> str:
         f"churn guards in a row {st['churn_guard_consecutive']}"
     )
     lines.append(f"heartbeats: {st['heartbeats']} (last seq {st['last_heartbeat']['seq']}); frames {st['frames_total']:,}, dropped {st['dropped_total']}")
+    pl = r["placement"]
+    if pl["assignments"]:  # runs before ADR/0007 recorded no placement events
+        b = pl["balance"]
+        lines.append(
+            f"placement: {pl['markets']} markets on {pl['shards']} shards (min {pl['shards_min']}, cap {pl['cap_tokens']} tokens), "
+            f"busiest {b['busiest_tokens']} tokens vs mean {b['mean_tokens']:g}, {pl['assignments']} assignments, "
+            f"{pl['releases']} releases, opened mid-run: {', '.join(f'{s:02d}' for s in pl['opened_midrun']) or 'none'}"
+        )
     for s, v in st["shards"].items():
         lines.append(
             f"  shard {int(s):02d}: {len(v['tokens'])} tokens, {'connected' if v['connected'] else 'disconnected'}, "

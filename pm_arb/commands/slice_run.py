@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -9,27 +12,41 @@ from typing import Any
 import orjson
 
 from pm_arb.bundle import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_run_dir, write_json
+from pm_arb.clock import wall_iso
 from pm_arb.errors import UserError
+from pm_arb.events.folds.placement import token_shards_between
+from pm_arb.events.runlog_file import read_runlog
 from pm_arb.progress import Progress
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardFileWriter, ShardReader, shard_numbers
 
 
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1  # the range of a record's rx_wall_ns_utc
+U64_MAX = 2**64 - 1  # the range of a record's seq
+
+
 def parse_time_ns(text: str, flag: str) -> int:
-    """ISO-8601 (naive means UTC) or integer nanoseconds since the epoch."""
+    """ISO-8601 (naive means UTC) or integer nanoseconds since the epoch, within a record's range."""
     s = text.strip()
-    if s.lstrip("-").isdigit():
-        return int(s)
-    try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
+    if re.fullmatch(r"[+-]?[0-9]+", s):  # ASCII digits only: int() refuses some str.isdigit() digits
+        value = int(s)
+    else:
+        try:
+            dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(
+                f"invalid value {text!r} for {flag}: expected ISO-8601 (2026-11-24T13:00:00Z) or integer ns since the epoch", 2
+            ) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        value = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    if not I64_MIN <= value <= I64_MAX:
         raise UserError(
-            f"invalid value {text!r} for {flag}: expected ISO-8601 (2026-11-24T13:00:00Z) or integer ns since the epoch", 2
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+            f"invalid value {text!r} for {flag}: receive times are signed 64-bit ns since the epoch "
+            "(years 1677 to 2262); nothing was written", 2
+        )
+    return value
 
 
 def slice_run(
@@ -42,29 +59,38 @@ def slice_run(
     shards: list[int] | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
+    """Everything is checked before the first byte is written, and the bundle is built in a temp
+    dir beside --out and renamed at the end: a failed slice leaves nothing behind."""
     require_run_dir(run_dir)
     by_time = from_wall is not None or to_wall is not None
     by_seq = from_seq is not None or to_seq is not None
     if by_time == by_seq:
         raise UserError("choose one range: --from-wall/--to-wall (receive time) or --from-seq/--to-seq (per-shard seq)", 2)
+    for flag, value, lo, hi in (("--from-wall", from_wall, I64_MIN, I64_MAX), ("--to-wall", to_wall, I64_MIN, I64_MAX),
+                                ("--from-seq", from_seq, 0, U64_MAX), ("--to-seq", to_seq, 0, U64_MAX)):
+        if value is not None and not lo <= value <= hi:
+            raise UserError(f"invalid value {value} for {flag}: expected {lo} to {hi}; nothing was written", 2)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out {out_dir} exists and is not an empty directory: choose a new path (nothing was written)", 2)
     capture_dir = run_dir / CAPTURE_DIR
     available = shard_numbers(capture_dir) if capture_dir.is_dir() else []
     if not available:
         raise UserError(f"no capture/*.frames in {run_dir}: confirm the run dir path and that capture/*.frames exists", 2)
+    unknown = sorted(set(shards or []) - set(available))
+    if unknown:
+        raise UserError(
+            f"no shard {', '.join(map(str, unknown))} in {run_dir} (it has shards {', '.join(map(str, available))}); "
+            "nothing was written", 2
+        )
     chosen = [s for s in available if shards is None or s in shards]
-    lo_w = from_wall if from_wall is not None else -(2**63)
-    hi_w = to_wall if to_wall is not None else 2**63 - 1
+    lo_w = from_wall if from_wall is not None else I64_MIN
+    hi_w = to_wall if to_wall is not None else I64_MAX
     lo_s = from_seq if from_seq is not None else 0
-    hi_s = to_seq if to_seq is not None else 2**64 - 1
+    hi_s = to_seq if to_seq is not None else U64_MAX
     if lo_w > hi_w or lo_s > hi_s:
         raise UserError("the range is empty: its start is after its end", 2)
-    out_capture = out_dir / CAPTURE_DIR
-    out_capture.mkdir(parents=True, exist_ok=True)
-    per_shard = []
-    mono_lo, mono_hi = None, None
-    readers = []
+    source_manifest = read_manifest(run_dir)
+    readers: list[ShardReader] = []
     try:
         for shard in chosen:
             readers.append(ShardReader(capture_dir, shard))
@@ -72,23 +98,54 @@ def slice_run(
         for r in readers:
             r.close()
         raise UserError(f"cannot slice: {exc}", 1) from None
-    total = sum(len(r.idx) for r in readers)
-    progress = Progress(total, "slice", unit="frames", enabled=show_progress)
+    warnings = [f"{r.header_damage}; its records were still read and copied" for r in readers if r.header_damage]
+    rng = {"from_wall_ns_utc": from_wall, "to_wall_ns_utc": to_wall} if by_time else {"from_seq": from_seq, "to_seq": to_seq}
+    with _StagedDir(out_dir) as staging:
+        try:
+            per_shard, events, (mono_lo, mono_hi) = _write_slice(
+                run_dir, staging.path, readers, by_time, (lo_w, hi_w), (lo_s, hi_s), show_progress
+            )
+        finally:
+            for r in readers:
+                r.close()
+        frames = sum(s["frames"] for s in per_shard)
+        if frames == 0:
+            raise UserError(f"the range selects no frames ({_extents(run_dir, chosen)}); nothing was written", 1)
+        manifest = dict(source_manifest)
+        manifest["slice_of"] = {"run_id": source_manifest.get("run_id"), "run_dir": str(run_dir.resolve()), "range": rng, "shards": chosen}
+        # The runlog window may not hold the placement events: name every token's shard here.
+        try:
+            records = read_runlog(run_dir, skip_bad_lines=True).records
+        except UserError:  # no readable runlog: the slice still holds every frame
+            records = []
+        manifest["slice_of"]["token_shard"] = token_shards_between(records, mono_lo, mono_hi)
+        write_json(staging.path / MANIFEST, manifest)
+        staging.commit()
+    return {"out_dir": str(out_dir), "frames": frames, "runlog_events": events, "shards": per_shard, "range": rng, "warnings": warnings}
+
+
+def _write_slice(run_dir, out_dir, readers, by_time, wall_range, seq_range, show_progress) -> tuple[list[dict[str, Any]], int, tuple[int | None, int | None]]:
+    lo_w, hi_w = wall_range
+    lo_s, hi_s = seq_range
+    out_capture = out_dir / CAPTURE_DIR
+    out_capture.mkdir()
+    per_shard = []
+    mono_lo, mono_hi = None, None
+    progress = Progress(sum(len(r.idx) for r in readers), "slice", unit="frames", enabled=show_progress)
     for reader in readers:
-        with reader:
-            writer = _SliceShardWriter(out_capture, reader.shard)
-            count = 0
-            for entry in reader.idx:
-                progress.update(1)
-                inside = (lo_w <= entry.rx_wall_ns_utc <= hi_w) if by_time else (lo_s <= entry.seq <= hi_s)
-                if not inside:
-                    continue
-                writer.add(reader.record_at(entry))
-                count += 1
-                mono_lo = entry.rx_mono_ns if mono_lo is None else min(mono_lo, entry.rx_mono_ns)
-                mono_hi = entry.rx_mono_ns if mono_hi is None else max(mono_hi, entry.rx_mono_ns)
-            first_last = writer.close()
-            per_shard.append({"shard": reader.shard, "frames": count, "first_seq": first_last[0], "last_seq": first_last[1]})
+        writer = _SliceShardWriter(out_capture, reader.shard)
+        count = 0
+        for entry in reader.idx:
+            progress.update(1)
+            inside = (lo_w <= entry.rx_wall_ns_utc <= hi_w) if by_time else (lo_s <= entry.seq <= hi_s)
+            if not inside:
+                continue
+            writer.add(reader.record_at(entry))
+            count += 1
+            mono_lo = entry.rx_mono_ns if mono_lo is None else min(mono_lo, entry.rx_mono_ns)
+            mono_hi = entry.rx_mono_ns if mono_hi is None else max(mono_hi, entry.rx_mono_ns)
+        first_last = writer.close()
+        per_shard.append({"shard": reader.shard, "frames": count, "first_seq": first_last[0], "last_seq": first_last[1]})
     progress.close()
     events = _copy_window(run_dir / RUNLOG, out_dir / RUNLOG, by_time, lo_w, hi_w, mono_lo, mono_hi)
     metrics_dir = run_dir / METRICS_DIR
@@ -96,12 +153,72 @@ def slice_run(
         (out_dir / METRICS_DIR).mkdir(exist_ok=True)
         for p in sorted(metrics_dir.glob("*.ndjson")):
             _copy_window(p, out_dir / METRICS_DIR / p.name, by_time, lo_w, hi_w, mono_lo, mono_hi)
-    source_manifest = read_manifest(run_dir)
-    rng = {"from_wall_ns_utc": from_wall, "to_wall_ns_utc": to_wall} if by_time else {"from_seq": from_seq, "to_seq": to_seq}
-    manifest = dict(source_manifest)
-    manifest["slice_of"] = {"run_id": source_manifest.get("run_id"), "run_dir": str(run_dir.resolve()), "range": rng, "shards": chosen}
-    write_json(out_dir / MANIFEST, manifest)
-    return {"out_dir": str(out_dir), "frames": sum(s["frames"] for s in per_shard), "runlog_events": events, "shards": per_shard, "range": rng}
+    return per_shard, events, (mono_lo, mono_hi)
+
+
+def _extents(run_dir: Path, shards: list[int]) -> str:
+    """What the chosen shards hold, so the user can pick a range that selects something."""
+    parts = []
+    for shard in shards:
+        with ShardReader(run_dir / CAPTURE_DIR, shard) as reader:
+            e = reader.idx
+            if not e:
+                parts.append(f"shard {shard} holds no frames")
+                continue
+            parts.append(
+                f"shard {shard} holds seq {e[0].seq}..{e[-1].seq}, received {wall_iso(min(x.rx_wall_ns_utc for x in e))}"
+                f" .. {wall_iso(max(x.rx_wall_ns_utc for x in e))}"
+            )
+    return "; ".join(parts)
+
+
+class _StagedDir:
+    """A temp dir beside `target`, renamed onto it by commit(); removed, with any parent dirs it
+    had to create, when the block ends without a commit."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.parent / f".{target.name}.partial-{os.getpid()}"
+        self._made_parents: list[Path] = []
+        self._committed = False
+
+    def __enter__(self) -> "_StagedDir":
+        missing = []
+        parent = self.target.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        for p in reversed(missing):
+            try:
+                p.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                self._remove_parents()
+                raise UserError(f"cannot create {p}: {exc.strerror}; choose another --out (nothing was written)", 2) from None
+            self._made_parents.append(p)
+        try:
+            self.path.mkdir()
+        except OSError as exc:
+            self._remove_parents()
+            raise UserError(f"cannot create {self.path}: {exc.strerror}; choose another --out (nothing was written)", 2) from None
+        return self
+
+    def commit(self) -> None:
+        os.rename(self.path, self.target)  # onto a missing or empty dir, atomically
+        self._committed = True
+
+    def __exit__(self, *exc) -> None:
+        if not self._committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_parents()
+
+    def _remove_parents(self) -> None:
+        for p in reversed(self._made_parents):
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 class _SliceShardWriter:

@@ -12,21 +12,24 @@ from pm_arb.errors import UserError
 from pm_arb.events.folds.written import written_floor
 from pm_arb.events.runlog_file import read_runlog
 from pm_arb.progress import Progress
-from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, RECORD_OVERHEAD, HeaderProblem, parse_file_header
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, RECORD_OVERHEAD, HeaderProblem, check_file_header
 from pm_arb.store.scan import ScanSummary, scan
 from pm_arb.store.shard_files import (
     close_view,
     frames_path,
     idx_entry_for,
     idx_path,
+    idx_vouched_until,
     load_idx,
     map_file,
+    RepairFailed,
     repair_shard,
     shard_numbers,
 )
+from pm_arb.store.run_lock import capture_holds, held_for_repair
 
 MAX_LISTED_DEFECTS = 50
-DEFECT_TOTALS = ("crc_mismatch", "seq_gaps", "idx_mismatch", "torn_tail_bytes", "frames_missing", "file_errors")
+DEFECT_TOTALS = ("crc_mismatch", "seq_gaps", "idx_mismatch", "torn_tail_bytes", "frames_missing", "header_damage", "file_errors")
 
 MISSING_FRAMES_HINT = (
     "no capture/*.frames in {run_dir}: confirm the run dir path (the one `pm_arb capture` printed) "
@@ -50,8 +53,10 @@ def runlog_floor(run_dir: Path) -> dict[str, Any]:
     return written_floor(records)
 
 
-def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None, floor: dict[str, Any] | None = None) -> dict[str, Any]:
-    result, last_damaged_seq = _verify_shard_file(capture_dir, shard, progress)
+def verify_shard(
+    capture_dir: Path, shard: int, progress: Progress | None = None, floor: dict[str, Any] | None = None, live: bool = False
+) -> dict[str, Any]:
+    result, last_damaged_seq = _verify_shard_file(capture_dir, shard, progress, live)
     result["runlog_frames_at_least"] = floor["frames_at_least"] if floor else None
     if not floor:
         return result
@@ -73,8 +78,12 @@ def verify_shard(capture_dir: Path, shard: int, progress: Progress | None = None
     return result
 
 
-def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None) -> tuple[dict[str, Any], int | None]:
-    """The file's own checks; also the seq of its last damaged record (None if none)."""
+def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None, live: bool = False) -> tuple[dict[str, Any], int | None]:
+    """The file's own checks; also the seq of its last damaged record (None if none).
+
+    On a live run (a capture holds it), the tail being written and the idx entries not yet
+    written for it are expected, and counted apart instead of as defects.
+    """
     fpath = frames_path(capture_dir, shard)
     result: dict[str, Any] = {
         "shard": shard,
@@ -86,17 +95,25 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None)
         "idx_entries": 0,
         "torn_tail_bytes": 0,
         "frames_missing": 0,
+        "header_damage": 0,
         "first_seq": None,
         "last_seq": None,
         "file_error": None,
         "defects": [],
     }
+    if live:
+        result["growing_tail_bytes"] = 0
+        result["frames_not_yet_indexed"] = 0
     defects: list[dict[str, Any]] = result["defects"]
 
     def defect(**kw: Any) -> None:
         if len(defects) < MAX_LISTED_DEFECTS:
             defects.append(kw)
 
+    # The idx before the frames: its entries are written after their records, so read in this
+    # order they can only lag the frames, even while a capture appends to both.
+    idx_file = load_idx(idx_path(capture_dir, shard), shard)
+    idx_entries, idx_problem = idx_file.entries, idx_file.problem
     try:
         buf = map_file(fpath)
     except OSError as exc:
@@ -104,29 +121,31 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None)
         return result, None
     try:
         try:
-            parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, fpath.name)
+            header_damage = check_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, fpath.name, shard)
         except HeaderProblem as exc:
             result["file_error"] = str(exc)
             return result, None
-        idx_entries, idx_problem = load_idx(idx_path(capture_dir, shard))
+        for damage in (header_damage, idx_file.header_damage):
+            if damage:
+                result["header_damage"] += 1
+                defect(kind="header_damage", reason=damage + "; the records behind it were still checked")
         by_offset = {e.offset: e for e in idx_entries}
         summary = ScanSummary()
         records = []
-        prev_seq = None
         last_offset_done = FILE_HEADER_SIZE
-        idx_ends = {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in idx_entries}
-        for rec in scan(buf, summary, idx_ends):
+        for rec in scan(buf, summary, idx_vouched_until(idx_entries)):
             records.append(idx_entry_for(rec))
             if progress is not None:
-                progress.update(rec.offset - last_offset_done + 44 + len(rec.payload))
-                last_offset_done = rec.offset + 44 + len(rec.payload)
-            prev_seq = rec.seq
+                progress.update(rec.offset - last_offset_done + RECORD_OVERHEAD + len(rec.payload))
+                last_offset_done = rec.offset + RECORD_OVERHEAD + len(rec.payload)
         if progress is not None:
             progress.update(len(buf) - last_offset_done)
         result["frames"] = summary.records
         result["bytes"] = summary.payload_bytes
-        result["torn_tail_bytes"] = summary.torn_tail_bytes
-        if summary.torn_tail_bytes:
+        if live:
+            result["growing_tail_bytes"] = summary.torn_tail_bytes
+        elif summary.torn_tail_bytes:
+            result["torn_tail_bytes"] = summary.torn_tail_bytes
             defect(kind="torn_tail", offset=summary.end_of_valid, bytes=summary.torn_tail_bytes)
         # A damaged record is reported once, as a checksum mismatch, at the seq the idx or its
         # neighbours say it had; the hole it leaves is not counted again as a seq gap.
@@ -158,15 +177,23 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None)
             defect(kind="idx_unreadable", reason=idx_problem)
         else:
             # Matched by offset, so one damaged record does not make every later entry "wrong".
+            indexed_until = max(by_offset, default=-1)
             mismatched = 0
             for expected in records:
-                if by_offset.get(expected.offset) != expected:
-                    mismatched += 1
-                    if mismatched == 1:
-                        defect(kind="idx_mismatch", seq=expected.seq, offset=expected.offset)
+                got = by_offset.get(expected.offset)
+                if got == expected:
+                    continue
+                if live and got is None and expected.offset > indexed_until:
+                    result["frames_not_yet_indexed"] += 1
+                    continue
+                mismatched += 1
+                if mismatched == 1:
+                    fields = [f for f in expected._fields if got is None or getattr(got, f) != getattr(expected, f)]
+                    defect(kind="idx_mismatch", seq=expected.seq, offset=expected.offset,
+                           fields="no entry" if got is None else ",".join(fields))
             known = {r.offset for r in records} | {c.offset for c in corrupt_at}
-            partial = (idx_path(capture_dir, shard).stat().st_size - FILE_HEADER_SIZE) % IDX_ENTRY_SIZE
-            if partial:
+            partial = (idx_file.size - FILE_HEADER_SIZE) % IDX_ENTRY_SIZE
+            if partial and not live:
                 defect(kind="idx_partial_entry", bytes=partial)
             extra = sum(1 for e in idx_entries if e.offset not in known)
             if extra:
@@ -181,30 +208,21 @@ def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None =
     require_run_dir(run_dir)
     capture_dir = run_dir / CAPTURE_DIR
     on_disk = shard_numbers(capture_dir) if capture_dir.is_dir() else []
-    floor = runlog_floor(run_dir)
+    repairs: list[dict[str, Any]] = []
+    if repair:
+        with held_for_repair(run_dir):  # refuses a run a capture is writing: its tail is not torn
+            repairs = _repair_shards(capture_dir, on_disk)
+    live = not repair and capture_holds(run_dir)
+    floor = (
+        {"checked": False, "reason": "the run is live: a capture is still writing it", "shards": {}}
+        if live else runlog_floor(run_dir)
+    )
     shards = sorted(set(on_disk) | set(floor["shards"]))
     if not shards:
         raise UserError(MISSING_FRAMES_HINT.format(run_dir=run_dir), 2)
-    repairs = []
-    if repair:
-        for shard in on_disk:
-            try:
-                rep = repair_shard(frames_path(capture_dir, shard), idx_path(capture_dir, shard), shard)
-            except HeaderProblem as exc:
-                repairs.append({"shard": shard, "error": str(exc)})
-                continue
-            repairs.append(
-                {
-                    "shard": shard,
-                    "torn_tail_bytes_truncated": rep.torn_tail_bytes_truncated,
-                    "idx_entries_rebuilt": rep.idx_entries_rebuilt,
-                    "idx_bytes_truncated": rep.idx_bytes_truncated,
-                    "corrupt_regions_left": rep.corrupt_regions,
-                }
-            )
     total_bytes = sum(frames_path(capture_dir, s).stat().st_size for s in on_disk)
     progress = Progress(total_bytes, "verify", enabled=show_progress)
-    per_shard = [verify_shard(capture_dir, s, progress, floor["shards"].get(s)) for s in shards]
+    per_shard = [verify_shard(capture_dir, s, progress, floor["shards"].get(s), live) for s in shards]
     progress.close()
     totals = {
         "shards": len(per_shard),
@@ -215,14 +233,42 @@ def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None =
         "idx_mismatch": sum(r["idx_mismatch"] for r in per_shard),
         "torn_tail_bytes": sum(r["torn_tail_bytes"] for r in per_shard),
         "frames_missing": sum(r["frames_missing"] for r in per_shard),
+        "header_damage": sum(r["header_damage"] for r in per_shard),
         "file_errors": sum(1 for r in per_shard if r["file_error"]),
     }
     ok = not any(totals[k] for k in DEFECT_TOTALS)
     runlog_check = {"checked": floor["checked"], "reason": floor["reason"]}
-    out = {"run_dir": str(run_dir), "ok": ok, "totals": totals, "runlog_check": runlog_check, "shards": per_shard}
+    out = {"run_dir": str(run_dir), "ok": ok, "live": live, "totals": totals, "runlog_check": runlog_check, "shards": per_shard}
+    if live:
+        totals["growing_tail_bytes"] = sum(r["growing_tail_bytes"] for r in per_shard)
+        totals["frames_not_yet_indexed"] = sum(r["frames_not_yet_indexed"] for r in per_shard)
     if repair:
         out["repairs"] = repairs
     return out
+
+
+def _repair_shards(capture_dir: Path, shards: list[int]) -> list[dict[str, Any]]:
+    repairs: list[dict[str, Any]] = []
+    for shard in shards:
+        try:
+            rep = repair_shard(frames_path(capture_dir, shard), idx_path(capture_dir, shard), shard)
+        except HeaderProblem as exc:
+            repairs.append({"shard": shard, "error": str(exc)})
+            continue
+        except RepairFailed as exc:
+            done = f" (shards {', '.join(str(r['shard']) for r in repairs)} were repaired first)" if repairs else ""
+            raise UserError(f"repair of shard {shard:02d} failed: {exc}{done}", 1) from None
+        repairs.append(
+            {
+                "shard": shard,
+                "torn_tail_bytes_truncated": rep.torn_tail_bytes_truncated,
+                "idx_entries_rebuilt": rep.idx_entries_rebuilt,
+                "idx_bytes_truncated": rep.idx_bytes_truncated,
+                "corrupt_regions_left": rep.corrupt_regions,
+                "idx_entries_kept_as_evidence": rep.idx_entries_kept_as_evidence,
+            }
+        )
+    return repairs
 
 
 def render_verify(result: dict[str, Any], summary_only: bool) -> str:
@@ -238,7 +284,7 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
             lines.append(
                 f"shard {r['shard']:02d}: {status:7s} {r['frames']:>10,} frames {r['bytes']:>14,} B  {seqs}  "
                 f"crc_mismatch={r['crc_mismatch']} seq_gaps={r['seq_gaps']} idx_mismatch={r['idx_mismatch']} "
-                f"torn_tail={r['torn_tail_bytes']} B frames_missing={r['frames_missing']}"
+                f"torn_tail={r['torn_tail_bytes']} B frames_missing={r['frames_missing']} header_damage={r['header_damage']}"
             )
             for d in r["defects"][:5]:
                 lines.append("    " + ", ".join(f"{k}={v}" for k, v in d.items()))
@@ -248,8 +294,14 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
     lines.append(
         f"{verdict}: {t['shards']} shards, {t['frames']:,} frames, {t['bytes']:,} B payload; "
         f"crc_mismatch={t['crc_mismatch']} seq_gaps={t['seq_gaps']} idx_mismatch={t['idx_mismatch']} "
-        f"torn_tail_bytes={t['torn_tail_bytes']} frames_missing={t['frames_missing']} file_errors={t['file_errors']}"
+        f"torn_tail_bytes={t['torn_tail_bytes']} frames_missing={t['frames_missing']} header_damage={t['header_damage']} "
+        f"file_errors={t['file_errors']}"
     )
+    if result.get("live"):
+        lines.append(
+            f"note: the run is live (a capture is writing it): its growing tail ({t['growing_tail_bytes']:,} B, "
+            f"{t['frames_not_yet_indexed']:,} frames not yet in the idx) is not counted as damage; verify again after it stops"
+        )
     check = result.get("runlog_check", {})
     if check and not check["checked"]:
         lines.append(f"note: files not checked against the runlog's frame counts: {check['reason']}")
@@ -257,6 +309,12 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
         lines.append(
             "hint: the runlog says more frames were written than the files hold: a file was deleted, truncated "
             "or replaced after the run; restore it from a copy (--repair cannot bring frames back)"
+        )
+    if any("not a crash tear" in d.get("reason", "") for r in result["shards"] for d in r["defects"]):
+        lines.append(
+            "hint: records the idx lists as written are cut short or damaged at the end of the file: lost after they were "
+            "written (a cut copy, a full disk, power loss before fsync), not torn by a crash; --repair keeps them as "
+            "evidence; restore the file from a copy"
         )
     if not result["ok"] and t["torn_tail_bytes"] and "repairs" not in result:
         lines.append("hint: a torn tail is what a crash leaves; `pm_arb capture-verify --repair` truncates it and rebuilds the idx")

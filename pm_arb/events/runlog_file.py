@@ -9,6 +9,12 @@ from pm_arb.errors import UserError
 from pm_arb.events.codec import DecodeError, LogRecord, decode
 
 
+# An empty runlog is treated like a missing one: a fold of nothing would report a run that never began.
+NOTHING_TO_FOLD = (
+    "nothing to fold; a capture writes run_start first, so the file was emptied or cut, or this is not a pm_arb run dir"
+)
+
+
 @dataclass
 class BadLine:
     line_no: int
@@ -60,6 +66,8 @@ def read_runlog(run_dir: Path, skip_bad_lines: bool = False) -> RunlogRead:
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}", 2) from None
+    if not data.strip():
+        raise UserError(f"{path} is empty: {NOTHING_TO_FOLD}", 2)
     result = parse_runlog_bytes(data)
     hard = [b for b in result.bad_lines if not b.torn_tail]
     if hard and not skip_bad_lines:
@@ -68,4 +76,6 @@ def read_runlog(run_dir: Path, skip_bad_lines: bool = False) -> RunlogRead:
         raise UserError(
             f"{path}:{first.line_no}: {first.reason}{more}; rerun with --skip-bad-lines to fold the rest", 1
         )
+    if not result.records:
+        raise UserError(f"{path} has no readable record ({len(result.bad_lines)} bad line(s)): {NOTHING_TO_FOLD}", 2)
     return result

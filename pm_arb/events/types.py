@@ -57,9 +57,64 @@ class UniverseAssigned(Event):
 @event("shard_over_token_limit")
 @dataclass(frozen=True)
 class ShardOverTokenLimit(Event):
+    """Written by runs before the cap was enforced (ADR/0007); read so their runlogs still fold."""
+
     shard: int
     tokens: int
     limit: int
+
+
+# --- placement: which shard carries each market (ADR/0007; fold: events/folds/placement.py) ---
+
+
+@event("shards_planned")
+@dataclass(frozen=True)
+class ShardsPlanned(Event):
+    """At start: how many connections the universe takes under the cap, and why."""
+
+    shards: int  # connections opened (shards 0 .. shards-1)
+    shards_min: int  # ws_shards
+    markets: int
+    tokens: int
+    cap_tokens: int  # ws_max_tokens_per_shard
+    reason: str
+    busiest_tokens: int
+    mean_tokens: float
+
+
+@event("shard_opened")
+@dataclass(frozen=True)
+class ShardOpened(Event):
+    """A refresh grew the universe past what the open shards hold under the cap: a new shard."""
+
+    shard: int
+    shards: int  # open shards after this one
+    markets: int
+    tokens: int
+    cap_tokens: int
+    reason: str
+
+
+@event("market_assigned")
+@dataclass(frozen=True)
+class MarketAssigned(Event):
+    """A market (both its tokens) goes to a shard: at start, or when a refresh lists it."""
+
+    condition_id: str
+    shard: int
+    yes_token: str
+    no_token: str
+    reason: str  # "start" | "refresh"
+
+
+@event("market_released")
+@dataclass(frozen=True)
+class MarketReleased(Event):
+    """A refresh delisted the market (or changed its token ids): its tokens leave the shard."""
+
+    condition_id: str
+    shard: int
+    reason: str  # "delisted" | "tokens_changed"
 
 
 @event("confirm_begin")
@@ -118,6 +173,30 @@ class Fatal(Event):
     reason: str  # "confirm_timeout" | "churn_guard" | "fsync_error" | "write_error" | "disk_full" | "actor_crash" | "universe_empty"
     message: str
     shard: int = -1
+
+
+@event("actor_crashed")
+@dataclass(frozen=True)
+class ActorCrashed(Event):
+    """An actor raised while handling a message (actors/base.py); a `fatal` actor_crash follows."""
+
+    actor: str
+    shard: int  # -1: not a shard actor
+    message_type: str
+    error: str
+    traceback: str
+
+
+@event("unknown_message")
+@dataclass(frozen=True)
+class UnknownMessage(Event):
+    """An actor was sent a message it has no branch for (a bug). Recorded at the 1st, 2nd, 4th,
+    8th... of a kind per actor; `count` is the actor's total of that kind so far."""
+
+    actor: str
+    shard: int
+    message_type: str
+    count: int
 
 
 # --- shards and their connections ------------------------------------------------------------

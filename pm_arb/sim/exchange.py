@@ -47,6 +47,7 @@ OFFSET_CAP = 2000
 KEYSET_MAX_LIMIT = 1000
 DEFAULT_LIMIT = 20
 SUBSCRIBE_TIMEOUT_S = 10.0
+STALL_GARBAGE = b'{"asset_id":"7132","event_type":"pri'  # a message cut short
 
 
 @dataclass
@@ -113,7 +114,12 @@ class SimExchange:
         self.answer_ping = True
         self.send_data = True
         self.initial_dump = True
+        # Polymarket past ~500 tokens on one connection: the socket stays up and PONGs come, but
+        # tokens past this many (in subscription order) get no message at all.
         self.max_assets_per_connection: int | None = None
+        # A stall that is not silent: while > 0, no market data; every this many seconds a `[]`,
+        # and every third time a truncated JSON frame instead (PONGs still answered).
+        self.stall_noise_seconds = 0.0
         self.silent_tokens: set[str] = set()  # subscribed but get no message, from now on (per-asset silent loss)
         # Server-side losses (the book audit's oracle): drop this fraction of a token's messages;
         # subscribing again (a reconnect) gets no fresh book dump for tokens dumped before.
@@ -554,10 +560,19 @@ class SimExchange:
         start = time.monotonic()
         sent = 0
         step, pick = self.exchange.step, self._pick_rng.choice
+        noise_at, noise_count = 0.0, 0
         try:
             while True:
                 await asyncio.sleep(tick)
                 self._refresh_serving()
+                if self.stall_noise_seconds > 0:
+                    if time.monotonic() >= noise_at:
+                        noise_count += 1
+                        for cid in [c for c in self._live if self.connections[c].tokens]:  # subscribed ones
+                            await self._send_safe(cid, STALL_GARBAGE if noise_count % 3 == 0 else b"[]")
+                        noise_at = time.monotonic() + self.stall_noise_seconds
+                    start, sent = time.monotonic(), 0
+                    continue
                 if self.pool or not self.send_data or self.rate <= 0 or not self._active:
                     start = time.monotonic()
                     sent = 0
@@ -627,6 +642,9 @@ class SimExchange:
         try:
             while True:
                 await asyncio.sleep(tick)
+                if self.stall_noise_seconds > 0:  # the pump sends the noise
+                    start, sent = time.monotonic(), 0.0
+                    continue
                 tokens = conn.served
                 self._served[cid] = len(tokens)
                 if not tokens or not self.send_data or self.rate <= 0:

@@ -63,6 +63,7 @@ class IdxEntry(NamedTuple):
     seq: int
     rx_mono_ns: int
     rx_wall_ns_utc: int
+    reserved: int = 0  # always written 0; anything else read back is damage
 
 
 def file_header(magic: bytes, shard: int) -> bytes:
@@ -71,23 +72,34 @@ def file_header(magic: bytes, shard: int) -> bytes:
 
 
 class HeaderProblem(Exception):
-    """The file header is not one this version can read; the message says what to do."""
+    """The records behind this file header cannot be read; the message says what to do."""
 
 
-def parse_file_header(data: bytes, magic: bytes, what: str) -> tuple[int, int]:
-    """Return (version, shard) or raise HeaderProblem."""
+def check_file_header(data: bytes, magic: bytes, what: str, shard: int | None = None) -> str | None:
+    """None when the header is sound, else what is wrong with it.
+
+    A damaged header (a flipped byte, the wrong shard) says nothing about the records behind
+    it, so callers report it and still read them. HeaderProblem is raised only when they cannot
+    be read: a file shorter than its header, or an intact header of a newer format version.
+    """
     if len(data) < FILE_HEADER_SIZE:
         raise HeaderProblem(f"{what} is {len(data)} bytes, shorter than its {FILE_HEADER_SIZE}-byte header")
-    got_magic, version, shard, checksum = FILE_HEADER.unpack_from(data, 0)
-    if got_magic != magic:
-        raise HeaderProblem(f"{what} is not a pm_arb file (magic {got_magic!r}, expected {magic!r})")
-    if xxhash.xxh32_intdigest(data[:12]) != checksum:
-        raise HeaderProblem(f"{what} has a corrupted header (checksum mismatch)")
-    if version > FORMAT_VERSION:
+    got_magic, version, got_shard, checksum = FILE_HEADER.unpack_from(data, 0)
+    intact = xxhash.xxh32_intdigest(data[:12]) == checksum
+    if intact and got_magic == magic and version > FORMAT_VERSION:
         raise HeaderProblem(
             f"{what} uses format version {version}, newer than this pm_arb reads ({FORMAT_VERSION}): upgrade pm_arb"
         )
-    return version, shard
+    wrong = []
+    if got_magic != magic:
+        wrong.append(f"magic {got_magic!r}, expected {magic!r}")
+    if version != FORMAT_VERSION:
+        wrong.append(f"version {version}")
+    if shard is not None and got_shard != shard:
+        wrong.append(f"shard {got_shard}, expected {shard}")
+    if not intact:
+        wrong.append("checksum mismatch")
+    return f"{what} has a damaged header ({'; '.join(wrong)})" if wrong else None
 
 
 def encode_record(seq: int, rx_mono_ns: int, rx_wall_ns_utc: int, flags: int, opcode: int, payload: bytes) -> tuple[bytes, bytes]:
@@ -101,9 +113,9 @@ def record_checksum_ok(header: bytes, payload: bytes, stored: int) -> bool:
 
 
 def encode_idx(e: IdxEntry) -> bytes:
-    return IDX_ENTRY.pack(e.offset, e.payload_len, e.flags, e.opcode, 0, e.seq, e.rx_mono_ns, e.rx_wall_ns_utc)
+    return IDX_ENTRY.pack(e.offset, e.payload_len, e.flags, e.opcode, e.reserved, e.seq, e.rx_mono_ns, e.rx_wall_ns_utc)
 
 
 def decode_idx(buf, offset: int) -> IdxEntry:
-    off, length, flags, opcode, _reserved, seq, mono, wall = IDX_ENTRY.unpack_from(buf, offset)
-    return IdxEntry(off, length, flags, opcode, seq, mono, wall)
+    off, length, flags, opcode, reserved, seq, mono, wall = IDX_ENTRY.unpack_from(buf, offset)
+    return IdxEntry(off, length, flags, opcode, seq, mono, wall, reserved)

@@ -9,7 +9,7 @@ that fails its checksum is corruption, reported and never truncated by repair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, NamedTuple
+from typing import Iterator, NamedTuple
 
 from pm_arb.store.frames_format import (
     CHECKSUM,
@@ -48,7 +48,7 @@ def _record_at(buf, pos: int, size: int) -> tuple[FrameRecord | None, str]:
     """Parse the record at pos: (record, "") if valid, else (None, reason)."""
     if size - pos < RECORD_OVERHEAD:
         return None, "short"
-    mark, length, seq, mono, wall, flags, opcode, _ = _unpack_header(buf, pos)
+    mark, length, seq, mono, wall, flags, opcode, reserved = _unpack_header(buf, pos)
     if mark != RECORD_MARK:
         return None, "bad record mark"
     if length > MAX_PAYLOAD:
@@ -61,6 +61,8 @@ def _record_at(buf, pos: int, size: int) -> tuple[FrameRecord | None, str]:
     payload = bytes(buf[pos + RECORD_OVERHEAD : end])
     if not record_checksum_ok(header, payload, stored):
         return None, "checksum mismatch"
+    if reserved:  # always written 0 (ADR/0001): a record that says otherwise was not written by pm_arb
+        return None, "reserved bytes not zero"
     return FrameRecord(seq, mono, wall, flags, opcode, payload, pos), ""
 
 
@@ -98,18 +100,20 @@ def _is_prefix_of_record(buf, pos: int, size: int) -> bool:
 
 
 def scan(
-    buf, summary: ScanSummary | None = None, idx_ends: Mapping[int, int] | None = None, start: int = FILE_HEADER_SIZE
+    buf, summary: ScanSummary | None = None, vouched_until: int | None = 0, start: int = FILE_HEADER_SIZE
 ) -> Iterator[FrameRecord]:
-    """Yield every valid record in order from `start` (a record boundary); fill `summary` with
-    what else was found.
+    """Yield every valid record in order from `start` (a record boundary; the reader resumes a
+    live run's tail there); fill `summary` with what else was found.
 
-    `idx_ends` maps record offsets to record ends as the idx recorded them. The idx entry is
-    written only after its record was fully written, so a tail whose record the idx knows to be
-    complete is corruption (say, a flipped length byte), not a crash's torn write.
+    `vouched_until` is the furthest record end the idx lists (shard_files.idx_vouched_until).
+    An idx entry is written only after its record was fully written, so no byte before it can
+    be a crash's torn write: damage there, even at the end of the file (a file cut inside a
+    record the idx lists, or zeroed), is corruption or loss, never a torn tail.
     """
     s = summary if summary is not None else ScanSummary()
     size = len(buf)
     pos = start
+    vouched_until = vouched_until or 0
     while pos < size:
         rec, reason = _record_at(buf, pos, size)
         if rec is not None:
@@ -122,11 +126,16 @@ def scan(
         nxt = _next_valid(buf, pos + 1, size)
         if nxt is None:
             tail = bytes(buf[pos:size])
-            known_complete = idx_ends is not None and idx_ends.get(pos, size + 1) <= size
-            if not known_complete and (_is_prefix_of_record(buf, pos, size) or tail.count(0) == len(tail)):
+            vouched = pos < vouched_until
+            if not vouched and (_is_prefix_of_record(buf, pos, size) or tail.count(0) == len(tail)):
                 s.torn_tail_bytes = size - pos
             else:
-                s.corrupt.append(CorruptRegion(pos, size - pos, reason if reason != "short" else "truncated record", _claimed_seq(buf, pos, size)))
+                if vouched:
+                    what = "cut short" if reason == "short" else reason
+                    reason = f"{what} where the idx lists a record as written: loss, not a crash tear"
+                elif reason == "short":
+                    reason = "truncated record"
+                s.corrupt.append(CorruptRegion(pos, size - pos, reason, _claimed_seq(buf, pos, size)))
             return
         s.corrupt.append(CorruptRegion(pos, nxt - pos, reason if reason != "short" else "truncated record", _claimed_seq(buf, pos, size)))
         pos = nxt

@@ -7,7 +7,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import xxhash
 
@@ -26,9 +26,9 @@ from pm_arb.store.frames_format import (
     IdxEntry,
     decode_idx,
     encode_idx,
+    check_file_header,
     encode_record,
     file_header,
-    parse_file_header,
 )
 from pm_arb.store.scan import ScanSummary, scan
 
@@ -66,21 +66,45 @@ def read_idx_entries(buf) -> list[IdxEntry]:
     return [decode_idx(buf, FILE_HEADER_SIZE + i * IDX_ENTRY_SIZE) for i in range(max(0, usable))]
 
 
-def load_idx(path: Path) -> tuple[list[IdxEntry], str | None]:
-    """An idx file's entries, or ([], why it cannot be used): missing, unreadable, bad header."""
+class IdxFile(NamedTuple):
+    entries: list[IdxEntry]
+    problem: str | None  # why no entry could be read (missing, unreadable, too short, newer format)
+    header_damage: str | None  # the header is damaged; its entries were still read
+    size: int = 0  # bytes, as read
+
+
+def load_idx(path: Path, shard: int | None = None) -> IdxFile:
+    """An idx file's entries, or why they cannot be read; a damaged header is reported, not fatal."""
     if not path.exists():
-        return [], f"{path.name} is missing"
+        return IdxFile([], f"{path.name} is missing", None)
     try:
         buf = map_file(path)
     except OSError as exc:
-        return [], f"cannot read {path.name}: {exc.strerror}"
+        return IdxFile([], f"cannot read {path.name}: {exc.strerror}", None)
     try:
-        parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), IDX_MAGIC, path.name)
-        return read_idx_entries(buf), None
+        damage = check_file_header(bytes(buf[:FILE_HEADER_SIZE]), IDX_MAGIC, path.name, shard)
+        return IdxFile(read_idx_entries(buf), None, damage, len(buf))
     except HeaderProblem as exc:
-        return [], str(exc)
+        return IdxFile([], str(exc), None)
     finally:
         close_view(buf)
+
+
+def follows_on(entries: list[IdxEntry]) -> list[bool]:
+    """For each idx entry, whether it is what a writer wrote after the entry before it: its
+    record starts where that one's ended, its seq is higher and its reserved bytes are zero.
+    A damaged entry (a flipped offset, a garbage tail) does not, and vouches for nothing."""
+    out = []
+    prev_end, prev_seq = FILE_HEADER_SIZE, -1
+    for e in entries:
+        out.append(e.offset == prev_end and e.seq > prev_seq and e.reserved == 0)
+        prev_end, prev_seq = e.offset + RECORD_OVERHEAD + e.payload_len, e.seq
+    return out
+
+
+def idx_vouched_until(entries: list[IdxEntry]) -> int:
+    """The furthest frames-file offset the idx says was fully written (0: none)."""
+    return max((e.offset + RECORD_OVERHEAD + e.payload_len for e, ok in zip(entries, follows_on(entries)) if ok), default=0)
 
 
 def idx_entry_for(rec: FrameRecord) -> IdxEntry:
@@ -96,6 +120,12 @@ class RepairReport:
     idx_entries_rebuilt: int
     idx_bytes_truncated: int
     corrupt_regions: int
+    idx_entries_kept_as_evidence: int = 0  # entries for damaged or lost records, kept as the idx had them
+    header_damage: str | None = None  # the frames file's header, left as found
+
+
+class RepairFailed(Exception):
+    """A repair step failed; the message names the file, what was left as it was, and what to do."""
 
 
 class ShardFileWriter:
@@ -199,45 +229,82 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def repair_shard(frames: Path, idx: Path, shard: int) -> RepairReport:
-    """Truncate a torn frames tail and make the idx match the frames file exactly.
+    """Truncate a torn frames tail and make the idx match the frames file.
 
-    Corrupt regions in the middle are left in place (they are evidence, and verify reports
-    them); only what a crash can leave at the tail is removed.
+    Only what a crash can leave is removed: a torn tail no idx entry vouches for. Corrupt or
+    lost records are evidence and stay (scan.py), and so do the idx entries that point at them.
+    The idx is rewritten first and the frames file truncated last, so a failure part-way leaves
+    the frames as they were and no temp file behind (RepairFailed says what to do).
     """
     summary = ScanSummary()
-    old_idx, idx_problem = load_idx(idx)
-    idx_ends = {e.offset: e.offset + RECORD_OVERHEAD + e.payload_len for e in old_idx}
+    old = load_idx(idx, shard)  # before the frames: the idx can only lag them, never lead
     buf = map_file(frames)
     try:
-        parse_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, frames.name)
-        good_idx = [idx_entry_for(r) for r in scan(buf, summary, idx_ends)]
+        header_damage = check_file_header(bytes(buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, frames.name, shard)
+        good_idx = [idx_entry_for(r) for r in scan(buf, summary, idx_vouched_until(old.entries))]
+        file_end = len(buf)
     finally:
         close_view(buf)
-    truncated = 0
-    if summary.torn_tail_bytes:
-        truncated = summary.torn_tail_bytes
-        os.truncate(frames, summary.end_of_valid)
-    idx_ok = idx_problem is None
-    idx_size = idx.stat().st_size if idx.is_file() else 0
-    expected_size = FILE_HEADER_SIZE + len(good_idx) * IDX_ENTRY_SIZE
+    good_offsets = {e.offset for e in good_idx}
+    damaged = [(c.offset, c.offset + c.length) for c in summary.corrupt]
+    evidence = [
+        e for e, ok in zip(old.entries, follows_on(old.entries))
+        if ok and e.offset not in good_offsets and (e.offset >= file_end or any(a <= e.offset < b for a, b in damaged))
+    ]
+    new_idx = sorted(good_idx + evidence, key=lambda e: e.offset)
+    idx_size = old.size
+    expected_size = FILE_HEADER_SIZE + len(new_idx) * IDX_ENTRY_SIZE
     rebuilt = 0
     idx_truncated = 0
-    if not (idx_ok and old_idx == good_idx and idx_size == expected_size):
+    idx_sound = old.problem is None and old.header_damage is None
+    if not (idx_sound and old.entries == new_idx and idx_size == expected_size):
         keep = 0
-        if idx_ok:
-            while keep < min(len(old_idx), len(good_idx)) and old_idx[keep] == good_idx[keep]:
+        if old.problem is None:
+            while keep < min(len(old.entries), len(new_idx)) and old.entries[keep] == new_idx[keep]:
                 keep += 1
-        rebuilt = len(good_idx) - keep
+        rebuilt = len(new_idx) - keep
         idx_truncated = max(0, idx_size - expected_size)
-        tmp = idx.with_suffix(".idx.rebuild")
+        _replace_idx(idx, shard, new_idx, frames.name)
+    truncated = 0
+    if summary.torn_tail_bytes:
+        try:
+            os.truncate(frames, summary.end_of_valid)
+        except OSError as exc:
+            raise RepairFailed(
+                f"cannot truncate the torn tail of {frames}: {exc.strerror}; its idx was rebuilt and the frames file is "
+                "as it was: fix the cause, then run `pm_arb capture-verify --repair` again"
+            ) from None
+        truncated = summary.torn_tail_bytes
+    next_seq = good_idx[-1].seq + 1 if good_idx else 0
+    return RepairReport(
+        shard, len(good_idx), next_seq, truncated, rebuilt, idx_truncated, len(summary.corrupt), len(evidence), header_damage
+    )
+
+
+def _replace_idx(idx: Path, shard: int, entries: list[IdxEntry], frames_name: str) -> None:
+    """Write the idx atomically: temp file beside it, fsync, rename, fsync the directory."""
+    tmp = idx.with_suffix(".idx.rebuild")
+    try:
         with open(tmp, "wb") as fh:
             fh.write(file_header(IDX_MAGIC, shard))
-            fh.write(b"".join(encode_idx(e) for e in good_idx))
+            fh.write(b"".join(encode_idx(e) for e in entries))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, idx)
-    next_seq = good_idx[-1].seq + 1 if good_idx else 0
-    return RepairReport(shard, len(good_idx), next_seq, truncated, rebuilt, idx_truncated, len(summary.corrupt))
+        dir_fd = os.open(idx.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise RepairFailed(
+            f"cannot write {tmp}: {exc.strerror}; removed it, and {idx.name} and {frames_name} are as they were: "
+            "free space (or fix the cause) on that filesystem, then run `pm_arb capture-verify --repair` again"
+        ) from None
 
 
 class ShardReader:
@@ -248,7 +315,12 @@ class ShardReader:
         self.frames_path = frames_path(capture_dir, shard)
         self.idx_path = idx_path(capture_dir, shard)
         self._buf = map_file(self.frames_path)
-        parse_file_header(bytes(self._buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, self.frames_path.name)
+        try:
+            # A damaged header is reported to the caller; the records behind it are still read.
+            self.header_damage = check_file_header(bytes(self._buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, self.frames_path.name, shard)
+        except HeaderProblem:
+            self.close()
+            raise
         self._idx: list[IdxEntry] | None = None
 
     def close(self) -> None:
@@ -308,13 +380,20 @@ class _WallView(Sequence):
         return self._entries[i].rx_wall_ns_utc
 
 
+MAX_SHARD_NUMBER = 65535  # the header's u16
+
+
+def shard_number(path: Path) -> int | None:
+    """The NN of shard_NN.<ext>, or None for a name no pm_arb writer makes (ASCII digits, u16:
+    str.isdigit alone also takes '²', which int() refuses)."""
+    digits = path.stem.split("_", 1)[1] if "_" in path.stem else ""
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_SHARD_NUMBER:
+        return None
+    return int(digits)
+
+
 def shard_numbers(capture_dir: Path) -> list[int]:
-    out = []
-    for p in sorted(capture_dir.glob("shard_*.frames")):
-        stem = p.stem.split("_", 1)[1]
-        if stem.isdigit():
-            out.append(int(stem))
-    return out
+    return sorted(n for n in (shard_number(p) for p in capture_dir.glob("shard_*.frames")) if n is not None)
 
 
 def write_frames_file(path: Path, shard: int, records: Iterable[tuple[int, int, int, int, int, bytes]]) -> None:

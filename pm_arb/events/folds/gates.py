@@ -60,7 +60,7 @@ def gates(audit: dict[str, Any], latency: dict[str, Any], verify_totals: dict[st
         out["crc_mismatch"] = {"pass": None, "figure": "not checked (run capture-verify)", "value": None}
     else:
         bad = verify_totals["crc_mismatch"]
-        other = {k: verify_totals[k] for k in ("seq_gaps", "idx_mismatch", "torn_tail_bytes", "frames_missing", "file_errors") if verify_totals.get(k)}
+        other = {k: verify_totals[k] for k in ("seq_gaps", "idx_mismatch", "torn_tail_bytes", "frames_missing", "header_damage", "file_errors") if verify_totals.get(k)}
         extra = ("; also " + ", ".join(f"{k}={v}" for k, v in other.items())) if other else ""
         out["crc_mismatch"] = {"pass": bad == 0 and not other, "figure": f"totals.crc_mismatch={bad}{extra}", "value": bad}
     out["clean_stop"] = _clean_stop(audit)

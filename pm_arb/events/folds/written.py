@@ -9,8 +9,9 @@ bound on what the writer had appended at that heartbeat. `run_stop.frames_writte
 writer's own exact count after its last flush. capture-verify compares the files with the
 highest of these.
 
-After a disk_full or write_error fatal the writer stops writing while shards still hand off
-frames, so heartbeats then overstate the files; only run_stop's exact count is used there.
+After a disk_full or write_error fatal, or a crash of the writer (`actor_crashed` by
+WriterActor), the writer stops writing while shards still hand off frames, so heartbeats then
+overstate the files; only run_stop's exact count is used there.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def written_floor(records: Iterable[LogRecord]) -> dict[str, Any]:
                 _raise(from_stop, int(key), n, rec.seq, "run_stop")
         elif isinstance(e, ev.Fatal) and e.reason in WRITE_FAILURES:
             write_failure = e.reason
+        elif isinstance(e, ev.ActorCrashed) and e.actor == "WriterActor":
+            write_failure = write_failure or "writer actor_crash"
     if write_failure:
         if not from_stop:
             return {"checked": False, "shards": {},

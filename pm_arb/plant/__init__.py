@@ -1,0 +1,1 @@
+"""The process edge of a capture: signals and start-up (LAYOUT.md layer 3)."""

@@ -1,0 +1,1 @@
+"""The universe: which markets are captured and which connection carries each (layer 0, no I/O)."""
