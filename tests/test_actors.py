@@ -360,7 +360,7 @@ def test_a_refresh_past_capacity_opens_a_shard_records_why_and_touches_only_chan
     rules = PlacementRules.of(config)
     sup = SupervisorActor.start("r1", "online", config, clock, None)
     writer = WriterActor.start(tmp_path, config, clock, {})
-    writer.tell(AttachWriterPeers(sup, None))
+    writer.tell(m.AttachWriterPeers(sup, None))
     shards = {s: Probe.start(s, sup) for s in range(2)}
     opened = []
 
@@ -369,7 +369,7 @@ def test_a_refresh_past_capacity_opens_a_shard_records_why_and_touches_only_chan
         shards[s] = Probe.start(s, sup)
         return shards[s]
 
-    sup.tell(AttachPeers(writer=writer, shards=dict(shards), open_shard=open_shard))
+    sup.tell(m.AttachPeers(writer=writer, shards=dict(shards), open_shard=open_shard))
     start = place(None, markets(range(4)), rules)  # 4 markets, 2 per shard: both full
     sup.tell(m.StartRun(start.placement.shard_tokens(), 4, placement=start))
     for s in range(2):
