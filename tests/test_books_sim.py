@@ -166,7 +166,7 @@ def test_a_silenced_token_is_found_while_the_others_flow(data_dir):
     silent = [i for i in doc["incidents"] if i["cause"] == "silent_token"]
     assert {i["token"] for i in doc["incidents"]} == {tok}
     assert len(silent) == 1 and silent[0]["start"]["seq"] == last_before[1] and silent[0]["end"]["seq"] == first_after[1]
-    assert 2.0 < silent[0]["duration_s"] < 4.0
+    assert 2.0 < silent[0]["duration_s"] < 6.0
 
 
 def test_a_stale_snapshot_is_found_at_that_snapshot_and_closed_at_the_next_agreeing_one(data_dir):
@@ -175,6 +175,11 @@ def test_a_stale_snapshot_is_found_at_that_snapshot_and_closed_at_the_next_agree
         tok = sorted(sim.exchange.token_market)[2]
         time.sleep(1.0)
         entry = sim.send_stale_snapshot(tok)
+        for _ in range(20):  # until the book has moved away from a snapshot the simulator kept
+            if entry["differs"]:
+                break
+            time.sleep(0.2)
+            entry = sim.send_stale_snapshot(tok)
         time.sleep(2.0)
         doc = finish(sim, proc, run_dir)
         conn = conn_of(sim, tok)

@@ -247,22 +247,22 @@ class SimExchange:
         return row
 
     def send_stale_snapshot(self, token: str) -> dict:
-        """Send the token's last `book` again, now that the book has moved on (a stale snapshot)."""
+        """Send again the token's most recent `book` that the book has since moved away from (a
+        stale snapshot). `differs` is False, and nothing is sent, when every kept one is current."""
 
         async def send():
-            m = self.exchange.token_market[token]
-            doc = m.last_book.get(token)
+            current = self.exchange.book_doc(token, 0, record=False)
+            kept = self.exchange.token_market[token].books_sent.get(token, ())
+            doc = next((d for d in reversed(kept) if (d["bids"], d["asks"]) != (current["bids"], current["asks"])), None)
+            entry["differs"] = doc is not None
             if doc is None:
                 return
-            at = {cid: self.connections[cid].sent_count for cid in sorted(self._subs.get(token, ()))}
-            current = self.exchange.book_doc(token, 0)
-            m.last_book[token] = doc  # book_doc above was only for comparing
-            entry.update(at=at, differs=(current["bids"], current["asks"]) != (doc["bids"], doc["asks"]))
+            entry["at"] = {cid: self.connections[cid].sent_count for cid in sorted(self._subs.get(token, ()))}
             payload = orjson.dumps(doc)
-            for cid in at:
+            for cid in entry["at"]:
                 await self._send_safe(cid, payload)
 
-        entry: dict = {"kind": "stale_snapshot", "token": token}
+        entry: dict = {"kind": "stale_snapshot", "token": token, "at": {}}
         self.fault_log.append(entry)
         self._call(send)
         return entry

@@ -8,6 +8,7 @@ timestamps, `price_change` with `price_changes[]`, initial dumps as arrays of `b
 from __future__ import annotations
 
 import random
+from collections import deque
 
 import orjson
 
@@ -144,7 +145,7 @@ class Message:
 
 
 class SimMarket:
-    __slots__ = ("cond", "yes", "no", "bids", "asks", "fv", "vol", "tick", "resolved", "last_book")
+    __slots__ = ("cond", "yes", "no", "bids", "asks", "fv", "vol", "tick", "resolved", "books_sent")
 
     def __init__(self, cond: str, yes: str, no: str, fv: float, vol: float) -> None:
         self.cond, self.yes, self.no = cond, yes, no
@@ -154,7 +155,7 @@ class SimMarket:
         self.vol = vol
         self.tick = FINE_TICK if fv < FINE_BELOW or fv > FINE_ABOVE else COARSE_TICK
         self.resolved = False
-        self.last_book: dict[str, dict] = {}  # token -> the last `book` doc sent (stale-snapshot fault)
+        self.books_sent: dict[str, deque[dict]] = {}  # token -> its last few `book` docs (stale-snapshot fault)
 
     def top(self) -> tuple[int, int]:
         """YES best bid and ask in thousandths; 0 / 1000 for an empty side (sent as "0" / "1")."""
@@ -194,7 +195,7 @@ class Exchange:
         return token in self.token_market
 
     # -- snapshots ------------------------------------------------------------------------
-    def book_doc(self, token: str, ts_ms: int) -> dict:
+    def book_doc(self, token: str, ts_ms: int, record: bool = True) -> dict:
         m = self.token_market[token]
         if token == m.yes:
             bids = [{"price": _px(p), "size": _sz(s)} for p, s in sorted(m.bids.items())]
@@ -204,7 +205,8 @@ class Exchange:
             asks = [{"price": _px(1000 - p), "size": _sz(s)} for p, s in sorted(m.bids.items())]
         doc = {"event_type": "book", "asset_id": token, "market": m.cond, "bids": bids, "asks": asks,
                "timestamp": str(ts_ms), "hash": "%040x" % self.rng.getrandbits(160)}
-        m.last_book[token] = doc
+        if record:
+            m.books_sent.setdefault(token, deque(maxlen=4)).append(doc)
         return doc
 
     def initial_dump(self, tokens: list[str], ts_ms: int) -> bytes:
