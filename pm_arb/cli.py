@@ -360,7 +360,7 @@ def capture_check(run_dir: Path, do_books: bool, skip_bad_lines: bool, as_json: 
 @cli.command("capture-books")
 @run_dir_option
 @click.option("--tokens", "tokens", multiple=True, metavar="TOKEN[,TOKEN...]", help="Check only these token ids (repeat or comma-separate).")
-@click.option("--silent-after-seconds", type=float, default=600.0, show_default=True,
+@click.option("--silent-after-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=600.0, show_default=True,
               help="silent_token: a token with no message for longer than this while its shard kept receiving.")
 @skip_bad_lines_option
 @json_option
@@ -373,10 +373,10 @@ def capture_books(run_dir: Path, tokens: tuple[str, ...], silent_after_seconds: 
     silent tokens; crossed books are warnings. Incidents per token with start, end, duration
     and cause. Exit 0 when there is no incident, 1 otherwise.
     """
-    from pm_arb.commands.books import check_silent_after, render_books, run_books
+    from pm_arb.commands.books import render_books, run_books
 
     wanted = [t for arg in tokens for t in arg.split(",") if t.strip()]
-    result = run_books(run_dir, [t.strip() for t in wanted] or None, check_silent_after(silent_after_seconds), skip_bad_lines,
+    result = run_books(run_dir, [t.strip() for t in wanted] or None, silent_after_seconds, skip_bad_lines,
                        show_progress=False if as_json else None)
     _emit_json(result) if as_json else click.echo(render_books(result))
     sys.exit(0 if result["pass"] else 1)

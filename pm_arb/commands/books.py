@@ -166,9 +166,3 @@ def render_books(r: dict[str, Any], max_incidents: int = 50) -> str:
     lines.append(f"{verdict}: incidents={t['incidents']} ({by}); out of sync {t['out_of_sync_s']:g} s, "
                  f"silent {t['silent_s']:g} s (silent after {r['silent_after_s']:g} s)")
     return "\n".join(lines)
-
-
-def check_silent_after(value: float) -> float:
-    if not value > 0 or value != value or value == float("inf"):
-        raise UserError("--silent-after-seconds must be a finite number of seconds > 0", 2)
-    return value
