@@ -23,7 +23,8 @@ import orjson
 from _harness import REPO, machine, save
 
 from pm_arb.book.rebuild import BookFold, Connect
-from pm_arb.commands.books import _runlog_markers, merged_frames
+from pm_arb.commands.books import _runlog_markers
+from pm_arb.reader import open_run
 
 
 def record(tmp: Path) -> Path:
@@ -40,8 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="pm_arb_books_") as tmp:
         run_dir = args.run_dir or record(Path(tmp))
-        frames = [(s, r.seq, r.rx_mono_ns, r.rx_wall_ns_utc, r.flags, r.payload)
-                  for s, r in merged_frames(run_dir / "capture", lambda *_: None, [])]
+        frames = [(r.shard, r.seq, r.rx_mono_ns, r.rx_wall_ns_utc, r.flags, r.payload) for r in open_run(run_dir).frames()]
         markers, _ = _runlog_markers(run_dir, False)
         connects = [m for m in markers if isinstance(m, Connect)]
         payloads = [f[5] for f in frames]

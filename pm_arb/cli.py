@@ -180,6 +180,38 @@ def capture_slice(run_dir: Path, out_dir: Path, from_wall, to_wall, from_seq, to
         click.echo(f"wrote {result['frames']:,} frames and {result['runlog_events']} runlog events to {result['out_dir']}")
 
 
+@cli.command("capture-export")
+@run_dir_option
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory (created; refuses an existing export without --force).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
+              help="Parquet (Hive-partitioned date=/hour=, zstd) or Tardis-format gzip CSV.")
+@click.option("--tables", multiple=True, metavar="NAMES",
+              help="Comma-separated or repeated: frames, incremental_book_L2, trades, quotes, market_events, markets [default: all the format has].")
+@click.option("--from-wall", help="Start receive time, inclusive: ISO-8601 (UTC if no offset) or integer ns.")
+@click.option("--to-wall", help="End receive time, inclusive.")
+@click.option("--tokens", multiple=True, metavar="IDS", help="Only these token ids in the normalized tables and markets (comma-separated or repeated).")
+@click.option("--force", is_flag=True, help="Replace an export already in --out.")
+@click.option("--skip-damaged", is_flag=True, help="Skip damaged records and list them, instead of stopping at the first.")
+@json_option
+@handle_errors
+def capture_export(run_dir: Path, out_dir: Path, fmt: str, tables, from_wall, to_wall, tokens, force: bool, skip_damaged: bool, as_json: bool) -> None:
+    """Export a run to Parquet or Tardis-format CSV for DuckDB, Polars, pandas and Spark.
+
+    Tables: frames (every stored frame, payload bytes unchanged; Parquet only),
+    incremental_book_L2, trades, quotes (Tardis.dev columns), market_events, markets.
+    Every record's checksum is verified on the way; a damaged one stops the export (exit 1).
+    """
+    from pm_arb.commands.export_run import build_request, render, run_export
+
+    req = build_request(run_dir, out_dir, fmt, tables, from_wall, to_wall, tokens, skip_damaged)
+    result = run_export(req, force, show_progress=False if as_json else None)
+    if as_json:
+        _emit_json(result)
+    else:
+        for line in render(result):
+            click.echo(line)
+
+
 def main() -> None:
     cli(prog_name="pm_arb")
 

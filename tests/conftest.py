@@ -125,6 +125,20 @@ def offline_run(tmp_path_factory) -> Path:
     return data / "runs" / "fixture-run"
 
 
+def export(run_dir: Path, out: Path, *args: str) -> dict:
+    """`capture-export --json` as a subprocess; its summary."""
+    proc = run_cli("capture-export", "--run-dir", str(run_dir), "--out", str(out), "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return orjson.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def offline_export(offline_run, tmp_path_factory) -> tuple[Path, dict]:
+    """The offline run exported once (every table, Parquet), shared read-only by tests."""
+    out = tmp_path_factory.mktemp("export") / "pq"
+    return out, export(offline_run, out)
+
+
 @pytest.fixture
 def run_copy(offline_run, tmp_path) -> Path:
     """A private copy of the offline run, for tests that damage it."""

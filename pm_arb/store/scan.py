@@ -99,8 +99,11 @@ def _is_prefix_of_record(buf, pos: int, size: int) -> bool:
     return length <= MAX_PAYLOAD and pos + RECORD_OVERHEAD + length > size
 
 
-def scan(buf, summary: ScanSummary | None = None, vouched_until: int = 0) -> Iterator[FrameRecord]:
-    """Yield every valid record in order; fill `summary` with what else was found.
+def scan(
+    buf, summary: ScanSummary | None = None, vouched_until: int = 0, start: int = FILE_HEADER_SIZE
+) -> Iterator[FrameRecord]:
+    """Yield every valid record in order from `start` (a record boundary); fill `summary` with
+    what else was found.
 
     `vouched_until` is the furthest record end the idx lists (shard_files.idx_vouched_until).
     An idx entry is written only after its record was fully written, so no byte before it can
@@ -109,7 +112,7 @@ def scan(buf, summary: ScanSummary | None = None, vouched_until: int = 0) -> Ite
     """
     s = summary if summary is not None else ScanSummary()
     size = len(buf)
-    pos = FILE_HEADER_SIZE
+    pos = start
     while pos < size:
         rec, reason = _record_at(buf, pos, size)
         if rec is not None:
