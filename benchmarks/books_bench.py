@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-from _harness import REPO, machine, save
+from _harness import REPO, bare_loads_seconds, machine, save
 
 from pm_arb.book.rebuild import BookFold, Connect
 from pm_arb.commands.books import _runlog_markers
@@ -45,16 +44,9 @@ def main() -> None:
         markers, _ = _runlog_markers(run_dir, False)
         connects = [m for m in markers if isinstance(m, Connect)]
         payloads = [f[5] for f in frames]
-        loads = orjson.loads
         bare, audit = [], []
         for _ in range(args.rounds):
-            t = time.perf_counter()
-            for p in payloads:
-                try:
-                    loads(p)
-                except orjson.JSONDecodeError:
-                    pass
-            bare.append(time.perf_counter() - t)
+            bare.append(bare_loads_seconds(payloads))
             t = time.perf_counter()
             fold = BookFold()
             for c in connects:
