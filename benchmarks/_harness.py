@@ -56,6 +56,18 @@ class Proc:
                 "cpu_pct": round(100 * cpu / wall, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "stderr_tail": err[-500:]}
 
 
+def bare_loads_seconds(payloads: list[bytes]) -> float:
+    """The baseline the decoding benchmarks are measured against: orjson.loads over every payload."""
+    loads = orjson.loads
+    t = time.perf_counter()
+    for p in payloads:
+        try:
+            loads(p)
+        except orjson.JSONDecodeError:
+            pass
+    return time.perf_counter() - t
+
+
 def start_sim(markets: int, rate: float, pool: int = 4096) -> tuple[Proc, str, str]:
     sim = Proc(["sim-exchange", "--markets", str(markets), "--rate", str(rate), "--pool", str(pool)])
     gamma = sim.p.stdout.readline().strip().split("=", 1)[1]

@@ -21,29 +21,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, Proc, machine  # noqa: E402
+from _harness import RESULTS, Proc, bare_loads_seconds, machine  # noqa: E402
 
 from pm_arb.reader import open_run  # noqa: E402
 
 NORMALIZED = "incremental_book_L2,trades,quotes,market_events"
 WITHOUT_QUOTES = "incremental_book_L2,trades,market_events"  # the part DuckDB does alone
-
-
-def baseline(payloads: list[bytes]) -> float:
-    loads = orjson.loads
-    t = time.perf_counter()
-    for p in payloads:
-        try:
-            loads(p)
-        except orjson.JSONDecodeError:
-            pass
-    return time.perf_counter() - t
 
 
 def baseline_process(run_dir: Path) -> dict:
@@ -85,7 +73,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.baseline_only:
         payloads = [f.payload for f in open_run(a.baseline_only).frames(verify=False)]
-        seconds = min(baseline(payloads) for _ in range(2))
+        seconds = min(bare_loads_seconds(payloads) for _ in range(2))
         print(orjson.dumps({"frames": len(payloads), "seconds": seconds, "payload_bytes": sum(map(len, payloads))}).decode())
         return
     work = Path(tempfile.mkdtemp(prefix="pm_arb_export_bench_"))

@@ -374,13 +374,28 @@ def _verify_totals(run_dir: Path, as_json: bool) -> dict[str, Any] | None:
         return None
 
 
+def _book_audit(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> dict[str, Any] | None:
+    from pm_arb.commands.books import run_books
+
+    try:
+        return run_books(run_dir, skip_bad_lines=skip_bad_lines, show_progress=False if as_json else None)
+    except UserError:
+        return None
+
+
+def books_option(fn: Callable) -> Callable:
+    return click.option("--books/--no-books", "do_books", default=True, show_default=True,
+                        help="Also rebuild every token's book for the book_integrity gate (reads every frame; ADR/0010).")(fn)
+
+
 @cli.command("capture-latency-report")
 @run_dir_option
 @click.option("--verify/--no-verify", "do_verify", default=True, show_default=True, help="Also check frame checksums for the crc gate.")
+@books_option
 @skip_bad_lines_option
 @json_option
 @handle_errors
-def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool, as_json: bool) -> None:
+def capture_latency_report(run_dir: Path, do_verify: bool, do_books: bool, skip_bad_lines: bool, as_json: bool) -> None:
     """Write latency_report.json and latency_report.txt into the run dir and print the text.
 
     ws_rx_to_applied_ms percentiles (run and per shard), queue depths, drops, reconnects,
@@ -390,7 +405,8 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
     from pm_arb.commands.reports import render_latency, run_latency_report
     from pm_arb.commands.vocabulary import document
 
-    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None)
+    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None,
+                                books=_book_audit(run_dir, skip_bad_lines, as_json) if do_books else None)
     text = render_latency(report)
     bundle.write_json(run_dir / bundle.LATENCY_JSON, document(report))
     bundle.write_file(run_dir / bundle.LATENCY_TXT, (text + "\n").encode())
@@ -399,11 +415,12 @@ def capture_latency_report(run_dir: Path, do_verify: bool, skip_bad_lines: bool,
 
 @cli.command("capture-check")
 @run_dir_option
+@books_option
 @skip_bad_lines_option
 @json_option
 @handle_errors
-def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
-    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, file integrity, a recorded stop, fatal.json.
+def capture_check(run_dir: Path, do_books: bool, skip_bad_lines: bool, as_json: bool) -> None:
+    """Every quality gate at once: heartbeat gaps, midrun reconnects, drops, file integrity, a recorded stop, book integrity, fatal.json.
 
     One line per gate; exit 0 when all pass, 1 when any fails.
     """
@@ -412,7 +429,8 @@ def capture_check(run_dir: Path, skip_bad_lines: bool, as_json: bool) -> None:
     from pm_arb.commands.reports import render_gates
     from pm_arb.commands.runs import record_check
 
-    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json))
+    report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json),
+                                books=_book_audit(run_dir, skip_bad_lines, as_json) if do_books else None)
     note = record_check(run_dir, report)
     if note:
         click.echo(f"note: {note}", err=True)
@@ -458,6 +476,31 @@ def runs(data_dir: Path | None, as_json: bool) -> None:
 
     result = list_runs(data_dir if data_dir is not None else data_dir_from_env())
     _emit_json(result) if as_json else click.echo(render_runs(result))
+
+
+@cli.command("capture-books")
+@run_dir_option
+@click.option("--tokens", "tokens", multiple=True, metavar="TOKEN[,TOKEN...]", help="Check only these token ids (repeat or comma-separate).")
+@click.option("--silent-after-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=600.0, show_default=True,
+              help="silent_token: a token with no message for longer than this while its shard kept receiving.")
+@skip_bad_lines_option
+@json_option
+@handle_errors
+def capture_books(run_dir: Path, tokens: tuple[str, ...], silent_after_seconds: float, skip_bad_lines: bool, as_json: bool) -> None:
+    """Rebuild every token's order book from the frames and report where data was lost (book audit).
+
+    Checks each price_change's stated best bid/ask and each best_bid_ask against the rebuilt
+    book, each book snapshot against it, changes before a snapshot since a (re)connect, and
+    silent tokens; crossed books are warnings. Incidents per token with start, end, duration
+    and cause. Exit 0 when there is no incident, 1 otherwise.
+    """
+    from pm_arb.commands.books import render_books, run_books
+
+    wanted = [t for arg in tokens for t in arg.split(",") if t.strip()]
+    result = run_books(run_dir, [t.strip() for t in wanted] or None, silent_after_seconds, skip_bad_lines,
+                       show_progress=False if as_json else None)
+    _emit_json(result) if as_json else click.echo(render_books(result))
+    sys.exit(0 if result["verdict"] == "PASS" else 1)
 
 
 @cli.command("capture-replay")

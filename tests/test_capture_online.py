@@ -174,7 +174,7 @@ def test_a_silent_shard_makes_confirm_fatal_with_missing_tokens(sim, data_dir):
     markets, _ = select_markets(sim.rows(), 2000)
     where = shard_map(markets)
     silent = {t for mk in markets if where[mk.condition_id] == 1 for t in (mk.yes_token, mk.no_token)}
-    # a whole market: price_change messages carry both tokens of a market, so one token alone is not silent
+    # every market of shard 1, and one market of shard 2 (a token of a pair can also be silenced alone)
     one_more = next({mk.yes_token, mk.no_token} for mk in markets if where[mk.condition_id] == 2)
     sim.silent_tokens = silent | one_more
     proc, run_dir = start_capture(sim, data_dir, "fatal", "--capture-confirm-timeout-seconds", "2", "--no-capture-universe-refresh-enable")

@@ -96,7 +96,8 @@ def test_latency_report_merges_histograms_and_folds_reconnects_and_disconnection
     g = gates(aud, r, {"crc_mismatch": 0, "seq_gaps": 0, "idx_mismatch": 0, "torn_tail_bytes": 0, "file_errors": 0}, False)
     assert g["verdict"] == "FAIL"
     assert {k: v["pass"] for k, v in g["gates"].items()} == {
-        "heartbeat_gaps": True, "reconnects_midrun": False, "drops": False, "crc_mismatch": True, "clean_stop": True, "fatal": True}
+        "heartbeat_gaps": True, "reconnects_midrun": False, "drops": False, "crc_mismatch": True, "clean_stop": True,
+        "book_integrity": None, "fatal": True}
 
 
 def test_gates_each_failure_alone():
@@ -116,6 +117,12 @@ def test_gates_each_failure_alone():
         "no run_stop: the runlog ends at seq 41 (heartbeat, 2026-11-24T18:55:20.000000Z); the capture is still running, or it was killed")
     unchecked = gates(clean_aud, clean_lat, None, False)
     assert unchecked["gates"]["crc_mismatch"]["pass"] is None and unchecked["verdict"] == "PASS"
+    books = {"totals": {"incidents": 0, "incidents_by_cause": {}, "tokens_checked": 4, "out_of_sync_s": 0.0}}
+    assert gates(clean_aud, clean_lat, clean_ver, False, books)["gates"]["book_integrity"]["pass"] is True
+    lossy = {"totals": {"incidents": 2, "incidents_by_cause": {"top_mismatch": 1, "silent_token": 1}, "tokens_checked": 4, "out_of_sync_s": 1.5}}
+    failed = gates(clean_aud, clean_lat, clean_ver, False, lossy)
+    assert failed["verdict"] == "FAIL" and failed["gates"]["book_integrity"] == {
+        "pass": False, "figure": "incidents=2 (silent_token=1, top_mismatch=1) over 4 tokens, 1.5 s out of sync", "value": 2}
 
 
 def test_supervisor_fold_tracks_universe_grace_and_coverage():

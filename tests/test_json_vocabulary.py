@@ -30,6 +30,7 @@ def documents(offline_run, tmp_path_factory):
     take("capture-latency-report", "capture-latency-report", "--run-dir", str(data / "runs" / "v"))
     take("capture-check", "capture-check", "--run-dir", str(data / "runs" / "v"))
     take("capture-replay", "capture-replay", "--run-dir", run)
+    take("capture-books", "capture-books", "--run-dir", run)
     take("capture-slice", "capture-slice", "--run-dir", run, "--out", str(tmp / "cut"), "--from-seq", "0", "--to-seq", "3")
     take("capture-plot", "capture-plot", "--run-dir", run, "--out", str(tmp / "plot"))
     take("runs", "runs", "--data-dir", str(data))
@@ -43,7 +44,7 @@ def documents(offline_run, tmp_path_factory):
 
 
 def test_every_document_starts_with_its_schema_version(documents):
-    assert len(documents) == 15
+    assert len(documents) == 16
     for name, doc in documents.items():
         assert doc["schema_version"] == 1, name
         if not name.endswith(".json"):  # files are written with sorted keys; printed documents lead with it
@@ -51,7 +52,7 @@ def test_every_document_starts_with_its_schema_version(documents):
 
 
 def test_a_checks_outcome_is_verdict_pass_or_fail_in_every_command(documents):
-    for name in ("capture-verify", "capture-audit", "capture-latency-report", "capture-check", "check.json"):
+    for name in ("capture-verify", "capture-audit", "capture-latency-report", "capture-check", "check.json", "capture-books"):
         doc = documents[name]
         assert doc["verdict"] in ("PASS", "FAIL"), name
         assert "ok" not in doc and "pass" not in doc, name

@@ -100,7 +100,8 @@ def load_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[di
     return glob, shards, bad
 
 
-def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[str, Any] | None, gap_threshold_s: float = 2.0) -> dict[str, Any]:
+def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[str, Any] | None, gap_threshold_s: float = 2.0,
+                       books: dict[str, Any] | None = None) -> dict[str, Any]:
     read, warnings = load_runlog(run_dir, skip_bad_lines)
     glob, shards, bad = load_metrics(run_dir)
     if bad:
@@ -118,7 +119,7 @@ def run_latency_report(run_dir: Path, skip_bad_lines: bool, verify_totals: dict[
     aud = audit(read.records, gap_threshold_s)
     report["heartbeat_audit"] = {k: aud[k] for k in ("threshold_s", "heartbeats", "max_gap_s", "gaps_over_threshold")}
     fatal_seq = next((r.seq for r in read.records if isinstance(r.event, ev.Fatal)), None)
-    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), slice_of(run_dir), fatal_seq))
+    report.update(gates(aud, report, verify_totals, (run_dir / bundle.FATAL_JSON).exists(), slice_of(run_dir), fatal_seq, books))
     report["warnings"] = warnings
     # per-shard figures as the vocabulary's list of {"shard": N, ...} (the fold keys them by "N")
     lat = report["ws_rx_to_applied_ms"]

@@ -7,10 +7,18 @@ offset paging capped at 2000 (HTTP 422 past it), `GET /markets/keyset` with `aft
 `operation: subscribe/unsubscribe` afterwards, `INVALID OPERATION` for a second initial form,
 text PING -> PONG, initial book dumps as arrays, and a paced stream of market messages.
 
+It is one exchange (pm_arb/sim/market_data.py:Exchange): one book per market, changed by one
+stream of events that every subscriber of a token receives alike, on every connection and
+after every reconnect. `best_bid_ask`, `new_market` and `market_resolved` go only to
+subscriptions with `custom_feature_enabled`.
+
 Tests script faults through the public attributes and methods (refuse connections, stop PONGs,
 stop data, close connections, send garbage, change the market list, cap assets per
-connection, fail Gamma requests). Every payload sent on each connection is logged when
-`record_sent` is on, so a test can compare it with what was captured.
+connection, fail Gamma requests) and the server-side losses the book audit must find
+(`drop_fraction`, `silent_tokens`, `send_stale_snapshot`, `withhold_dump_on_resubscribe`;
+each logged in `fault_log` with each affected connection's frame index). Every payload sent on
+each connection is logged when `record_sent` is on, so a test can compare it with what was
+captured.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import random
 import threading
 import time
 from collections import deque
@@ -32,7 +41,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from pm_arb.sim.market_data import MarketStream, make_gamma_rows, markets_of_rows
+from pm_arb.sim.market_data import Exchange, Message, SimMarket, make_gamma_rows, markets_of_rows
 
 OFFSET_CAP = 2000
 KEYSET_MAX_LIMIT = 1000
@@ -50,6 +59,8 @@ class SimConnection:
     closed: bool = False
     close_reason: str = ""
     received: list[bytes] = field(default_factory=list)
+    custom: bool = False  # the subscription set custom_feature_enabled
+    served: set[str] = field(default_factory=set)  # subscribed tokens this connection gets data for
 
 
 def _json_response(status: int, doc: Any) -> Response:
@@ -109,12 +120,26 @@ class SimExchange:
         # A stall that is not silent: while > 0, no market data; every this many seconds a `[]`,
         # and every third time a truncated JSON frame instead (PONGs still answered).
         self.stall_noise_seconds = 0.0
-        self.silent_tokens: set[str] = set()  # subscribed but never get a message (per-asset silent loss)
+        self.silent_tokens: set[str] = set()  # subscribed but get no message, from now on (per-asset silent loss)
+        # Server-side losses (the book audit's oracle): drop this fraction of a token's messages;
+        # subscribing again (a reconnect) gets no fresh book dump for tokens dumped before.
+        self.drop_fraction: dict[str, float] = {}
+        self.withhold_dump_on_resubscribe = False
+        self.fault_log: list[dict] = []  # {"kind", "token", "at": {conn_id: index in its sent frames}, ...}
         self.gamma_script: deque[str] = deque()  # "500", "bad_json", "sleep:SECONDS", "loop" consumed one per request
         self.gamma_loop = False
         self.gamma_requests: list[str] = []
         self.connections: dict[int, SimConnection] = {}
-        self._served: dict[int, int] = {}  # live connection -> tokens it gets data for
+        self._served: dict[int, int] = {}  # live connection -> tokens it gets data for (pool mode pacing)
+        self.exchange = Exchange(markets_of_rows(self._rows), seed=seed)
+        self._subs: dict[str, set[int]] = {}  # token -> live connections it is served on
+        self._active: list[SimMarket] = []  # markets with at least one served token
+        self._active_dirty = False
+        self._serve_key: tuple = ()
+        self._rows_changed = False
+        self._dumped: set[str] = set()  # tokens some connection already got a book dump for
+        self._fault_rng = random.Random(seed * 31 + 1)
+        self._pick_rng = random.Random(seed * 31 + 2)
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -174,8 +199,10 @@ class SimExchange:
             write_limit=2**22,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
+            pump = asyncio.create_task(self._pump())
             self._ready.set()
             await self._stop.wait()
+            pump.cancel()
             for ws in list(self._live.values()):
                 ws.transport.abort()
 
@@ -187,6 +214,58 @@ class SimExchange:
     def set_rows(self, rows: list[dict]) -> None:
         with self._rows_lock:
             self._rows = list(rows)
+            self._rows_changed = True  # the event loop adds books for new markets
+
+    def list_new_market(self) -> dict:
+        """A new active binary market: listed by Gamma from now on, announced by `new_market`."""
+        with self._rows_lock:
+            next_id = max((int(r["id"]) for r in self._rows), default=500_000) + 1
+            row = make_gamma_rows(1, seed=self.seed * 7919 + next_id, first_id=next_id, extras=False)[0]
+            self._rows.append(row)
+
+        async def announce():
+            yes, no = orjson.loads(row["clobTokenIds"])
+            self.exchange.add_market(row["conditionId"], yes, no)
+            await self._broadcast_custom(self.exchange.new_market_message(row, int(time.time() * 1000)))
+
+        self._call(announce)
+        return row
+
+    def resolve_market(self, condition_id: str, winner: int = 0) -> dict:
+        """Resolve a market: `market_resolved` now, closed in Gamma from now on, no more book events."""
+        with self._rows_lock:
+            row = next((r for r in self._rows if r.get("conditionId") == condition_id), None)
+            if row is None:
+                raise KeyError(condition_id)
+            row.update(closed=True, acceptingOrders=False, umaResolutionStatuses='["resolved"]')
+
+        async def announce():
+            await self._broadcast_custom(self.exchange.resolve(row, int(time.time() * 1000), winner))
+            self._active_dirty = True
+
+        self._call(announce)
+        return row
+
+    def send_stale_snapshot(self, token: str) -> dict:
+        """Send again the token's most recent `book` that the book has since moved away from (a
+        stale snapshot). `differs` is False, and nothing is sent, when every kept one is current."""
+
+        async def send():
+            current = self.exchange.book_doc(token, 0, record=False)
+            kept = self.exchange.token_market[token].books_sent.get(token, ())
+            doc = next((d for d in reversed(kept) if (d["bids"], d["asks"]) != (current["bids"], current["asks"])), None)
+            entry["differs"] = doc is not None
+            if doc is None:
+                return
+            entry["at"] = {cid: self.connections[cid].sent_count for cid in sorted(self._subs.get(token, ()))}
+            payload = orjson.dumps(doc)
+            for cid in entry["at"]:
+                await self._send_safe(cid, payload)
+
+        entry: dict = {"kind": "stale_snapshot", "token": token, "at": {}}
+        self.fault_log.append(entry)
+        self._call(send)
+        return entry
 
     def _call(self, fn, *args) -> None:
         assert self._loop is not None
@@ -342,6 +421,15 @@ class SimExchange:
         await ws.send(payload, text=True)
         self._log_sent(cid, payload)
 
+    async def _send_safe(self, cid: int, payload: bytes) -> None:
+        ws = self._live.get(cid)
+        if ws is None:
+            return
+        try:
+            await self._send(ws, cid, payload)
+        except ConnectionClosed:
+            pass
+
     async def _handle_ws(self, ws: ServerConnection) -> None:
         cid = next(self._ids)
         conn = SimConnection(cid)
@@ -358,27 +446,22 @@ class SimExchange:
             if not isinstance(sub, dict) or not isinstance(sub.get("assets_ids"), list) or str(sub.get("type", "")).lower() != "market":
                 await ws.close(1008, "invalid subscription payload")
                 return
-            all_markets = markets_of_rows(self.rows())
-            stream = MarketStream(all_markets, seed=self.seed * 1000 + cid)
-            known = stream.token_market
-            subscribed: list[str] = []
+            conn.custom = sub.get("custom_feature_enabled") is True
+            self._sync_markets()
+
+            subscribed: set[str] = set()
 
             def add(ids: list) -> list[str]:
-                fresh = [t for t in ids if isinstance(t, str) and t not in subscribed]
-                subscribed.extend(fresh)
-                conn.tokens = list(subscribed)
+                fresh = list(dict.fromkeys(t for t in ids if isinstance(t, str) and t not in subscribed))
+                subscribed.update(fresh)
+                conn.tokens = conn.tokens + fresh
                 return fresh
 
             fresh = add(sub["assets_ids"])
-            cap = self.max_assets_per_connection
-            def served() -> list[str]:
-                return [t for t in (subscribed[:cap] if cap else subscribed) if t in known and t not in self.silent_tokens]
-
-            if sub.get("initial_dump", True) and self.initial_dump:
-                dump = [t for t in fresh if t in served()]
-                if dump:
-                    await self._send(ws, cid, stream.initial_dump(dump, int(time.time() * 1000)))
-            sender = asyncio.create_task(self._stream(ws, cid, stream, served))
+            self._serve(conn)
+            if sub.get("initial_dump", True):
+                await self._dump(conn, fresh)
+            sender = asyncio.create_task(self._stream_pool(ws, cid, conn)) if self.pool else None
             try:
                 async for msg in ws:
                     raw = msg if isinstance(msg, bytes) else msg.encode()
@@ -396,43 +479,173 @@ class SimExchange:
                     op = doc.get("operation")
                     ids = doc.get("assets_ids") if isinstance(doc.get("assets_ids"), list) else []
                     if op == "subscribe":
+                        self._sync_markets()
                         fresh = add(ids)
-                        dump = [t for t in fresh if t in served()]
-                        if dump and doc.get("initial_dump", True) and self.initial_dump:
-                            await self._send(ws, cid, stream.initial_dump(dump, int(time.time() * 1000)))
+                        self._serve(conn)
+                        if doc.get("initial_dump", True):
+                            await self._dump(conn, fresh)
                     elif op == "unsubscribe":
-                        for t in ids:
-                            if t in subscribed:
-                                subscribed.remove(t)
-                        conn.tokens = list(subscribed)
+                        gone = {t for t in ids if isinstance(t, str)}
+                        subscribed.difference_update(gone)
+                        conn.tokens = [t for t in conn.tokens if t not in gone]
+                        self._serve(conn)
             finally:
-                sender.cancel()
+                if sender is not None:
+                    sender.cancel()
         except ConnectionClosed:
             pass
         finally:
             conn.closed = True
             self._live.pop(cid, None)
+            self._unserve(conn)
 
-    async def _stream(self, ws: ServerConnection, cid: int, stream: MarketStream, served) -> None:
-        """Paced market messages: this connection's share, by tokens served, of the total rate."""
+    # -- one exchange: who gets what -----------------------------------------------------------
+    def _sync_markets(self) -> None:
+        if self._rows_changed:
+            self._rows_changed = False
+            self.exchange.add_markets(markets_of_rows(self.rows()))
+
+    def _serve(self, conn: SimConnection) -> None:
+        """Recompute the tokens a connection gets data for, and the token -> connections index."""
+        cap = self.max_assets_per_connection
+        known = self.exchange.token_market
+        silent = self.silent_tokens
+        new = {t for t in (conn.tokens[:cap] if cap else conn.tokens) if t in known and t not in silent}
+        gone, added = conn.served - new, new - conn.served
+        conn.served = gone
+        self._unserve(conn)
+        for t in added:
+            self._subs.setdefault(t, set()).add(conn.conn_id)
+        conn.served = new
+
+    def _unserve(self, conn: SimConnection) -> None:
+        for t in conn.served:
+            subs = self._subs.get(t)
+            if subs is not None:
+                subs.discard(conn.conn_id)
+                if not subs:
+                    del self._subs[t]
+        conn.served = set()
+        self._active_dirty = True
+
+    def _refresh_serving(self) -> None:
+        """Follow the knobs tests set from their thread (silent tokens, the per-connection cap)."""
+        self._sync_markets()
+        key = (id(self.silent_tokens), len(self.silent_tokens), self.max_assets_per_connection)
+        if key != self._serve_key:
+            self._serve_key = key
+            for cid in list(self._live):
+                self._serve(self.connections[cid])
+        if self._active_dirty:
+            self._active_dirty = False
+            subs = self._subs
+            self._active = [m for m in self.exchange.markets.values() if not m.resolved and (m.yes in subs or m.no in subs)]
+
+    async def _dump(self, conn: SimConnection, fresh: list[str]) -> None:
+        if not self.initial_dump:
+            return
+        dump = [t for t in fresh if t in conn.served]
+        if self.withhold_dump_on_resubscribe:
+            withheld = [t for t in dump if t in self._dumped]
+            for t in withheld:
+                self.fault_log.append({"kind": "withheld_dump", "token": t, "at": {conn.conn_id: conn.sent_count}})
+            dump = [t for t in dump if t not in self._dumped]
+        self._dumped.update(dump)
+        if dump:
+            await self._send_safe(conn.conn_id, self.exchange.initial_dump(dump, int(time.time() * 1000)))
+
+    async def _pump(self) -> None:
+        """The exchange's one event stream, paced at `rate` messages/s over markets someone is served."""
         tick = 0.01
         start = time.monotonic()
-        sent = 0.0
-        pool: list[bytes] = []
-        pool_tokens: list[str] = []
-        k = 0
+        sent = 0
+        step, pick = self.exchange.step, self._pick_rng.choice
         noise_at, noise_count = 0.0, 0
         try:
             while True:
                 await asyncio.sleep(tick)
+                self._refresh_serving()
                 if self.stall_noise_seconds > 0:
                     if time.monotonic() >= noise_at:
                         noise_count += 1
-                        await self._send(ws, cid, STALL_GARBAGE if noise_count % 3 == 0 else b"[]")
+                        for cid in [c for c in self._live if self.connections[c].tokens]:  # subscribed ones
+                            await self._send_safe(cid, STALL_GARBAGE if noise_count % 3 == 0 else b"[]")
                         noise_at = time.monotonic() + self.stall_noise_seconds
+                    start, sent = time.monotonic(), 0
+                    continue
+                if self.pool or not self.send_data or self.rate <= 0 or not self._active:
+                    start = time.monotonic()
+                    sent = 0
+                    continue
+                due = int((time.monotonic() - start) * self.rate) - sent
+                if due <= 0:
+                    continue
+                now_ms = int(time.time() * 1000)
+                made = 0
+                while made < min(due, 5000):
+                    msgs = step(pick(self._active), now_ms)
+                    made += len(msgs)
+                    for m in msgs:
+                        await self._deliver(m)
+                sent += made
+        except asyncio.CancelledError:
+            return
+
+    async def _deliver(self, msg: Message) -> None:
+        """Send one exchange message to every connection served one of its tokens (each sees only its own)."""
+        subs = self._subs
+        if len(msg.tokens) == 1:
+            tok = msg.tokens[0]
+            cids = subs.get(tok)
+            if not cids or (tok in self.drop_fraction and self._lose(msg, tok)):
+                return
+            for cid in list(cids):
+                if msg.custom and not self.connections[cid].custom:
+                    continue
+                await self._send_safe(cid, msg.payload)
+            return
+        per_conn: dict[int, list[str]] = {}
+        for tok in msg.tokens:
+            cids = subs.get(tok)
+            if cids and not (tok in self.drop_fraction and self._lose(msg, tok)):
+                for cid in cids:
+                    per_conn.setdefault(cid, []).append(tok)
+        for cid, toks in per_conn.items():
+            if msg.custom and not self.connections[cid].custom:
+                continue
+            await self._send_safe(cid, msg.payload_for(tuple(toks)))
+
+    def _lose(self, msg: Message, token: str) -> bool:
+        """Server-side loss: the token's part of this message reaches no one."""
+        if self._fault_rng.random() >= self.drop_fraction.get(token, 0.0):
+            return False
+        at = {cid: self.connections[cid].sent_count for cid in sorted(self._subs.get(token, ()))}
+        self.fault_log.append({"kind": "drop", "token": token, "event_type": msg.kind, "top_changed": msg.top_changed, "at": at})
+        return True
+
+    async def _broadcast_custom(self, msg: Message) -> None:
+        for cid in list(self._live):
+            if self.connections[cid].custom:
+                await self._send_safe(cid, msg.payload)
+
+    async def _stream_pool(self, ws: ServerConnection, cid: int, conn: SimConnection) -> None:
+        """Benchmarks: cycle pre-generated messages, this connection's share by tokens served of `rate`.
+
+        The books behind a pool are not followed (messages repeat): only for throughput runs.
+        """
+        tick = 0.01
+        start = time.monotonic()
+        sent = 0.0
+        pool: list[bytes] = []
+        pool_tokens: set[str] = set()
+        k = 0
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                if self.stall_noise_seconds > 0:  # the pump sends the noise
                     start, sent = time.monotonic(), 0.0
                     continue
-                tokens = served()
+                tokens = conn.served
                 self._served[cid] = len(tokens)
                 if not tokens or not self.send_data or self.rate <= 0:
                     start = time.monotonic()
@@ -443,22 +656,28 @@ class SimExchange:
                 n = int(due)
                 if n <= 0:
                     continue
-                now_ms = int(time.time() * 1000)
-                if self.pool:
-                    if tokens != pool_tokens:
-                        pool_tokens = list(tokens)
-                        pool = [stream.next_message(now_ms, tokens) for _ in range(self.pool)]
-                    for _ in range(min(n, 5000)):
-                        await self._send(ws, cid, pool[k % len(pool)])
-                        k += 1
-                else:
-                    for _ in range(min(n, 5000)):
-                        await self._send(ws, cid, stream.next_message(now_ms, tokens))
+                if tokens != pool_tokens:
+                    pool_tokens = set(tokens)
+                    pool = self._pool_for(conn, int(time.time() * 1000))
+                for _ in range(min(n, 5000)):
+                    await self._send(ws, cid, pool[k % len(pool)])
+                    k += 1
                 sent += n
         except (ConnectionClosed, asyncio.CancelledError):
             return
         finally:
             self._served.pop(cid, None)
+
+    def _pool_for(self, conn: SimConnection, now_ms: int) -> list[bytes]:
+        ordered = sorted(conn.served)
+        markets = self.exchange.token_market
+        pool: list[bytes] = []
+        while len(pool) < self.pool:
+            for m in self.exchange.step(markets[self._pick_rng.choice(ordered)], now_ms):
+                toks = tuple(t for t in m.tokens if t in conn.served)
+                if toks and (conn.custom or not m.custom):
+                    pool.append(m.payload_for(toks))
+        return pool[: self.pool]
 
 
 def _parse_json(raw: bytes) -> Any:

@@ -1,5 +1,5 @@
-"""The five FAIL gates of MASTER.md section 6, and clean_stop (ADR/0005), from already-folded
-figures. Pure."""
+"""The five FAIL gates of MASTER.md section 6, and pm_arb's own clean_stop and book_integrity
+(ADR/0005), from already-folded figures. Pure."""
 
 from __future__ import annotations
 
@@ -21,6 +21,19 @@ def _clean_stop(audit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _book_integrity(books: dict[str, Any] | None) -> dict[str, Any]:
+    """Fails on any incident of the book audit (capture-books, ADR/0010)."""
+    if books is None:
+        return {"pass": None, "figure": "not checked (run capture-books, or drop --no-books)", "value": None}
+    t = books["totals"]
+    causes = ", ".join(f"{c}={n}" for c, n in sorted(t["incidents_by_cause"].items())) or "none"
+    return {
+        "pass": t["incidents"] == 0,
+        "figure": f"incidents={t['incidents']} ({causes}) over {t['tokens_checked']} tokens, {t['out_of_sync_s']:g} s out of sync",
+        "value": t["incidents"],
+    }
+
+
 def _not_for_a_slice(gate: dict[str, Any], slice_of: dict[str, Any], why: str) -> dict[str, Any]:
     source = slice_of.get("run_dir") or slice_of.get("run_id") or "the source run"
     return {"pass": None, "applies": False, "figure": f"does not apply to a slice: {why}; check the source run {source}", "value": gate["value"]}
@@ -33,6 +46,7 @@ def gates(
     fatal_present: bool,
     slice_of: dict[str, Any] | None = None,
     fatal_seq_in_runlog: int | None = None,
+    books: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every gate; on a slice (a window of a run) the whole-run gates say they do not apply
     instead of failing: a window need not hold the run's stop, and fatal.json stays with the source."""
@@ -64,6 +78,7 @@ def gates(
         extra = ("; also " + ", ".join(f"{k}={v}" for k, v in other.items())) if other else ""
         out["crc_mismatch"] = {"pass": bad == 0 and not other, "figure": f"totals.crc_mismatch={bad}{extra}", "value": bad}
     out["clean_stop"] = _clean_stop(audit)
+    out["book_integrity"] = _book_integrity(books)
     out["fatal"] = {"pass": not fatal_present, "figure": "fatal.json present" if fatal_present else "no fatal.json", "value": fatal_present}
     if slice_of is not None:
         if not out["clean_stop"]["pass"]:
