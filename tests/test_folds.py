@@ -118,11 +118,11 @@ def test_gates_each_failure_alone():
     unchecked = gates(clean_aud, clean_lat, None, False)
     assert unchecked["gates"]["crc_mismatch"]["pass"] is None and unchecked["verdict"] == "PASS"
     books = {"totals": {"incidents": 0, "incidents_by_cause": {}, "tokens_checked": 4, "out_of_sync_s": 0.0}}
-    assert gates(clean_aud, clean_lat, clean_ver, False, books)["gates"]["book_integrity"]["pass"] is True
+    assert gates(clean_aud, clean_lat, clean_ver, False, books=books)["gates"]["book_integrity"]["pass"] is True
     lossy = {"totals": {"incidents": 2, "incidents_by_cause": {"top_mismatch": 1, "silent_token": 1}, "tokens_checked": 4, "out_of_sync_s": 1.5}}
-    failed = gates(clean_aud, clean_lat, clean_ver, False, lossy)
+    failed = gates(clean_aud, clean_lat, clean_ver, False, books=lossy)
     assert failed["verdict"] == "FAIL" and failed["gates"]["book_integrity"] == {
-        "pass": False, "figure": "incidents=2 (silent_token=1, top_mismatch=1) over 4 tokens, 1.5 s out of sync", "value": 2}
+        "pass": False, "figure": "incidents=2 (silent_token=1, top_mismatch=1) over 4 tokens, 1.5 s out of sync", "value": 2, "applies": True}
 
 
 def test_supervisor_fold_tracks_universe_grace_and_coverage():
