@@ -91,6 +91,7 @@ def main() -> None:
             nq, nq_cost = export(run_dir, work / "no_quotes", "--tables", WITHOUT_QUOTES)
             base_fps = n / statistics.mean([x["seconds"] for x in (b, b2, b3)])
             rounds.append({
+                "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: other work's load, for reading the figures
                 "baseline_frames_per_s": round(base_fps),
                 "frames_table": {"frames_per_s": fr["frames_per_s"], "ratio": round(fr["frames_per_s"] / base_fps, 2),
                                  "payload_mb_per_s": fr["payload_mb_per_s"], "seconds": fr["duration_s"],
@@ -102,7 +103,7 @@ def main() -> None:
                                               "payload_mb_per_s": nq["payload_mb_per_s"], "seconds": nq["duration_s"],
                                               "cpu_pct": nq_cost["cpu_pct"], "peak_rss_mb": nq_cost["peak_rss_mb"]},
             })
-            print(f"round {i + 1}: baseline {base_fps:,.0f} frames/s; frames table {rounds[-1]['frames_table']['ratio']}x; "
+            print(f"round {i + 1} (load {rounds[-1]['load_avg_1m']}): baseline {base_fps:,.0f} frames/s; frames table {rounds[-1]['frames_table']['ratio']}x; "
                   f"normalized {rounds[-1]['normalized_tables']['ratio']}x (without quotes "
                   f"{rounds[-1]['normalized_without_quotes']['ratio']}x)", file=sys.stderr)
         result = {

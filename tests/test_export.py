@@ -309,3 +309,73 @@ def test_markets_alone_reads_no_frames(offline_run, tmp_path):
     lines = gzip.decompress((tmp_path / "m" / "markets.csv.gz").read_bytes()).decode().splitlines()
     assert lines[0] == '"token","outcome","condition_id","question","shard","gamma_id","slug","source"'
     assert len(lines) == 1 + summary["rows"]["markets"]
+
+
+# --- the quotes fold's cached top -------------------------------------------------------
+
+
+def test_quotes_fold_cached_top_equals_a_plain_book_after_every_step():
+    """The fold reads the book again only after a change at or past the top; every path of that
+    shortcut (below the top, at it, removing it, the other side, a refused change, best_bid_ask
+    at the top's price, at another price, at a price the book refuses) against a plain book."""
+    import pyarrow as pa
+
+    from pm_arb.export.quotes import QuoteFold
+
+    steps = [  # (kind, side, price, size) for book rows; ("bba", best_bid, best_ask) for best_bid_ask
+        ("reset",), ("bid", "0.40", "10"), ("bid", "0.45", "5"), ("ask", "0.55", "7"), ("ask", "0.60", "3"),
+        ("chg", "bid", "0.41", "2"), ("chg", "bid", "0.45", "6"), ("chg", "ask", "0.58", "1"), ("chg", "bid", "0.45", "0"),
+        ("bba", "0.41", "0.55"), ("bba", "0.40", "0.60"), ("bba", "1.5", "0.58"), ("chg", "bid", "1.5", "1"),
+        ("chg", "ask", "0.55", "0"), ("chg", "ask", "0.58", "0"), ("chg", "ask", "0.60", "0"), ("chg", "bid", "0.42", "4"),
+        ("chg", "bid", "0.4", "0"), ("bba", "0.42", None), ("chg", "ask", "0.50", "9"), ("reset",), ("bid", "0.30", "1"),
+        ("chg", "bid", "0.31", "2"), ("bba", "0.31", "0.50"),
+    ]
+    book_cols = {n: [] for n in ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "is_snapshot", "side", "price_s", "size_s")}
+    top_cols = {n: [] for n in ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "best_bid", "best_ask")}
+    bids: dict[Decimal, Decimal] = {}
+    asks: dict[Decimal, Decimal] = {}
+    want, pending, seq = [], None, 0
+
+    def top(source, ts):
+        bp, ap = max(bids, default=None), min(asks, default=None)
+        return ("T", ts, ts, float(asks[ap]) if ap is not None else None, float(ap) if ap is not None else None,
+                float(bp) if bp is not None else None, float(bids[bp]) if bp is not None else None, "M", 0, ts, source)
+
+    def flush():
+        nonlocal pending
+        if pending is not None:
+            bids.clear(), asks.clear()
+            for side, price, size in pending[1]:
+                (bids if side == "bid" else asks)[Decimal(price)] = Decimal(size)
+            want.append(top("book", pending[0]))
+            pending = None
+
+    for step in steps:
+        if step[0] != "bid" and step[0] != "ask":
+            seq += 1
+            flush()
+        cols = top_cols if step[0] == "bba" else book_cols
+        for n, v in (("shard", 0), ("seq", seq), ("idx", 0), ("local_us", seq), ("ts", seq), ("market", "M"), ("symbol", "T")):
+            cols[n].append(v)
+        if step[0] == "bba":
+            top_cols["best_bid"].append(step[1]), top_cols["best_ask"].append(step[2])
+            amount = lambda levels, p: float(levels[Decimal(p)]) if p is not None and Decimal(p) in levels else None  # noqa: E731
+            want.append(("T", seq, seq, amount(asks, step[2]), None if step[2] is None else float(step[2]),
+                         float(step[1]), amount(bids, step[1]), "M", 0, seq, "best_bid_ask"))
+            continue
+        snap, side, price, size = (True, None, None, None) if step[0] == "reset" else \
+            (True, step[0], step[1], step[2]) if step[0] != "chg" else (False, step[1], step[2], step[3])
+        for n, v in (("is_snapshot", snap), ("side", side), ("price_s", price), ("size_s", size)):
+            book_cols[n].append(v)
+        if step[0] == "reset":
+            pending = (seq, [])
+        elif snap:
+            pending[1].append((side, price, size))
+        elif Decimal(price) <= 1:  # the book refuses a price above 1: no quote
+            levels = bids if side == "bid" else asks
+            levels.pop(Decimal(price), None) if Decimal(size) == 0 else levels.__setitem__(Decimal(price), Decimal(size))
+            want.append(top("book", seq))
+    flush()
+    fold = QuoteFold()
+    got = [tuple(r.values()) for r in fold.fold(pa.table(book_cols), pa.table(top_cols)).to_pylist()]
+    assert got == want and fold.rejected == 1

@@ -28,58 +28,88 @@ FOLD_SCHEMA = pa.schema([
 ])
 
 
+_EMPTY = (None, None, None)  # one side's top: (price as Decimal, price, amount), all None when empty
+
+
+def _side_top(best: tuple[Decimal, Decimal] | None) -> tuple:
+    return _EMPTY if best is None else (best[0], float(best[0]), float(best[1]))
+
+
 class QuoteFold:
     def __init__(self) -> None:
         self.books: dict[tuple[int, str], OrderBook] = {}
+        # The last top of each book, [bid, ask] (see _EMPTY). A change below the best bid (above
+        # the best ask) cannot move the top nor its amount, and a change on one side leaves the
+        # other alone, so only a change at or past the top reads the book again: reading a top
+        # parses its size (Decimal), which cost more than the change itself (measured, ADR/0009).
+        self.tops: dict[tuple[int, str], list[tuple]] = {}
         self.rejected = 0  # changes the book refused (a price outside [0, 1], say)
 
     def fold(self, book_rows: pa.Table, best_bid_ask: pa.Table) -> pa.Table:
         """Quote rows for one batch: `book_rows` and `best_bid_ask` from decode.py, each in
         message order, merged here on (seq, idx)."""
-        books = self.books
+        books, tops = self.books, self.tops
         quotes: list[tuple] = []
         add = quotes.append
         rows = zip(*(book_rows.column(n).to_pylist() for n in _BOOK_COLUMNS))
-        tops = list(zip(*(best_bid_ask.column(n).to_pylist() for n in _TOP_COLUMNS)))
+        bbas = list(zip(*(best_bid_ask.column(n).to_pylist() for n in _TOP_COLUMNS)))
         t = 0
-        snapshot = None  # (row, book, bids, asks) of a book message whose levels are still coming
+        snapshot = None  # (row, key, bids, asks) of a book message whose levels are still coming
 
-        def top_of(row, book) -> tuple:
-            bb, ba = book.best_bid(), book.best_ask()
-            return (row[6], row[4], row[3], float(ba[1]) if ba else None, float(ba[0]) if ba else None,
-                    float(bb[0]) if bb else None, float(bb[1]) if bb else None, row[5], row[0], row[1], "book")
+        def quote(row, top) -> tuple:
+            bid, ask = top
+            return (row[6], row[4], row[3], ask[2], ask[1], bid[1], bid[2], row[5], row[0], row[1], "book")
 
-        def best_bid_ask_quote(top) -> tuple:
-            book = books.get((top[0], top[6]))
-            bids, asks = book.levels() if book is not None else ({}, {})
-            return (top[6], top[4], top[3], _size_at(asks, top[8]), _float(top[8]), _float(top[7]), _size_at(bids, top[7]),
-                    top[5], top[0], top[1], "best_bid_ask")
+        def best_bid_ask_quote(q) -> tuple:
+            key = (q[0], q[6])
+            book = books.get(key)
+            amounts = [None, None]  # bid, ask: the book's size at the message's prices
+            if book is not None:
+                top, levels = tops[key], None
+                for i, text in ((0, q[7]), (1, q[8])):
+                    if text is None:
+                        continue
+                    try:
+                        price = price_of(text)
+                    except BookError:
+                        continue
+                    if price == top[i][0]:
+                        amounts[i] = top[i][2]
+                    else:
+                        levels = levels or book.levels()
+                        size = levels[i].get(price)
+                        amounts[i] = None if size is None else float(size)
+            return (q[6], q[4], q[3], amounts[1], _float(q[8]), _float(q[7]), amounts[0], q[5], q[0], q[1], "best_bid_ask")
 
         def apply_snapshot() -> None:
-            row, book, bids, asks = snapshot
+            row, key, bids, asks = snapshot
+            book = books[key]
             try:
                 book.apply_snapshot(bids, asks)
             except BookError:
                 self.rejected += 1
                 return
-            add(top_of(row, book))
+            top = tops[key] = [_side_top(book.best_bid()), _side_top(book.best_ask())]
+            add(quote(row, top))
 
         for row in rows:
             shard, seq, idx, _, _, _, symbol, snap, side, price, size = row
-            while t < len(tops) and (tops[t][1], tops[t][2]) < (seq, idx):
+            while t < len(bbas) and (bbas[t][1], bbas[t][2]) < (seq, idx):
                 if snapshot is not None:
                     apply_snapshot()
                     snapshot = None
-                add(best_bid_ask_quote(tops[t]))
+                add(best_bid_ask_quote(bbas[t]))
                 t += 1
-            book = books.get((shard, symbol))
+            key = (shard, symbol)
+            book = books.get(key)
             if book is None:
-                book = books[(shard, symbol)] = OrderBook()
+                book = books[key] = OrderBook()
+                tops[key] = [_EMPTY, _EMPTY]
             if snap:
                 if side is None:  # the reset row that starts a book message
                     if snapshot is not None:
                         apply_snapshot()
-                    snapshot = (row, book, [], [])
+                    snapshot = (row, key, [], [])
                 else:
                     snapshot[2 if side == "bid" else 3].append({"price": price, "size": size})
                 continue
@@ -91,23 +121,22 @@ class QuoteFold:
             except BookError:
                 self.rejected += 1
                 continue
-            add(top_of(row, book))
+            top = tops[key]
+            if side == "bid":
+                best = book.best_bid_price()
+                if best != top[0][0] or best == price_of(price):
+                    top[0] = _side_top(book.best_bid())
+            else:
+                best = book.best_ask_price()
+                if best != top[1][0] or best == price_of(price):
+                    top[1] = _side_top(book.best_ask())
+            add(quote(row, top))
         if snapshot is not None:
             apply_snapshot()
-        quotes.extend(best_bid_ask_quote(top) for top in tops[t:])
+        quotes.extend(best_bid_ask_quote(q) for q in bbas[t:])
         columns = list(zip(*quotes)) if quotes else [[] for _ in FOLD_SCHEMA]
         return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, FOLD_SCHEMA)], schema=FOLD_SCHEMA)
 
 
 def _float(text: str | None) -> float | None:
     return None if text is None else float(text)
-
-
-def _size_at(levels: dict[Decimal, Decimal], price: str | None) -> float | None:
-    if price is None:
-        return None
-    try:
-        size = levels.get(price_of(price))
-    except BookError:
-        return None
-    return None if size is None else float(size)

@@ -198,12 +198,12 @@ def _batch(parts: list[_Columns]) -> pa.RecordBatch:
     shard = np.concatenate([np.full(len(p), p.shard, np.int16) for p in parts])
     seq = np.concatenate([p.seq for p in parts])
     mono = np.concatenate([p.mono for p in parts])
-    order = np.lexsort((seq, shard, mono))
-    payload = pa.concat_arrays([p.payload for p in parts]) if len(parts) > 1 else parts[0].payload
     if len(parts) > 1:
-        payload = payload.take(arrow_of(order, pa.int64()))
-    else:
+        order = np.lexsort((seq, shard, mono))
+        payload = pa.concat_arrays([p.payload for p in parts]).take(arrow_of(order, pa.int64()))
+    else:  # one shard's chunk is in seq order already (the export's case: a worker per shard)
         order = slice(None)
+        payload = parts[0].payload
     wall = np.concatenate([p.wall for p in parts])[order]
     return pa.RecordBatch.from_arrays([
         arrow_of(shard[order], pa.int16()), arrow_of(seq[order], pa.int64()), arrow_of(mono[order], pa.int64()),
