@@ -542,7 +542,6 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     shown = markets[:limit] if limit else markets
     rules = PlacementRules.of(config)
     placement = place(None, markets, rules).placement
-    loads = placement.token_loads()
     plan = plan_summary(len(markets), placement, rules)
     totals = {
         "pages_fetched": res.pages,
@@ -551,7 +550,7 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
         "selected": len(markets),
         "tokens": 2 * len(markets),
         "rejected": rejected,
-        "shard_token_counts": [{"shard": s, "tokens": n} for s, n in enumerate(loads)],
+        "shard_token_counts": placement.shard_token_counts(),
         "plan": plan,
     }
     if as_json:
