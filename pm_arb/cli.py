@@ -449,16 +449,20 @@ def capture_check(run_dir: Path, do_books: bool, skip_bad_lines: bool, as_json: 
 @run_dir_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Directory for run_plot.png and run_plot.html (default: the run dir).")
 @click.option("--gap-threshold-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=2.0, show_default=True, help="Heartbeat gaps longer than this are shaded.")
+@click.option("--books/--no-books", "do_books", default=True, show_default=True,
+              help="Also draw the loss audit's incidents (capture-books: rebuilds every token's book, reads every frame).")
 @skip_bad_lines_option
 @json_option
 @handle_errors
-def capture_plot(run_dir: Path, out_dir: Path | None, gap_threshold_seconds: float, skip_bad_lines: bool, as_json: bool) -> None:
+def capture_plot(run_dir: Path, out_dir: Path | None, gap_threshold_seconds: float, do_books: bool, skip_bad_lines: bool, as_json: bool) -> None:
     """Draw a run: frames/s, p50/p99 latency per interval, queue depths, drops, each shard's
-    disconnected windows, heartbeat gaps and universe refreshes, as a PNG and an HTML page with
-    the image inside it (one file to send or open)."""
+    disconnected windows, heartbeat gaps, universe refreshes and the loss audit's book incidents
+    (--no-books skips the audit, which reads every frame), as a PNG and an HTML page with the
+    image inside it (one file to send or open)."""
     from pm_arb.commands.plot import plot_run, render_plot
 
-    result = plot_run(run_dir, out_dir, skip_bad_lines, gap_threshold_seconds)
+    result = plot_run(run_dir, out_dir, skip_bad_lines, gap_threshold_seconds, books=do_books,
+                      show_progress=False if as_json else None)
     _emit_json(result) if as_json else click.echo(render_plot(result))
 
 
@@ -542,7 +546,6 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     shown = markets[:limit] if limit else markets
     rules = PlacementRules.of(config)
     placement = place(None, markets, rules).placement
-    loads = placement.token_loads()
     plan = plan_summary(len(markets), placement, rules)
     totals = {
         "pages_fetched": res.pages,
@@ -551,7 +554,7 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
         "selected": len(markets),
         "tokens": 2 * len(markets),
         "rejected": rejected,
-        "shard_token_counts": [{"shard": s, "tokens": n} for s, n in enumerate(loads)],
+        "shard_token_counts": placement.shard_token_counts(),
         "plan": plan,
     }
     if as_json:

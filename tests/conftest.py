@@ -177,3 +177,24 @@ class Probe(pykka.ThreadingActor):
         if isinstance(msg, m.StopShard) and self.supervisor is not None:
             self.supervisor.tell(m.ShardStopped(self.shard))
         return None
+
+
+def drop_fixture_change(src: Path, dst: Path) -> str:
+    """A copy of the bundled fixtures with one top-moving price_change lost; returns its token."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    lines = (dst / "frames.ndjson").read_bytes().splitlines()
+    last_top: dict[str, tuple] = {}
+    for k, line in enumerate(lines):
+        text = orjson.loads(line)["text"]
+        doc = orjson.loads(text) if text and text.startswith("{") else None
+        if not doc or doc.get("event_type") != "price_change" or len(doc["price_changes"]) != 1:
+            continue
+        it = doc["price_changes"][0]
+        top = (it["best_bid"], it["best_ask"])
+        if k > len(lines) // 3 and it["asset_id"] in last_top and last_top[it["asset_id"]] != top:
+            (dst / "frames.ndjson").write_bytes(b"\n".join(lines[:k] + lines[k + 1:]) + b"\n")
+            return it["asset_id"]
+        last_top[it["asset_id"]] = top
+    raise AssertionError("no top-moving change in the fixtures")

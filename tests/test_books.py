@@ -253,36 +253,15 @@ def test_rebuild_returns_the_final_books():
 # --- the command, on real runs ----------------------------------------------------------------
 
 
-def _drop_fixture_change(src, dst):
-    """A copy of the bundled fixtures with one top-moving price_change lost; returns its token."""
-    import shutil
-
-    shutil.copytree(src, dst)
-    lines = (dst / "frames.ndjson").read_bytes().splitlines()
-    last_top: dict[str, tuple] = {}
-    for k, line in enumerate(lines):
-        text = orjson.loads(line)["text"]
-        doc = orjson.loads(text) if text and text.startswith("{") else None
-        if not doc or doc.get("event_type") != "price_change" or len(doc["price_changes"]) != 1:
-            continue
-        it = doc["price_changes"][0]
-        top = (it["best_bid"], it["best_ask"])
-        if k > len(lines) // 3 and it["asset_id"] in last_top and last_top[it["asset_id"]] != top:
-            (dst / "frames.ndjson").write_bytes(b"\n".join(lines[:k] + lines[k + 1:]) + b"\n")
-            return it["asset_id"]
-        last_top[it["asset_id"]] = top
-    raise AssertionError("no top-moving change in the fixtures")
-
-
 def test_command_passes_a_clean_run_and_finds_a_lost_change_in_another(offline_run, tmp_path):
-    from tests.conftest import REPO, run_cli
+    from tests.conftest import REPO, drop_fixture_change, run_cli
 
     ok = run_cli("capture-books", "--run-dir", str(offline_run), "--json")
     assert ok.returncode == 0, ok.stderr
     doc = orjson.loads(ok.stdout)
     assert doc["verdict"] == "PASS" and doc["totals"]["tokens_checked"] == doc["totals"]["tokens_clean"] > 0
     assert doc["totals"]["changes"] > 1000 and doc["totals"]["tick_size_changes"] > 0
-    tok = _drop_fixture_change(REPO / "fixtures" / "default", tmp_path / "fx")
+    tok = drop_fixture_change(REPO / "fixtures" / "default", tmp_path / "fx")
     cap = run_cli("capture", "--offline", "--fixtures", str(tmp_path / "fx"), "--offline-speed", "0", "--ws-shards", "4",
                   "--run-id", "lossy", "--data-dir", str(tmp_path / "data"))
     assert cap.returncode == 0, cap.stderr

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 import orjson
 import pytest
 
-from conftest import read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
-from pm_arb.commands.plot import GID_DISCONNECTS, GID_REFRESHES, build_figure
+from conftest import REPO, drop_fixture_change, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+from pm_arb.commands.plot import GID_BOOK_INCIDENTS, GID_DISCONNECTS, GID_REFRESHES, build_figure
 from pm_arb.commands.reports import load_metrics
 from pm_arb.events.folds.timeline import timeline
 from pm_arb.events.runlog_file import read_runlog
@@ -106,3 +106,41 @@ def test_capture_plot_writes_a_png_that_is_not_blank_and_a_page_that_carries_it(
     text = run_cli("capture-plot", "--run-dir", str(faulty_run))
     assert text.returncode == 0 and "run_plot.html" in text.stdout and (faulty_run / "run_plot.png").is_file()
 
+
+def _drawn_book_bands(run_dir, incidents):
+    """The figure's book-incident bands for `incidents` (capture-books' own list), as (shard row y, x start)."""
+    glob, _, _ = load_metrics(run_dir)
+    tl = timeline(read_runlog(run_dir).records, glob, book_incidents=incidents)
+    fig = build_figure(tl)
+    (bands,) = [c for ax in fig.axes for c in ax.collections if c.get_gid() == GID_BOOK_INCIDENTS]
+    return tl, [((p.vertices[:, 1].min() + p.vertices[:, 1].max()) / 2, p.vertices[:, 0].min()) for p in bands.get_paths()]
+
+
+def test_a_lost_change_is_drawn_as_exactly_the_incidents_capture_books_reports_and_a_clean_run_draws_none(offline_run, tmp_path):
+    clean = orjson.loads(run_cli("capture-plot", "--run-dir", str(offline_run), "--out", str(tmp_path / "clean"), "--json").stdout)
+    assert clean["drawn"]["book_incidents"] == 0 and clean["book_incidents"] == []
+    assert _drawn_book_bands(offline_run, orjson.loads(run_cli("capture-books", "--run-dir", str(offline_run), "--json").stdout)["incidents"])[1] == []
+
+    tok = drop_fixture_change(REPO / "fixtures" / "default", tmp_path / "fx")
+    cap = run_cli("capture", "--offline", "--fixtures", str(tmp_path / "fx"), "--offline-speed", "0", "--ws-shards", "4",
+                  "--run-id", "lossy", "--data-dir", str(tmp_path / "data"))
+    assert cap.returncode == 0, cap.stderr
+    run_dir = tmp_path / "data" / "runs" / "lossy"
+    books = orjson.loads(run_cli("capture-books", "--run-dir", str(run_dir), "--json").stdout)
+    assert books["verdict"] == "FAIL" and {i["token"] for i in books["incidents"]} == {tok}
+    proc = run_cli("capture-plot", "--run-dir", str(run_dir), "--out", str(tmp_path / "lossy"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    plotted = orjson.loads(proc.stdout)
+    assert plotted["drawn"]["book_incidents"] == len(books["incidents"]) >= 1
+    assert [(i["token"], i["cause"], i["shard"], i["start_mono_ns"], i["end_mono_ns"]) for i in plotted["book_incidents"]] == [
+        (i["token"], i["cause"], i["start"]["shard"], i["start"]["mono_ns"], i["end"] and i["end"]["mono_ns"]) for i in books["incidents"]]
+    # in the figure: one band per incident, on its shard's row, starting where the audit says
+    tl, bands = _drawn_book_bands(run_dir, books["incidents"])
+    t0 = read_runlog(run_dir).records[0].mono_ns
+    expected = [(tl.shards.index(i["start"]["shard"]), (i["start"]["mono_ns"] - t0) / 1e9) for i in books["incidents"]]
+    assert [(round(y, 6), round(x, 6)) for y, x in bands] == [(y, round(x, 6)) for y, x in expected]
+    page = (tmp_path / "lossy" / "run_plot.html").read_text()
+    assert "Book incidents (capture-books)" in page and tok in page and f"book incidents: {len(books['incidents'])}" in page
+    skipped = orjson.loads(run_cli("capture-plot", "--run-dir", str(run_dir), "--out", str(tmp_path / "skip"), "--no-books", "--json").stdout)
+    assert skipped["drawn"]["book_incidents"] is None and skipped["book_incidents"] is None
+    assert tok not in (tmp_path / "skip" / "run_plot.html").read_text()

@@ -93,9 +93,32 @@ def test_per_shard_figures_are_one_shape_a_list_of_objects_with_an_integer_shard
             assert all(isinstance(s, int) for s in shards) and shards == sorted(shards), (name, path)
     for expected in ("capture-latency-report.ws_rx_to_applied_ms.per_shard", "capture-latency-report.reconnects.per_shard",
                      "capture-latency-report.drops.by_shard", "capture-replay.state.shards", "capture-verify.shards",
-                     "capture-inspect.shards", "capture-slice.shards", "discover.totals.shard_token_counts"):
+                     "capture-inspect.shards", "capture-slice.shards", "discover.totals.shard_token_counts",
+                     "capture-replay.placement.shard_token_counts"):
         assert expected in seen, expected
     assert documents["capture-replay"]["state"]["shards"][0]["shard"] == 0
+    counts = documents["capture-replay"]["placement"]["shard_token_counts"]
+    assert [c["shard"] for c in counts] == list(range(documents["capture-replay"]["placement"]["shards"]))
+    assert sum(c["tokens"] for c in counts) == 2 * documents["capture-replay"]["placement"]["markets"]
+
+
+def _shard_keyed_dicts(doc, path=""):
+    """Objects keyed by a shard number ("0", "1", ...), whatever their key: the shape the vocabulary
+    replaced (token ids are digit strings too, but far longer than any shard number)."""
+    if isinstance(doc, dict):
+        if doc and all(k.isdigit() and len(k) <= 4 for k in doc):
+            yield path
+        for k, v in doc.items():
+            if k != "metrics_tail":  # capture-inspect shows metrics lines as the bundle stores them
+                yield from _shard_keyed_dicts(v, f"{path}.{k}")
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from _shard_keyed_dicts(v, path + "[]")
+
+
+def test_no_document_keys_an_object_by_shard_number(documents):
+    for name, doc in documents.items():
+        assert list(_shard_keyed_dicts(doc)) == [], name
 
 
 def _keys(doc, out=None):

@@ -22,6 +22,9 @@ DPI = 100
 GID_DISCONNECTS = "disconnect_spans"
 GID_GAPS = "heartbeat_gaps_over"
 GID_REFRESHES = "refreshes"
+GID_BOOK_INCIDENTS = "book_incidents"
+BOOK_COLOR = "tab:purple"
+HTML_MAX_INCIDENTS = 200
 
 
 def build_figure(tl: Timeline):
@@ -66,9 +69,24 @@ def build_figure(tl: Timeline):
     spans = PolyCollection(verts, facecolors=colors, edgecolors="none")
     spans.set_gid(GID_DISCONNECTS)
     ax_shards.add_collection(spans)
+    # the loss audit's incidents: a thin band inside the row of the shard each started on, and a
+    # marker at its start (a band of a short incident is narrower than a pixel)
+    book = tl.book_incidents or []
+    min_w = max(tl.end_s, 1e-3) / 2000
+    book_verts = [
+        [(b.start_s, rows[b.shard] - 0.15), (max(b.end_s, b.start_s + min_w), rows[b.shard] - 0.15),
+         (max(b.end_s, b.start_s + min_w), rows[b.shard] + 0.15), (b.start_s, rows[b.shard] + 0.15)]
+        for b in book
+    ]
+    bands = PolyCollection(book_verts, facecolors=BOOK_COLOR, edgecolors="none")
+    bands.set_gid(GID_BOOK_INCIDENTS)
+    ax_shards.add_collection(bands)
+    if book:
+        ax_shards.plot([b.start_s for b in book], [rows[b.shard] for b in book], ls="none", marker="v", ms=6, color=BOOK_COLOR)
     ax_shards.set_yticks(range(len(tl.shards)), [f"shard {s:02d}" for s in tl.shards], fontsize=8)
     ax_shards.set_ylim(-0.6, max(len(tl.shards), 1) - 0.4)
-    ax_shards.set_ylabel("disconnected\n(red; orange planned)")
+    ax_shards.set_ylabel("disconnected\n(red; orange planned)\nbook incidents\n(purple)" if tl.book_incidents is not None
+                         else "disconnected\n(red; orange planned)")
 
     hb_t = [h[0] for h in tl.heartbeats]
     ax_hb.plot(hb_t, [h[1] for h in tl.heartbeats], color="tab:gray", lw=1, marker=".", ms=2)
@@ -91,7 +109,8 @@ def build_figure(tl: Timeline):
     fig.suptitle(
         f"run {tl.run_id or '?'}: {len(iv)} metrics intervals, {len(tl.disconnects)} disconnected windows "
         f"({n_unplanned} unplanned), {len(tl.gaps_over)} heartbeat gaps over {tl.gap_threshold_s:g} s, "
-        f"{len(tl.refreshes)} refreshes (dashed)",
+        f"{len(tl.refreshes)} refreshes (dashed), "
+        + (f"{len(tl.book_incidents)} book incidents" if tl.book_incidents is not None else "book audit not run (--no-books)"),
         fontsize=10,
     )
     return fig
@@ -105,7 +124,22 @@ def render_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def html_page(title: str, png: bytes, facts: list[str]) -> str:
+def _incident_table(incidents: list[dict[str, Any]]) -> str:
+    """The loss audit's incidents under the image: what the purple bands are, token by token."""
+    if not incidents:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("cause", "token", "shard", "start s", "end s", "detail"))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            i["cause"], i["token"], i["shard"], f"{i['start_s']:.3f}",
+            "open at the end" if i["end_s"] is None else f"{i['end_s']:.3f}", i["detail"])) + "</tr>"
+        for i in incidents[:HTML_MAX_INCIDENTS]
+    )
+    more = f"<p>... {len(incidents) - HTML_MAX_INCIDENTS} more (capture-books --json)</p>\n" if len(incidents) > HTML_MAX_INCIDENTS else ""
+    return f"<h2>Book incidents (capture-books)</h2>\n<table border=\"1\" cellpadding=\"3\"><tr>{head}</tr>{rows}</table>\n{more}"
+
+
+def html_page(title: str, png: bytes, facts: list[str], incidents: list[dict[str, Any]] | None = None) -> str:
     b64 = base64.b64encode(png).decode("ascii")
     items = "".join(f"<li>{html.escape(f)}</li>" for f in facts)
     return (
@@ -113,16 +147,30 @@ def html_page(title: str, png: bytes, facts: list[str]) -> str:
         f"<title>{html.escape(title)}</title></head>\n<body style=\"font-family: sans-serif\">\n"
         f"<h1>{html.escape(title)}</h1>\n<ul>{items}</ul>\n"
         f"<img alt=\"{html.escape(title)}\" style=\"max-width: 100%\" src=\"data:image/png;base64,{b64}\">\n"
+        f"{_incident_table(incidents or [])}"
         "</body></html>\n"
     )
 
 
-def plot_run(run_dir: Path, out_dir: Path | None, skip_bad_lines: bool, gap_threshold_s: float = 2.0) -> dict[str, Any]:
+def _book_audit(run_dir: Path, skip_bad_lines: bool, show_progress: bool | None, warnings: list[str]) -> dict[str, Any] | None:
+    from pm_arb.commands.books import run_books
+    from pm_arb.errors import UserError
+
+    try:
+        return run_books(run_dir, skip_bad_lines=skip_bad_lines, show_progress=show_progress)
+    except UserError as exc:
+        warnings.append(f"book incidents not drawn: {exc}")
+        return None
+
+
+def plot_run(run_dir: Path, out_dir: Path | None, skip_bad_lines: bool, gap_threshold_s: float = 2.0,
+             books: bool = True, show_progress: bool | None = None) -> dict[str, Any]:
     read, warnings = load_runlog(run_dir, skip_bad_lines)
     glob, _shards, bad = load_metrics(run_dir)
     if bad:
         warnings.append(f"metrics: {bad} unreadable line(s) skipped")
-    tl = timeline(read.records, glob, gap_threshold_s)
+    audit = _book_audit(run_dir, skip_bad_lines, show_progress, warnings) if books else None
+    tl = timeline(read.records, glob, gap_threshold_s, audit["incidents"] if audit is not None else None)
     fig = build_figure(tl)
     png = render_png(fig)
     out_dir = run_dir if out_dir is None else out_dir
@@ -133,17 +181,26 @@ def plot_run(run_dir: Path, out_dir: Path | None, skip_bad_lines: bool, gap_thre
         "disconnect_spans_unplanned": sum(1 for sp in tl.disconnects if not sp.planned),
         "heartbeat_gaps_over_threshold": len(tl.gaps_over),
         "refreshes": len(tl.refreshes),
+        "book_incidents": None if tl.book_incidents is None else len(tl.book_incidents),
     }
-    facts = [f"{k.replace('_', ' ')}: {v}" for k, v in drawn.items()] + [f"warning: {w}" for w in warnings]
+    incidents = None if tl.book_incidents is None else [
+        {"token": b.token, "cause": b.cause, "shard": b.shard,
+         "start_mono_ns": i["start"]["mono_ns"], "end_mono_ns": i["end"]["mono_ns"] if b.closed else None,
+         "start_s": round(b.start_s, 6), "end_s": round(b.end_s, 6) if b.closed else None, "detail": i["detail"]}
+        for b, i in zip(tl.book_incidents, audit["incidents"])  # type: ignore[index]
+    ]
+    facts = [f"{k.replace('_', ' ')}: {'not drawn (--no-books, or no frames)' if v is None else v}" for k, v in drawn.items()]
+    facts += [f"warning: {w}" for w in warnings]
     (out_dir / PNG_NAME).write_bytes(png)
     title = f"pm_arb run {tl.run_id or run_dir.name}"
-    (out_dir / HTML_NAME).write_text(html_page(title, png, facts))
+    (out_dir / HTML_NAME).write_text(html_page(title, png, facts, incidents))
     return {
         "run_dir": str(run_dir),
         "png": str(out_dir / PNG_NAME),
         "html": str(out_dir / HTML_NAME),
         "png_bytes": len(png),
         "drawn": drawn,
+        "book_incidents": incidents,
         "warnings": warnings,
     }
 
@@ -154,7 +211,8 @@ def render_plot(r: dict[str, Any]) -> str:
     lines.append(
         f"drew {d['metrics_intervals']} metrics intervals, {d['disconnect_spans']} disconnected windows "
         f"({d['disconnect_spans_unplanned']} unplanned), {d['heartbeat_gaps_over_threshold']} heartbeat gaps over threshold, "
-        f"{d['refreshes']} refreshes"
+        f"{d['refreshes']} refreshes, "
+        + ("book incidents not drawn" if d["book_incidents"] is None else f"{d['book_incidents']} book incidents")
     )
     lines.append(f"wrote {r['png']} and {r['html']} (open the .html in a browser: the image is inside it)")
     return "\n".join(lines)

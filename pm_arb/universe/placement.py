@@ -65,6 +65,10 @@ class Placement:
             loads[s] += 2
         return loads
 
+    def shard_token_counts(self) -> list[dict[str, int]]:
+        """Tokens per shard in the JSON vocabulary's per-shard shape (README "JSON documents")."""
+        return [{"shard": s, "tokens": n} for s, n in enumerate(self.token_loads())]
+
     def copy(self) -> "Placement":
         return Placement(dict(self.shard_of), dict(self.tokens_of), self.shards)
 

@@ -36,7 +36,7 @@ class PlacementState:
             "shards_min": self.shards_min,
             "cap_tokens": self.cap_tokens,
             "markets": len(self.placement.shard_of),
-            "token_loads": loads,
+            "shard_token_counts": self.placement.shard_token_counts(),
             "balance": balance(loads),
             "assignments": self.assignments,
             "releases": self.releases,

@@ -5,6 +5,10 @@ step). A shard's disconnected window opens at a `shard_disconnected` while the s
 (a failed reconnect attempt does not open a second one) and closes at its next
 `shard_connected`, or at the run's last record; disconnects with cause `stop` close the run
 and are not windows.
+
+The loss audit's incidents (capture-books, pm_arb/book/rebuild.py) come in as its result's
+`incidents`; each is placed on the row of the shard it started on, from its start to its end
+(or to the run's last record when it never closed).
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ class Span:
     closed: bool  # False: the shard was still down when the runlog ends
 
 
+@dataclass(frozen=True)
+class BookSpan:
+    token: str
+    cause: str
+    shard: int
+    start_s: float
+    end_s: float
+    closed: bool  # False: still open at the end of the run
+
+
 @dataclass
 class Timeline:
     run_id: str | None = None
@@ -42,9 +56,11 @@ class Timeline:
     gap_threshold_s: float = 2.0
     gaps_over: list[tuple[float, float]] = field(default_factory=list)  # (start_s, end_s) of gaps over the threshold
     refreshes: list[tuple[float, bool]] = field(default_factory=list)  # (t_s, applied)
+    book_incidents: list[BookSpan] | None = None  # None: the loss audit was not run
 
 
-def timeline(records: Iterable[LogRecord], global_metrics: list[Mapping[str, Any]], gap_threshold_s: float = 2.0) -> Timeline:
+def timeline(records: Iterable[LogRecord], global_metrics: list[Mapping[str, Any]], gap_threshold_s: float = 2.0,
+             book_incidents: Iterable[Mapping[str, Any]] | None = None) -> Timeline:
     recs = list(records)
     tl = Timeline(gap_threshold_s=gap_threshold_s)
     if not recs:
@@ -83,6 +99,15 @@ def timeline(records: Iterable[LogRecord], global_metrics: list[Mapping[str, Any
     for shard, (start, cause, planned) in sorted(down.items()):
         tl.disconnects.append(Span(shard, start, tl.end_s, cause, planned, False))
     tl.disconnects.sort(key=lambda s: (s.start_s, s.shard))
+    if book_incidents is not None:
+        tl.book_incidents = []
+        for inc in book_incidents:
+            start, end = inc["start"], inc["end"]
+            start_s = sec(start["mono_ns"])
+            end_s = sec(end["mono_ns"]) if end is not None else max(tl.end_s, start_s)
+            tl.end_s = max(tl.end_s, end_s)  # frames can outlast the runlog's last record
+            shards.add(start["shard"])
+            tl.book_incidents.append(BookSpan(inc["token"], inc["cause"], start["shard"], start_s, end_s, end is not None))
     tl.shards = sorted(shards)
     aud = audit(recs, gap_threshold_s)
     by_seq = {r.seq: r for r in recs}
