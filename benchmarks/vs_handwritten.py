@@ -127,7 +127,7 @@ def main() -> None:
 def summarize(rate: float, c: dict[str, list[dict]]) -> dict:
     def med(who: str, key: str):
         vals = [r[key] for r in c[who] if r.get(key) is not None]
-        return statistics.median(vals) if vals else None
+        return round(statistics.median(vals), 3) if vals else None
 
     def fps(who: str):  # over the requested duration: both recorders count it from their first connect
         vals = [r["frames"] / r["seconds"] for r in c[who]]
