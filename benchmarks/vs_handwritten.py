@@ -112,7 +112,7 @@ def main() -> None:
         sim_cost = sim.close()
     rows = [summarize(rate, cells[rate]) for rate in rates]
     cols = [("rate", "offered frames/s"), ("hw_rx_fps", "hand-written rx/s"), ("hw_cpu_s", "hand-written CPU s"),
-            ("pm_rx_fps", "pm_arb rx/s"), ("pm_cpu_s", "pm_arb CPU s"), ("ratio", "CPU ratio"), ("pm_drops", "drops"),
+            ("pm_rx_fps", "pm_arb rx/s"), ("pm_cpu_s", "pm_arb CPU s"), ("ratio", "CPU ratio"), ("ratio_per_frame", "per frame"), ("pm_drops", "drops"),
             ("pm_p99_ms", "p99 ms"), ("pm_steady_p99_ms", "steady p99 ms"), ("load1", "load")]
     print()
     print(table(rows, cols))
@@ -134,8 +134,13 @@ def summarize(rate: float, c: dict[str, list[dict]]) -> dict:
         return round(statistics.median(vals)) if vals else None
 
     ratios = [p["cpu_s"] / h["cpu_s"] for p, h in zip(c["pm_arb"], c["handwritten"]) if h["cpu_s"]]
+    # Per frame too: the two may receive different counts in the same seconds (pm_arb staggers
+    # its connections' openings, issue 12), and a recorder that gets fewer frames spends less.
+    per_frame = [(p["cpu_s"] / p["frames"]) / (h["cpu_s"] / h["frames"])
+                 for p, h in zip(c["pm_arb"], c["handwritten"]) if p["frames"] and h["frames"] and h["cpu_s"]]
     return {"rate": rate_label(rate), "hw_rx_fps": fps("handwritten"), "hw_cpu_s": med("handwritten", "cpu_s"),
             "pm_rx_fps": fps("pm_arb"), "pm_cpu_s": med("pm_arb", "cpu_s"), "ratio": round(statistics.median(ratios), 2) if ratios else None,
+            "ratio_per_frame": round(statistics.median(per_frame), 2) if per_frame and rate > 0 else None,
             "pm_drops": med("pm_arb", "drops"), "pm_p99_ms": med("pm_arb", "p99_ms"), "pm_steady_p99_ms": med("pm_arb", "steady_p99_ms"),
             "sim_sent_fps": round(statistics.median([r["sim_sent"] / r["seconds"] for w in c for r in c[w]])),
             "load1": max(r["load1"] for w in c for r in c[w])}
