@@ -20,10 +20,11 @@ import tempfile
 from pathlib import Path
 
 import orjson
+from pm_arb.commands.cli_params import MAX_RATE
 from _harness import Proc, machine, run_report, save, start_capture, start_sim, steady_p99, table
 
 HANDWRITTEN = [str(Path(__file__).resolve().parent / "handwritten_recorder.py")]
-FLAT_OUT = 10_000_000
+FLAT_OUT = MAX_RATE  # the most sim-exchange accepts; it then sends as fast as it can
 
 
 def parse_rate(text: str) -> float:

@@ -626,7 +626,7 @@ def _rates_from_stdin(sim) -> None:
     """One benchmark simulator serves several runs at different rates (benchmarks/vs_handwritten.py)."""
     for line in sys.stdin:
         try:
-            sim.rate = max(0.0, float(line))
+            sim.rate = min(P.MAX_RATE, max(0.0, float(line)))
         except ValueError:
             click.echo(f"sim-exchange: ignored rate {line.strip()!r}: not a number", err=True)
         sent = sum(c.sent_count for c in list(sim.connections.values()))
