@@ -92,3 +92,52 @@ def test_an_idle_reader_still_pings_on_its_keepalive_deadline(monkeypatch):
             reader.request_stop()
             reader.join(10)
     assert not any(isinstance(m, ReaderEvent) and isinstance(m.event, ev.ShardDisconnected) and not m.event.planned for m in got)
+
+
+def _ws_frame(first_byte: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes([first_byte, n])
+    elif n < 65536:
+        head = bytes([first_byte, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([first_byte, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 100, 4096, 256 * 1024])
+def test_next_frame_returns_what_websocket_client_returns_whatever_the_read_boundaries(monkeypatch, chunk):
+    import socket
+    import threading
+
+    monkeypatch.setattr(ws_reader, "RECV_CHUNK", chunk)
+    payloads = [b"", b"{}", b"x" * 125, b"y" * 126, b"z" * 65535, b"w" * 65536, b"v" * 300_000, b"\xff\xfe binary"]
+    wire = b""
+    expected = []
+    for i, p in enumerate(payloads):
+        opcode = 2 if p.startswith(b"\xff") else 1
+        wire += _ws_frame(0x80 | opcode, p)
+        expected.append((opcode, p))
+        if i == 2:  # a PING (answered inside, not returned) and a message in two fragments
+            wire += _ws_frame(0x89, b"hb") + _ws_frame(0x01, b"[{") + _ws_frame(0x80, b"}]")
+            expected.append((1, b"[{}]"))
+    wire += _ws_frame(0x88, (1000).to_bytes(2, "big") + b"bye")
+    expected.append((8, (1000).to_bytes(2, "big") + b"bye"))
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=b.sendall, args=(wire,))
+    sender.start()
+    ws = ws_reader.BufferedWebSocket(skip_utf8_validation=True)
+    ws.sock, ws.connected = a, True
+    slow_path = []
+    recv_data = ws.recv_data
+    monkeypatch.setattr(ws, "recv_data", lambda: slow_path.append(1) or recv_data())
+    a.settimeout(10)
+    got = [ws.next_frame() for _ in expected]
+    sender.join()
+    assert [(op, bytes(p)) for op, p in got] == expected
+    if chunk == 256 * 1024:  # only the fragmented message, the frame cut by the read and the close
+        assert len(slow_path) == 3
+    b.settimeout(10)
+    assert b.recv(64)[0] == 0x8A  # the PING was answered with a PONG
+    a.close()
+    b.close()
