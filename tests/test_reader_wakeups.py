@@ -7,6 +7,7 @@ PING deadline would hang instead of passing.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -48,11 +49,22 @@ def test_recv_timeout_takes_few_distinct_values_while_a_deadline_approaches():
     assert len(values) <= 13
 
 
-def _reader(sim: SimExchange, got: list, **cfg) -> WsReader:
-    market = select_markets(make_gamma_rows(4), 100)[0][0]
-    config = Config(clob_ws_url=sim.ws_url, ws_data_idle_reconnect_seconds=600, **cfg)
-    sink = ReaderSink(0, got.append, Collector(), SystemClock(), DepthGauge(), 1000, DepthGauge(), 1000, 100, 1.0, 1)
-    return WsReader(0, (market.yes_token, market.no_token), sink, got.append, SystemClock(), config)
+@contextlib.contextmanager
+def idle_reader(monkeypatch, **cfg):
+    """A started reader on an idle simulator (no market data), receive timeouts of a minute."""
+    monkeypatch.setattr(ws_reader, "MAX_RECV_TIMEOUT_S", 60.0)
+    got: list = []
+    with SimExchange(markets=4, rate=0) as sim:
+        market = select_markets(make_gamma_rows(4), 100)[0][0]
+        config = Config(clob_ws_url=sim.ws_url, ws_data_idle_reconnect_seconds=600, **cfg)
+        sink = ReaderSink(0, got.append, Collector(), SystemClock(), DepthGauge(), 1000, DepthGauge(), 1000, 100, 1.0, 1)
+        reader = WsReader(0, (market.yes_token, market.no_token), sink, got.append, SystemClock(), config)
+        reader.start()
+        try:
+            yield sim, reader, got
+        finally:
+            reader.request_stop()
+            reader.join(10)
 
 
 def _wait(cond, seconds: float = 10.0) -> None:
@@ -63,11 +75,7 @@ def _wait(cond, seconds: float = 10.0) -> None:
 
 
 def test_stop_wakes_an_idle_reader_blocked_in_receive_and_closes_the_connection(monkeypatch):
-    monkeypatch.setattr(ws_reader, "MAX_RECV_TIMEOUT_S", 60.0)
-    got: list = []
-    with SimExchange(markets=4, rate=0) as sim:
-        reader = _reader(sim, got, ws_ping_interval_seconds=600, ws_ping_timeout_seconds=600)
-        reader.start()
+    with idle_reader(monkeypatch, ws_ping_interval_seconds=600, ws_ping_timeout_seconds=600) as (sim, reader, got):
         _wait(lambda: any(isinstance(m, ReaderEvent) and isinstance(m.event, ev.ShardConnected) for m in got))
         _wait(lambda: sim.live_connections() == 1)
         time.sleep(0.05)  # let the reader block in its receive
@@ -81,16 +89,8 @@ def test_stop_wakes_an_idle_reader_blocked_in_receive_and_closes_the_connection(
 
 
 def test_an_idle_reader_still_pings_on_its_keepalive_deadline(monkeypatch):
-    monkeypatch.setattr(ws_reader, "MAX_RECV_TIMEOUT_S", 60.0)
-    got: list = []
-    with SimExchange(markets=4, rate=0) as sim:
-        reader = _reader(sim, got, ws_ping_interval_seconds=0.05, ws_ping_timeout_seconds=5)
-        reader.start()
-        try:
-            _wait(lambda: sum(1 for c in sim.connections.values() for r in c.received if r.strip() == b"PING") >= 3)
-        finally:
-            reader.request_stop()
-            reader.join(10)
+    with idle_reader(monkeypatch, ws_ping_interval_seconds=0.05, ws_ping_timeout_seconds=5) as (sim, _reader, got):
+        _wait(lambda: sum(1 for c in sim.connections.values() for r in c.received if r.strip() == b"PING") >= 3)
     assert not any(isinstance(m, ReaderEvent) and isinstance(m.event, ev.ShardDisconnected) and not m.event.planned for m in got)
 
 
