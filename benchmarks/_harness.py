@@ -26,9 +26,11 @@ def machine() -> dict:
 
 
 class Proc:
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], program: list[str] | None = None, stdin: int | None = None) -> None:
+        """Runs `python -m pm_arb ARGS`, or `python PROGRAM... ARGS` (a benchmark's own script)."""
         self.t0 = time.monotonic()
-        self.p = subprocess.Popen([sys.executable, "-m", "pm_arb", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cmd = [sys.executable, *(program or ["-m", "pm_arb"]), *args]
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin,
                                   text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if not k.startswith("PM_ARB_")})
 
     def alive(self) -> bool:
@@ -68,8 +70,9 @@ def bare_loads_seconds(payloads: list[bytes]) -> float:
     return time.perf_counter() - t
 
 
-def start_sim(markets: int, rate: float, pool: int = 4096) -> tuple[Proc, str, str]:
-    sim = Proc(["sim-exchange", "--markets", str(markets), "--rate", str(rate), "--pool", str(pool)])
+def start_sim(markets: int, rate: float, pool: int = 4096, *extra: str) -> tuple[Proc, str, str]:
+    sim = Proc(["sim-exchange", "--markets", str(markets), "--rate", str(rate), "--pool", str(pool), *extra],
+               stdin=subprocess.PIPE if extra else None)
     gamma = sim.p.stdout.readline().strip().split("=", 1)[1]
     ws = sim.p.stdout.readline().strip().split("=", 1)[1]
     return sim, gamma, ws
@@ -83,11 +86,14 @@ def sim_sent_fps(sim_cost: dict) -> float | None:
     return float(m.group(1).replace(",", "")) if m else None
 
 
+def start_capture(gamma: str, ws: str, data_dir: Path, run_id: str, shards: int, seconds: float, *extra: str) -> Proc:
+    return Proc(["capture", "--gamma-base-url", gamma, "--clob-ws-url", ws, "--data-dir", str(data_dir), "--run-id", run_id,
+                 "--ws-shards", str(shards), "--duration-seconds", str(seconds), "--no-capture-universe-refresh-enable",
+                 "--ws-max-tokens-per-shard", "100000", "--capture-max-markets", "100000", "--gamma-page-limit", "500", *extra])
+
+
 def run_capture(gamma: str, ws: str, data_dir: Path, run_id: str, shards: int, seconds: float, *extra: str) -> tuple[dict, Path]:
-    cap = Proc(["capture", "--gamma-base-url", gamma, "--clob-ws-url", ws, "--data-dir", str(data_dir), "--run-id", run_id,
-                "--ws-shards", str(shards), "--duration-seconds", str(seconds), "--no-capture-universe-refresh-enable",
-                "--ws-max-tokens-per-shard", "100000", "--capture-max-markets", "100000", "--gamma-page-limit", "500", *extra])
-    cost = cap.finish(timeout=seconds + 120)
+    cost = start_capture(gamma, ws, data_dir, run_id, shards, seconds, *extra).finish(timeout=seconds + 120)
     return cost, data_dir / "runs" / run_id
 
 
@@ -108,6 +114,21 @@ def steady_rate(run_dir: Path, skip_s: float = 2.0) -> float:
     return sum(r["frames"] for r in window) / secs if secs else 0.0
 
 
+def steady_p99(run_dir: Path, skip_s: float = 3.0) -> float | None:
+    """p99 without the start-up burst (initial book dumps for every token) and the stop."""
+    from pm_arb.latency_hist import merge, percentiles
+
+    recs = [orjson.loads(x) for x in (run_dir / "metrics" / "global.ndjson").read_bytes().splitlines()]
+    if len(recs) < 3:
+        return None
+    t0 = recs[0]["mono_ns"]
+    hist: dict[int, int] = {}
+    for r in recs[:-1]:
+        if (r["mono_ns"] - t0) / 1e9 >= skip_s:
+            merge(hist, r["ws_rx_to_applied_hist_us"])
+    return percentiles(hist, (0.99,))[0.99]
+
+
 def save(name: str, doc: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
@@ -123,4 +144,4 @@ def table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Proc", "sim_sent_fps", "start_sim", "run_capture", "run_report", "steady_rate", "save", "table", "machine", "signal"]
+__all__ = ["Proc", "sim_sent_fps", "start_sim", "start_capture", "run_capture", "run_report", "steady_rate", "steady_p99", "save", "table", "machine", "signal"]

@@ -12,6 +12,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+from pm_arb.commands.cli_params import MAX_RATE  # flat out: the most sim-exchange accepts
 from _harness import machine, run_capture, run_report, save, sim_sent_fps, start_sim, steady_rate, table
 
 
@@ -25,7 +26,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pm_arb_bench_") as tmp:
         for rate in [float(r) for r in args.rates.split(",")]:
-            sim, gamma, ws = start_sim(args.markets, rate if rate > 0 else 10_000_000)
+            sim, gamma, ws = start_sim(args.markets, rate if rate > 0 else MAX_RATE)
             cap, run_dir = run_capture(gamma, ws, Path(tmp), f"r{int(rate)}", args.shards, args.seconds)
             sim_cost = sim.finish(signal.SIGINT)
             rep = run_report(run_dir)

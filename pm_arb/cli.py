@@ -585,8 +585,12 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
               help="Benchmarks: pre-generate this many messages per connection and cycle them (0: generate each one).")
 @click.option("--max-tokens-per-connection", type=click.IntRange(min=0, max=P.MAX_SIM_MARKETS * 2), default=0, show_default=True,
               help="Like Polymarket past ~500: tokens past this many on one connection get no messages (0: no limit).")
+@click.option("--rate-from-stdin", is_flag=True,
+              help="Benchmarks: each line read on stdin is a new --rate for connections opened after it; "
+                   "answers `sent=N` (frames sent so far) on stdout.")
 @handle_errors
-def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int, max_tokens_per_connection: int) -> None:
+def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, pool: int, max_tokens_per_connection: int,
+                 rate_from_stdin: bool) -> None:
     """Serve a loopback simulated Polymarket (Gamma REST + CLOB market WebSocket) until Ctrl-C.
 
     Prints the two base URLs; point a capture at them with --gamma-base-url and --clob-ws-url.
@@ -611,12 +615,26 @@ def sim_exchange(host: str, port: int, markets: int, rate: float, seed: int, poo
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     started = time.monotonic()
+    if rate_from_stdin:
+        threading.Thread(target=_rates_from_stdin, args=(sim,), name="sim-rate-stdin", daemon=True).start()
     stop.wait()
     sim.stop()
     elapsed = time.monotonic() - started
     sent = sum(c.sent_count for c in sim.connections.values())
     click.echo(f"sim-exchange: sent {sent:,} frames on {len(sim.connections)} connection(s) in {elapsed:.1f} s "
                f"({sent / max(elapsed, 1e-9):,.0f} frames/s)", err=True)
+
+
+def _rates_from_stdin(sim) -> None:
+    """One benchmark simulator serves several runs at different rates (benchmarks/vs_handwritten.py)."""
+    for line in sys.stdin:
+        try:
+            sim.rate = min(P.MAX_RATE, max(0.0, float(line)))
+        except ValueError:
+            click.echo(f"sim-exchange: ignored rate {line.strip()!r}: not a number", err=True)
+        sent = sum(c.sent_count for c in list(sim.connections.values()))
+        click.echo(f"sent={sent}")
+        sys.stdout.flush()
 
 
 @cli.command("capture-bench")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import threading
 from collections import deque
 from operator import itemgetter
@@ -81,6 +82,13 @@ class WriterActor(PlantActor):
     # hold a half-done append) but still writes the runlog and the fatal bundle, and fsyncs on close.
     ENDGAME = (m.AppendFrames, m.AppendRunlog, m.AppendMetrics, m.FlushMetrics, m.WriteFatalBundle,
                m.CloseWriter, m.AttachWriterPeers, SyncFailed)
+
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue:
+        """Every frame batch passes this inbox. queue.Queue's put/get run a Python Condition
+        (a fresh lock per wait, notify loops) around each hand-off; SimpleQueue does it in C
+        (ADR/0006). pykka needs only put, get and empty."""
+        return queue.SimpleQueue()
 
     def __init__(self, run_dir: Path, config: Config, clock, write_gauges: dict[int, DepthGauge]) -> None:
         super().__init__()

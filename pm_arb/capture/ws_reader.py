@@ -1,8 +1,10 @@
 """A shard's WebSocket reader thread: connect, subscribe, receive, keep alive, reconnect.
 
 Socket I/O only; what is due (PING, dead connection) comes from `Keepalive`, and every fact is
-reported to the shard actor as a ReaderEvent. Timed receives (0.1 s, or the batch deadline
-while frames wait) keep the loop responsive to stop and token changes.
+reported to the shard actor as a ReaderEvent. The receive blocks until the next thing due (a
+PING, a dead-connection deadline, a token change, at most 1 s away); a stop request shuts the
+socket's read side so the receive returns at once. An idle connection wakes about once a second
+instead of ten times (ADR/0006).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 
-IDLE_RECV_TIMEOUT_S = 0.1
+MAX_RECV_TIMEOUT_S = 1.0  # bounds how late a token change (set from another thread) is noticed
+MIN_RECV_TIMEOUT_S = 0.0005
 RCVBUF_BYTES = 4 * 1024 * 1024
 RECV_CHUNK = 256 * 1024
 
@@ -32,11 +35,15 @@ class BufferedWebSocket(websocket.WebSocket):
     The parser asks for exactly what the next field needs (2 header bytes, the length, the
     payload): three recv() calls per frame, each releasing the GIL to a dozen waiting threads
     (strace of a 8-shard capture: ~13 futex calls per recvfrom). Reading up to 256 KiB at a time
-    serves most frames from memory. The protocol handling stays websocket-client's.
+    serves most frames from memory. The read goes into one reused buffer: `sock.recv(256 KiB)`
+    allocated a fresh 256 KiB object per read, above malloc's mmap threshold, so every read also
+    cost an mmap, an mremap and later an munmap (strace at 1k frames/s: one of each per
+    recvfrom, ADR/0006). The protocol handling stays websocket-client's.
     """
 
     _rbuf = b""
     _rpos = 0
+    _chunk: bytearray | None = None
 
     def drained(self) -> bool:
         """True when every byte the last socket read returned has been parsed."""
@@ -45,11 +52,62 @@ class BufferedWebSocket(websocket.WebSocket):
     def _recv(self, bufsize: int) -> bytes:
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
-            buf = super()._recv(RECV_CHUNK)  # timeouts and a closed peer raise exactly as before
+            buf = self._read_chunk()
             pos = 0
         out = buf[pos : pos + bufsize]
         self._rbuf, self._rpos = buf, pos + len(out)
         return out
+
+    def next_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next data frame, as `recv_data()` returns it.
+
+        The common frame, a whole unmasked, unfragmented text or binary frame already in the
+        buffer, is sliced out here (~1 us); everything else (control frames, fragments, a frame
+        cut by the read, a header parse a timeout interrupted) goes through websocket-client's
+        own parser, which reads on from the same buffer. Its ABNF objects, locks and validation
+        cost ~6 us per frame, 20-30 % of a core flat out (ADR/0006).
+        """
+        if self._rpos >= len(self._rbuf) and self._parser_idle():
+            self._rbuf, self._rpos = self._read_chunk(), 0  # raises on a timeout, as recv_data does
+        buf, pos = self._rbuf, self._rpos
+        end = len(buf)
+        if end - pos >= 2 and (buf[pos] == 0x81 or buf[pos] == 0x82) and self._parser_idle():
+            n = buf[pos + 1]  # the mask bit (servers never mask) makes this > 127: not taken below
+            start = pos + 2
+            if n == 126:
+                n = int.from_bytes(buf[start : start + 2], "big")
+                start += 2
+            elif n == 127:
+                n = int.from_bytes(buf[start : start + 8], "big")
+                start += 8
+            elif n > 127:
+                return self.recv_data()
+            stop = start + n
+            if stop <= end:
+                self._rpos = stop
+                return buf[pos] & 0x0F, buf[start:stop]
+        return self.recv_data()
+
+    def _parser_idle(self) -> bool:
+        """websocket-client holds no partial frame header/payload and no unfinished fragments."""
+        fb = self.frame_buffer
+        return fb.header is None and not fb.recv_buffer and not self.cont_frame.recving_frames
+
+    def _read_chunk(self) -> bytes:
+        """One socket read, raising what websocket-client's own `_recv` raises."""
+        sock = self.sock
+        if sock is None:
+            raise websocket.WebSocketConnectionClosedException("Connection is closed")
+        if self._chunk is None:
+            self._chunk = bytearray(RECV_CHUNK)
+            self._view = memoryview(self._chunk)
+        try:
+            n = sock.recv_into(self._chunk)
+        except TimeoutError as exc:  # socket.timeout, also an ssl socket's read timeout
+            raise websocket.WebSocketTimeoutException(str(exc) or "Connection timed out") from None
+        if n == 0:  # the pump returns and _close() releases the socket (after a close frame if it can)
+            raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+        return self._view[:n].tobytes()
 
 
 def subscribe_messages(tokens: tuple[str, ...], chunk: int) -> list[bytes]:
@@ -97,6 +155,16 @@ class WsReader:
 
     def request_stop(self) -> None:
         self._stop.set()
+        # Wake a receive blocked for up to MAX_RECV_TIMEOUT_S: with the read side shut, it
+        # returns end-of-stream at once and the pump sees the stop. The close handshake still
+        # goes out (the write side stays open). A socket the reader closed meanwhile raises.
+        ws = self._ws
+        sock = ws.sock if ws is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def set_tokens(self, tokens: tuple[str, ...], not_before_mono_ns: int, added: int, removed: int) -> None:
         with self._lock:
@@ -132,9 +200,12 @@ class WsReader:
             if not self.tokens:
                 # Every market of this shard was delisted: no connection (a subscription of no
                 # tokens is refused) until a refresh places markets here again.
-                due = self._take_due_tokens(self.clock.mono_ns())
+                now = self.clock.mono_ns()
+                due = self._take_due_tokens(now)
                 if due is None:
-                    self._stop.wait(IDLE_RECV_TIMEOUT_S)
+                    pending = self._pending
+                    wait = MAX_RECV_TIMEOUT_S if pending is None else (pending.not_before_mono_ns - now) / 1e9
+                    self._stop.wait(min(MAX_RECV_TIMEOUT_S, max(MIN_RECV_TIMEOUT_S, wait)))
                     continue
                 self._report(ev.ShardRefreshBegin(shard=self.shard, added_count=due.added, removed_count=due.removed, tokens=len(due.tokens)))
                 self.tokens = due.tokens
@@ -166,7 +237,12 @@ class WsReader:
                 )
                 refresh = None
             keepalive = Keepalive(self.clock.mono_ns(), cfg.ws_ping_interval_seconds, cfg.ws_ping_timeout_seconds, cfg.ws_data_idle_reconnect_seconds)
-            cause, detail, planned, refresh_began = self._pump(ws, keepalive)
+            self._ws = ws
+            if self._stop.is_set():  # a stop requested while connecting found no socket to wake
+                cause, detail, planned, refresh_began = "stop", "stop requested", True, None
+            else:
+                cause, detail, planned, refresh_began = self._pump(ws, keepalive)
+            self._ws = None
             _close(ws)
             self.sink.flush()
             self._report(ev.ShardDisconnected(shard=self.shard, cause=cause, detail=detail, planned=planned))
@@ -217,7 +293,7 @@ class WsReader:
         sink = self.sink
         clock_mono = self.clock.mono_ns
         current_timeout = None
-        recv = ws.recv_data
+        recv = ws.next_frame
         drained = ws.drained
         on_frame = keepalive.on_frame
         between_reads = True
@@ -246,7 +322,14 @@ class WsReader:
                     return PING_TIMEOUT, f"no PONG within {self.config.ws_ping_timeout_seconds:g} s", False, None
                 elif action == DATA_IDLE:
                     return DATA_IDLE, f"no market data for {self.config.ws_data_idle_reconnect_seconds:g} s", False, None
-                want = max(self.config.batch_max_delay_ms / 1000 if sink.batch else IDLE_RECV_TIMEOUT_S, 0.0005)
+                if sink.batch:  # frames wait (a read ended inside a frame): their hand-off is due
+                    want = max(self.config.batch_max_delay_ms / 1000, MIN_RECV_TIMEOUT_S)
+                else:
+                    deadline = keepalive.next_deadline_ns()
+                    pending = self._pending
+                    if pending is not None:
+                        deadline = min(deadline, pending.not_before_mono_ns)
+                    want = recv_timeout_s((deadline - now) / 1e9)
                 if want != current_timeout:
                     ws.settimeout(want)
                     current_timeout = want
@@ -257,8 +340,12 @@ class WsReader:
                 between_reads = True
                 continue
             except websocket.WebSocketConnectionClosedException as exc:
+                if self._stop.is_set():  # request_stop shut the read side down
+                    return "stop", "stop requested", True, None
                 return "server_close", f"connection closed ({_describe(exc)})", False, None
             except (OSError, websocket.WebSocketException) as exc:
+                if self._stop.is_set():
+                    return "stop", "stop requested", True, None
                 return "error", _describe(exc), False, None
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
@@ -272,6 +359,23 @@ class WsReader:
                 # sends each frame at once; at high rates one read holds many frames, so batches
                 # grow by themselves and the hand-offs (thread wake-ups) stay few.
                 sink.flush()
+
+
+def recv_timeout_s(remaining_s: float) -> float:
+    """The socket timeout for a receive that must return by `remaining_s` from now.
+
+    Powers of two below MAX_RECV_TIMEOUT_S: the timeout only changes (a syscall) when the next
+    deadline crosses a level, about a dozen times per deadline, instead of on every read while
+    a deadline approaches. The receive wakes at most half the remaining time early.
+    """
+    if remaining_s >= MAX_RECV_TIMEOUT_S:
+        return MAX_RECV_TIMEOUT_S
+    if remaining_s <= MIN_RECV_TIMEOUT_S:
+        return MIN_RECV_TIMEOUT_S
+    level = MAX_RECV_TIMEOUT_S
+    while level > remaining_s:
+        level /= 2
+    return max(level, MIN_RECV_TIMEOUT_S)
 
 
 def _close(ws: websocket.WebSocket) -> None:
