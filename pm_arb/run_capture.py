@@ -252,7 +252,7 @@ def run_capture(
 
 def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str | None, mode: str, duration_s: float,
          fixture: FixtureSet | None, offline_repeat: int, status: bool | None,
-         on_run_dir: Callable[[Path], None] | None, extra_manifest: dict[str, Any] | None) -> tuple[int, Path, dict[str, Any]]:
+         on_run_dir: Callable[[Path, dict[str, Any]], None] | None, extra_manifest: dict[str, Any] | None) -> tuple[int, Path, dict[str, Any]]:
     crash_request = test_crash_request()
     malloc_settings = tune_malloc()  # before any actor thread creates its allocator arena
     clock = SystemClock()
