@@ -27,10 +27,10 @@ from typing import Any, Iterable
 import orjson
 
 from pm_arb.book.order_book import _PRICES, BookError, OrderBook, price_of
+from pm_arb.wire.flags import FLAGS_NOT_MARKET_DATA
 
 __all__ = ["BookFold", "Connect", "Frame", "Assign", "rebuild"]
 
-FLAG_SKIP = 0x03  # store.frames_format FLAG_CONTROL | FLAG_NOT_JSON: no market data in the frame
 NS = 1_000_000_000
 SYNC_CAUSES = ("top_mismatch", "snapshot_mismatch", "delta_before_snapshot")
 
@@ -210,7 +210,7 @@ class BookFold:
 
     def frame(self, shard: int, seq: int, mono: int, wall: int, flags: int, payload: bytes) -> None:
         self.end_mono_ns = mono
-        if flags & FLAG_SKIP:
+        if flags & FLAGS_NOT_MARKET_DATA:
             return
         self.frames += 1
         try:

@@ -12,6 +12,7 @@ from pm_arb.clock import wall_iso
 from pm_arb.progress import human_bytes
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardReader, shard_numbers
+from pm_arb.wire.flags import FLAG_CONTROL
 
 TAIL_LINES = 3
 
@@ -58,7 +59,7 @@ def inspect_run(run_dir: Path) -> dict[str, Any]:
                 info["last_rx_wall_ns_utc"] = entries[-1].rx_wall_ns_utc if entries else None
                 info["first_rx_utc"] = wall_iso(info["first_rx_wall_ns_utc"])
                 info["last_rx_utc"] = wall_iso(info["last_rx_wall_ns_utc"])
-                info["control_frames"] = sum(1 for e in entries if e.flags & 1)
+                info["control_frames"] = sum(1 for e in entries if e.flags & FLAG_CONTROL)
         except (HeaderProblem, OSError) as exc:
             info["error"] = str(exc)
         shards.append(info)

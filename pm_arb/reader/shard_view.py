@@ -48,12 +48,13 @@ class ShardView:
         self.shard = shard
         self._idx = b""
         self.idx_problem: str | None = None
-        self.header_damage: list[str] = []
         ipath = idx_path(capture_dir, shard)
         try:
             self._idx = map_file(ipath)
-            # A damaged header says nothing about the entries behind it (ADR/0008): noted, still read.
-            self.header_damage = [d for d in [check_file_header(bytes(self._idx[:FILE_HEADER_SIZE]), IDX_MAGIC, ipath.name, shard)] if d]
+            # Only an unreadable header (too short, a newer format) stops the reader. A damaged one
+            # says nothing about the records behind it (ADR/0008): each record's own checksum is
+            # checked, and capture-verify reports the header.
+            check_file_header(bytes(self._idx[:FILE_HEADER_SIZE]), IDX_MAGIC, ipath.name, shard)
         except FileNotFoundError:
             self.idx_problem = f"{ipath.name} is missing"
         except (OSError, HeaderProblem) as exc:
@@ -61,12 +62,10 @@ class ShardView:
         fpath = frames_path(capture_dir, shard)
         self._buf = map_file(fpath)
         try:
-            damage = check_file_header(bytes(self._buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, fpath.name, shard)
+            check_file_header(bytes(self._buf[:FILE_HEADER_SIZE]), FRAMES_MAGIC, fpath.name, shard)
         except HeaderProblem:
             self.close()
             raise
-        if damage:
-            self.header_damage.append(damage)
         self._released_frames = self._released_idx = 0
         self.entries = 0 if self.idx_problem else max(0, (len(self._idx) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE)
 

@@ -32,9 +32,8 @@ IDX_ENTRY_SIZE = IDX_ENTRY.size  # 40
 
 MAX_PAYLOAD = 64 * 1024 * 1024  # a length above this is corruption, not a frame
 
-# flags
-FLAG_CONTROL = 0x01  # text the server sent that is not market data (PONG, INVALID OPERATION, ...)
-FLAG_NOT_JSON = 0x02  # neither JSON object/array nor known control text: garbage kept as received
+# flags: defined in the wire layer (what a frame is), stored here as ADR/0001 lays them out
+from pm_arb.wire.flags import FLAG_CONTROL, FLAG_NOT_JSON  # noqa: E402,F401
 
 # opcodes (RFC 6455 numbering)
 OPCODE_TEXT = 1
