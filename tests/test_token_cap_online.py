@@ -5,9 +5,11 @@ the socket stays up and PONGs come, but the tokens past its limit get nothing.""
 from __future__ import annotations
 
 import orjson
+import pyarrow.parquet as pq
 import xxhash
 
 from pm_arb.capture.frame_parse import asset_ids, frame_shape
+from pm_arb.reader import open_run
 from pm_arb.sim.exchange import STALL_GARBAGE, SimExchange
 from pm_arb.universe_select import select_markets
 from tests.conftest import records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
@@ -167,6 +169,19 @@ def test_a_refresh_past_capacity_opens_a_new_shard_with_its_own_files_and_moves_
     carried = {t for recs in records_by_shard(out).values() for r in recs for t in asset_ids(r.payload)}
     assert carried and all(token_shard[t] == 2 for t in carried)
     assert token_shard == replay_end["token_shard"]
+    # the refresh records describe the markets they added, so the reader and the export do too
+    listed = {row["conditionId"]: row for row in fresh}
+    refreshed = open_run(run_dir).refreshed_markets()
+    assert {(mk.condition_id, mk.question, mk.slug, mk.gamma_id, mk.shard) for mk in refreshed} == {
+        (cid, row["question"], row["slug"], str(row["id"]), 2) for cid, row in listed.items()}
+    export = data_dir / "export"
+    assert run_cli("capture-export", "--run-dir", str(run_dir), "--out", str(export), "--tables", "markets,incremental_book_L2").returncode == 0
+    markets = pq.read_table(export / "markets").to_pylist()
+    late = [r for r in markets if r["source"] == "refresh"]
+    assert len(late) == 10 and all(r["question"] == listed[r["condition_id"]]["question"] and r["outcome"] in ("Yes", "No") for r in late)
+    l2 = pq.read_table(export / "incremental_book_L2", columns=["symbol", "market", "outcome", "shard"]).to_pylist()
+    on_new_shard = [r for r in l2 if r["shard"] == 2]
+    assert on_new_shard and all(r["market"] in listed and r["outcome"] in ("Yes", "No") for r in on_new_shard)
 
 
 def test_a_shard_whose_markets_are_all_delisted_holds_no_connection_until_it_gets_markets_again(data_dir):

@@ -245,6 +245,7 @@ class ApplyRefresh:
     added_tokens: list[str] = field(default_factory=list)
     markets: int = 0
     placement: Any = None  # universe.placement.PlacementChange: assignments, releases, shards opened
+    listing: dict[str, Any] = field(default_factory=dict)  # condition id -> Gamma market, for the ones assigned
 
 
 # --- universe ------------------------------------------------------------------------------

@@ -332,7 +332,7 @@ class SupervisorActor(PlantActor):
         now = self.clock.mono_ns()
         change = msg.placement
         if change is not None:
-            for e in placement_events(change, "refresh"):
+            for e in placement_events(change, "refresh", msg.listing):
                 self._record(e)
             self._open_shards(change, msg.markets)
         self._record(

@@ -111,6 +111,7 @@ class UniverseActor(PlantActor):
             return
         change = place(self.placement, markets, self.rules)
         self.markets, self.placement = markets, change.placement
+        assigned = {cid for cid, *_ in change.assigned}
         self.supervisor.tell(
             m.ApplyRefresh(
                 shard_tokens=change.placement.shard_tokens(),
@@ -118,5 +119,6 @@ class UniverseActor(PlantActor):
                 added_tokens=sorted(d.added),
                 markets=len(markets),
                 placement=change,
+                listing={mk.condition_id: mk for mk in markets if mk.condition_id in assigned},
             )
         )

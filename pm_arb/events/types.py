@@ -105,6 +105,11 @@ class MarketAssigned(Event):
     yes_token: str
     no_token: str
     reason: str  # "start" | "refresh"
+    # What Gamma listed for a market a refresh added (the manifest holds those of the start
+    # universe): lets the reader and the export's `markets` table describe every market.
+    question: str = ""
+    slug: str = ""
+    gamma_id: str = ""
 
 
 @event("market_released")

@@ -47,8 +47,8 @@ class ExportRequest:
 
 
 def token_table(run: Run) -> pa.Table:
-    """token -> market (condition id) and outcome, from the run's universe."""
-    tokens = list(run.tokens.items())
+    """token -> market (condition id) and outcome, from the run's universe and its refreshes."""
+    tokens = list(run.all_tokens().items())
     return pa.table({"symbol": [t for t, _ in tokens], "market": [m.condition_id for _, (m, _) in tokens],
                      "outcome": [o for _, (_, o) in tokens]},
                     schema=pa.schema([("symbol", pa.string()), ("market", pa.string()), ("outcome", pa.string())]))
@@ -71,9 +71,11 @@ def markets_table(run: Run, tokens: frozenset[str] | None) -> pa.Table:
 
     for token, (market, outcome) in run.tokens.items():
         add(token, outcome, market, market.shard, "manifest")
+    refreshed = run.all_tokens()
     for token, shard in run.token_assignments().items():
         if token not in run.tokens:
-            add(token, None, None, shard, "refresh")
+            market, outcome = refreshed.get(token, (None, None))
+            add(token, outcome, market, shard, "refresh")
     return pa.table(rows, schema=SCHEMAS["markets"])
 
 

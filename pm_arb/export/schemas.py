@@ -37,7 +37,8 @@ SCHEMAS["market_events"] = pa.schema([
     ("winning_outcome", pa.string()), ("question", pa.string()),
 ] + PROVENANCE)
 # One row per token: the manifest's universe at start ("manifest"), and tokens a universe
-# refresh assigned later ("refresh"; the runlog records their ids and shards, not their market).
+# refresh assigned later ("refresh"; from the runlog's market_assigned records, which carry the
+# question, slug and Gamma id since issue 14; older runlogs give ids and shards only).
 SCHEMAS["markets"] = pa.schema([
     ("token", pa.string()), ("outcome", pa.string()), ("condition_id", pa.string()), ("question", pa.string()),
     ("shard", pa.int16()), ("gamma_id", pa.string()), ("slug", pa.string()), ("source", pa.string()),

@@ -13,7 +13,7 @@ import orjson
 from pm_arb.bundle import CAPTURE_DIR, read_manifest, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.events.runlog_file import read_runlog
-from pm_arb.events.types import UniverseAssigned
+from pm_arb.events.types import MarketAssigned, UniverseAssigned
 from pm_arb.reader.records import Event, FrameRecord, Market
 from pm_arb.reader.shard_view import OnDamage, ShardView
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON, HeaderProblem
@@ -35,6 +35,30 @@ class Run:
         for m in self.universe:
             self.tokens[m.yes_token] = (m, "Yes")
             self.tokens[m.no_token] = (m, "No")
+
+    def refreshed_markets(self) -> list[Market]:
+        """Markets a universe refresh added during the run (runlog `market_assigned` with reason
+        "refresh"), in the order they were added; a market listed at start is not repeated.
+        Runlogs written before these records carried the question have it as ""."""
+        try:
+            records = read_runlog(self.run_dir, skip_bad_lines=True).records
+        except UserError:
+            return []
+        out: dict[str, Market] = {}
+        for rec in records:
+            e = rec.event
+            if isinstance(e, MarketAssigned) and e.reason == "refresh" and e.yes_token not in self.tokens:
+                out[e.condition_id] = Market(e.condition_id, e.question, e.yes_token, e.no_token, e.shard,
+                                             e.gamma_id or None, e.slug or None)
+        return list(out.values())
+
+    def all_tokens(self) -> dict[str, tuple[Market, str]]:
+        """`tokens` plus those of the markets refreshes added: token -> (market, "Yes" | "No")."""
+        out = dict(self.tokens)
+        for mk in self.refreshed_markets():
+            out.setdefault(mk.yes_token, (mk, "Yes"))
+            out.setdefault(mk.no_token, (mk, "No"))
+        return out
 
     def token_assignments(self) -> dict[str, int]:
         """Every token the run was ever assigned, with its last shard: the start universe and

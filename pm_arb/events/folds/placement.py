@@ -9,7 +9,7 @@ runlog.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord
@@ -72,15 +72,20 @@ def fold(records: Iterable[LogRecord], until_seq: int | None = None) -> Placemen
     return state
 
 
-def placement_events(change: PlacementChange, reason: str) -> list[ev.Event]:
+def placement_events(change: PlacementChange, reason: str, listing: Mapping[str, Any] | None = None) -> list[ev.Event]:
     """The runlog lines of one placement step, releases first (so a market whose token ids
-    changed is released, then assigned again to the same shard). `fold` is their inverse."""
+    changed is released, then assigned again to the same shard). `fold` is their inverse.
+    `listing` (condition id -> Gamma market) adds question, slug and id to each assignment."""
+    listing = listing or {}
     out: list[ev.Event] = []
     assigned = {cid for cid, *_ in change.assigned}
     for cid, shard in change.released:
         out.append(ev.MarketReleased(condition_id=cid, shard=shard, reason="tokens_changed" if cid in assigned else "delisted"))
     for cid, shard, yes, no in change.assigned:
-        out.append(ev.MarketAssigned(condition_id=cid, shard=shard, yes_token=yes, no_token=no, reason=reason))
+        m = listing.get(cid)
+        out.append(ev.MarketAssigned(condition_id=cid, shard=shard, yes_token=yes, no_token=no, reason=reason,
+                                     question=str(getattr(m, "question", "") or ""), slug=str(getattr(m, "slug", "") or ""),
+                                     gamma_id=str(getattr(m, "id", "") or "")))
     return out
 
 
