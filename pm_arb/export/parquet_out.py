@@ -26,6 +26,15 @@ def partition_dir(hour: int) -> str:
     return f"date={t:%Y-%m-%d}/hour={t:%H}"
 
 
+def column_options(schema: pa.Schema) -> dict:
+    """Dictionary pages and min/max statistics for every column but binary ones. A payload is
+    unique per frame, so a dictionary for it is built, overflows and is thrown away, and its
+    min/max says nothing a query can prune on; skipping both costs nothing in size and saves
+    ~8 % of the frames table's write time (measured on a simulator run, ADR/0009)."""
+    small = [f.name for f in schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
+    return {"use_dictionary": small, "write_statistics": small}
+
+
 class PartitionedWriter:
     def __init__(self, root: Path, schema: pa.Schema, time_column: str, file_stem: str) -> None:
         self.root = root
@@ -60,7 +69,7 @@ class PartitionedWriter:
             self._used[hour] = n + 1
             path = self.root / partition_dir(hour) / (f"{self.file_stem}.parquet" if n == 0 else f"{self.file_stem}-{n}.parquet")
             path.parent.mkdir(parents=True, exist_ok=True)
-            w = self._open[hour] = pq.ParquetWriter(path, self.schema, compression=COMPRESSION)
+            w = self._open[hour] = pq.ParquetWriter(path, self.schema, compression=COMPRESSION, **column_options(self.schema))
             self.files.append(path)
         return w
 
