@@ -269,6 +269,9 @@ def test_refuses_to_overwrite_without_force(offline_run, tmp_path):
     (["--format", "csv", "--tables", "frames"], "Parquet only"),
     (["--from-wall", "yesterday"], "--from-wall"),
     (["--from-wall", "2026-01-02T00:00:00Z", "--to-wall", "2026-01-01T00:00:00Z"], "range is empty"),
+    (["--tokens", ""], "holds no token id"),
+    (["--tokens", " , "], "holds no token id"),
+    (["--tokens", "not-a-token-of-this-run"], "none of the 1 token(s)"),
 ])
 def test_bad_usage_is_one_line_exit_2(offline_run, tmp_path, args, needle):
     line = assert_one_line_error(run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "x"), *args), 2)

@@ -34,8 +34,26 @@ def build_request(run_dir: Path, out: Path, fmt: str, tables: tuple[str, ...], f
     start, end = _wall_window(run_dir, from_wall, to_wall)
     if start is not None and end is not None and start > end:
         raise UserError("the range is empty: --from-wall is after --to-wall", 2)
-    token_set = frozenset(t.strip() for item in tokens for t in item.split(",") if t.strip()) or None
+    token_set = _token_filter(run_dir, tokens)
     return ExportRequest(run_dir, out, fmt, tuple(t for t in ALL_TABLES if t in chosen), start, end, token_set, skip_damaged)
+
+
+def _token_filter(run_dir: Path, tokens: tuple[str, ...]) -> frozenset[str] | None:
+    """--tokens as a set (None: every token). Given but empty (an unset shell variable, say)
+    or naming no token of the run, it is refused rather than exporting everything or nothing."""
+    if not tokens:
+        return None
+    wanted = frozenset(t.strip() for item in tokens for t in item.split(",") if t.strip())
+    if not wanted:
+        raise UserError("--tokens was given but holds no token id: pass ids (comma-separated or repeated), or drop the option to export every token", 2)
+    from pm_arb.reader import open_run
+
+    run = open_run(run_dir)
+    known = set(run.all_tokens()) | set(run.token_assignments())
+    if known and not wanted & known:
+        raise UserError(f"none of the {len(wanted)} token(s) given with --tokens appear in {run_dir}: "
+                        "pass token ids from its manifest (capture-inspect lists the universe)", 2)
+    return wanted
 
 
 def _wall_window(run_dir: Path, from_wall: str | None, to_wall: str | None) -> tuple[int | None, int | None]:
