@@ -59,6 +59,21 @@ def test_audit_counts_run_stop_as_the_end_of_the_last_interval():
     assert r["gaps_over_threshold"] == 1 and r["gaps"][0]["end_type"] == "run_stop" and r["intervals"] == 2
 
 
+def test_audit_a_run_whose_heartbeats_never_came_or_came_late_fails():
+    """The run's start opens the first interval: records with no heartbeat for 30 s are a 30 s
+    gap, not an empty (passing) audit; so is a first heartbeat that came 5 s after the start."""
+    start = ev.RunStart(run_id="r", mode="online", pm_arb_version="0", shards=1, confirm_timeout_seconds=45, confirm_min_events=1,
+                        heartbeat_interval_seconds=1)
+    stop = ev.RunStop(reason="x", frames_total=0, bytes_total=0, dropped_total=0, duration_seconds=30)
+    none = audit(recs((0, start), (1, ev.RunConfirmed(seconds_after_start=1)), (30, stop)))
+    assert not none["pass"] and none["heartbeats"] == 0 and none["gaps"][0]["gap_s"] == 30.0
+    assert [none["gaps"][0]["events_between"], none["gaps"][0]["end_type"]] == [["run_confirmed"], "run_stop"]
+    late = audit(recs((0, start), (5, hb()), (6, hb()), (6.5, stop)))
+    assert not late["pass"] and late["gaps"][0]["gap_s"] == 5.0 and late["intervals"] == 3
+    prompt = audit(recs((0, start), (0.05, hb()), (1.05, hb()), (1.5, stop)))
+    assert prompt["pass"] and prompt["intervals"] == 3 and prompt["heartbeats"] == 2
+
+
 def metric(frames_total, dropped=0, dropped_total=0, lat_us=(), **depths):
     hist = {}
     for us in lat_us:
@@ -96,7 +111,7 @@ def test_latency_report_merges_histograms_and_folds_reconnects_and_disconnection
     g = gates(aud, r, {"crc_mismatch": 0, "seq_gaps": 0, "idx_mismatch": 0, "torn_tail_bytes": 0, "file_errors": 0}, False)
     assert g["verdict"] == "FAIL"
     assert {k: v["pass"] for k, v in g["gates"].items()} == {
-        "heartbeat_gaps": True, "reconnects_midrun": False, "drops": False, "crc_mismatch": True, "clean_stop": True,
+        "heartbeat_gaps": False, "reconnects_midrun": False, "drops": False, "crc_mismatch": True, "clean_stop": True,  # no heartbeat in 7.5 s
         "book_integrity": None, "fatal": True}
 
 

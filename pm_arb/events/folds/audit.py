@@ -1,8 +1,10 @@
 """capture-audit as a pure fold: heartbeat gaps over a run's records.
 
 Gaps are measured on the monotonic clock (the wall clock may step; the monotonic one does
-not), between consecutive heartbeats, with the run's stop or fatal record closing the last
-interval. A gap counts as "over" the threshold only when strictly greater than it.
+not), between consecutive heartbeats, with the run's start record opening the first interval
+and its stop record closing the last: a run whose heartbeats never came (or stopped coming
+long before the stop) has a gap as long as that silence, not an empty list of intervals.
+A gap counts as "over" the threshold only when strictly greater than it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ def audit(records: Iterable[LogRecord], threshold_s: float = 2.0) -> dict[str, A
     recs = list(records)
     anchors = [i for i, r in enumerate(recs) if isinstance(r.event, ev.Heartbeat)]
     heartbeats = len(anchors)
+    start = next((i for i, r in enumerate(recs) if isinstance(r.event, ev.RunStart)), None)
+    if start is not None and (not anchors or start < anchors[0]):
+        anchors.insert(0, start)
     end = next((i for i, r in enumerate(recs) if isinstance(r.event, (ev.RunStop,))), None)
     if end is not None and anchors and end > anchors[-1]:
         anchors.append(end)
