@@ -64,7 +64,7 @@ class Plant:
         sink.flush()
 
 
-def start_plant(tmp_path: Path, writer_cls=WriterActor, metrics_cls=MetricsActor, shard_cls=ShardActor) -> Plant:
+def start_plant(tmp_path: Path, writer_cls=WriterActor, metrics_cls=MetricsActor, shard_cls=ShardActor, live=(0, 1)) -> Plant:
     clock = ManualClock()
     config = cfg()
     done, codes = threading.Event(), []
@@ -83,11 +83,12 @@ def start_plant(tmp_path: Path, writer_cls=WriterActor, metrics_cls=MetricsActor
     sup.tell(m.AttachPeers(writer=writer, shards=shards))
     sup.tell(m.StartRun(TOKENS, markets=2))
     sup.ask(m.GetStatus())  # barrier: StartShard is told
-    for s in (0, 1):
+    for s in live:
         shards[s].ask(m.ReaderEvent(0, 0, ev.ShardConnected(shard=s, attempt=1, connect_ms=1.0, subscribe_messages=1)))  # barrier: the reader exists
     plant = Plant(sup, writer, metrics, universe, shards, readers, done, codes, clock)
-    plant.feed(0, 6)
-    plant.feed(1, 4)
+    for s, n in ((0, 6), (1, 4)):
+        if s in live:
+            plant.feed(s, n)
     return plant
 
 
@@ -157,6 +158,51 @@ def test_a_real_handler_crash_in_a_shard_stops_its_reader(tmp_path):
     assert fatal["shard"] in (0, 1)
     assert all(r.stopped for r in plant.readers.values())  # stopped by the supervisor, through the crashed shard
     assert verify_run(tmp_path, show_progress=False)["totals"]["frames"] == 10
+
+
+def test_a_shard_that_crashed_in_setup_still_answers_the_stop_so_the_run_does_not_wait_its_grace(tmp_path):
+    """Shard 1's setup fails after the run started (a gate makes the order certain); it never
+    built what its status report reads, yet stopping it must still say ShardStopped. The clock
+    is a ManualClock nobody advances: without the answer the supervisor's 15 s stop grace would
+    never run out and the run would never end."""
+    go = threading.Event()
+
+    class SetupCrash(ShardActor):
+        def setup(self):
+            if self.shard == 1:
+                go.wait(10)
+                raise RuntimeError("setup broke")
+            super().setup()
+
+    plant = start_plant(tmp_path, shard_cls=SetupCrash, live=(0,))
+    go.set()
+    fatal = assert_fatal_actor_crash(tmp_path, plant, "ShardActor", "on_start", "RuntimeError: setup broke")
+    assert fatal["shard"] == 1 and plant.readers[0].stopped and 1 not in plant.readers
+    assert verify_run(tmp_path, show_progress=False)["totals"]["frames"] == 6
+
+
+def test_a_crash_reported_before_the_supervisor_has_its_writer_is_written_once_it_has(tmp_path):
+    """An actor can crash in its setup before AttachPeers reaches the supervisor: the crash, the
+    fatal record and fatal.json wait for the writer instead of vanishing, the run does not start
+    after it, and it ends (exit 1) as soon as the writer is there."""
+    clock = ManualClock()
+    config = cfg()
+    done, codes = threading.Event(), []
+    sup = SupervisorActor.start("r1", "offline", config, clock, lambda c: (codes.append(c), done.set()))
+    sup.tell(m.ActorCrashed(actor="ShardActor", shard=1, message_type="on_start", error="RuntimeError: early", traceback="Traceback (most recent call last):\n  early\n"))
+    sup.ask(m.GetStatus())  # barrier: the crash is handled, with no writer yet
+    assert not done.is_set()
+    writer = WriterActor.start(tmp_path, config, clock, {s: DepthGauge() for s in range(config.ws_shards)})
+    metrics = MetricsActor.start(writer, config.ws_shards, sup)
+    writer.tell(m.AttachWriterPeers(sup, metrics))
+    sup.tell(m.AttachPeers(writer=writer, shards={}))
+    sup.tell(m.StartRun(TOKENS, markets=2))
+    assert done.wait(20) and codes == [1]
+    pykka.ActorRegistry.stop_all()  # the writer closes (fsync) on stop
+    types = [r.type for r in read_runlog(tmp_path).records]
+    assert types == ["actor_crashed", "fatal", "heartbeat", "run_stop"]
+    fatal = orjson.loads((tmp_path / "fatal.json").read_bytes())
+    assert fatal["reason"] == "actor_crash" and fatal["actor"] == "ShardActor" and fatal["error"] == "RuntimeError: early"
 
 
 def test_when_the_supervisor_crashes_again_while_ending_the_run_the_process_still_ends(tmp_path):

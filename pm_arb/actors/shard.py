@@ -170,5 +170,10 @@ class ShardActor(PlantActor):
             self.metrics.tell(status)
 
     def _stopped(self) -> None:
-        self._report()
-        self.supervisor.tell(m.ShardStopped(self.shard))
+        # A shard that crashed in setup() has no sink to report on; the stop must be answered
+        # anyway, or the supervisor waits out its whole stop grace for it.
+        try:
+            if getattr(self, "sink", None) is not None:
+                self._report()
+        finally:
+            self.supervisor.tell(m.ShardStopped(self.shard))

@@ -48,6 +48,10 @@ class SupervisorActor(PlantActor):
         self._finished = False
         self._finishing = False  # run_stop is on its way (FinishRun)
         self.exit_code: int | None = None
+        # What happened before AttachPeers gave us a writer (an actor that crashed in its
+        # setup, say): kept, and written as soon as there is one, never dropped.
+        self._unsent: list[bytes] = []
+        self._unsent_bundle: tuple[dict[str, Any], list] | None = None
 
     # -- the one appender ------------------------------------------------------------------
     def _record(self, event: ev.Event, mono_ns: int | None = None, wall_ns: int | None = None) -> LogRecord:
@@ -61,6 +65,8 @@ class SupervisorActor(PlantActor):
         apply(self.state, rec)
         if self.writer is not None:
             self.writer.tell(m.AppendRunlog(encode(rec)))
+        else:
+            self._unsent.append(encode(rec))
         self._decide_after(rec)
         return rec
 
@@ -98,9 +104,7 @@ class SupervisorActor(PlantActor):
         elif isinstance(msg, m.StartRun):
             self._start(msg)
         elif isinstance(msg, m.AttachPeers):
-            self.writer = msg.writer
-            self.shards = dict(msg.shards)
-            self.open_shard = msg.open_shard
+            self._attach(msg)
         elif isinstance(msg, m.GetStatus):
             return self.status()
         elif isinstance(msg, m.ActorCrashed):
@@ -113,6 +117,19 @@ class SupervisorActor(PlantActor):
         else:
             self.unknown(msg)
         return None
+
+    def _attach(self, msg: m.AttachPeers) -> None:
+        self.writer = msg.writer
+        self.shards = dict(msg.shards)
+        self.open_shard = msg.open_shard
+        for line in self._unsent:
+            self.writer.tell(m.AppendRunlog(line))
+        self._unsent.clear()
+        if self._unsent_bundle is not None:
+            self._write_fatal_bundle(*self._unsent_bundle)
+            self._unsent_bundle = None
+        if self._stop_deadline_ns is not None:  # a stop or fatal came first: now it can finish
+            self._stop_shards()
 
     # -- crashes (actors/base.py) ----------------------------------------------------------
     def report(self, msg: Any) -> None:
@@ -136,6 +153,8 @@ class SupervisorActor(PlantActor):
         self._fatal("actor_crash", f"{msg.actor}{where} crashed handling {msg.message_type}: {msg.error}", msg.shard, details)
 
     def _start(self, msg: m.StartRun) -> None:
+        if self._finished or self._stop_deadline_ns is not None:
+            return  # a fatal (an actor crashed in its setup) or a stop came before the start
         cfg = self.config
         self._record(
             ev.RunStart(
@@ -252,12 +271,17 @@ class SupervisorActor(PlantActor):
         owner = {t: s for s, v in self.state.shards.items() for t in v.tokens}
         missing = [{"token": t, "shard": owner.get(t, -1)} for t in self.state.missing_tokens()]
         if self.writer is not None:
-            try:
-                self.writer.ask(m.WriteFatalBundle(doc, missing), timeout=30)
-            except Exception:  # the writer may be what failed; fatal.json is best effort then
-                pass
+            self._write_fatal_bundle(doc, missing)
+        else:
+            self._unsent_bundle = (doc, missing)
         self.exit_code = EXIT_FATAL
         self._stop_shards()
+
+    def _write_fatal_bundle(self, doc: dict[str, Any], missing: list) -> None:
+        try:
+            self.writer.ask(m.WriteFatalBundle(doc, missing), timeout=30)
+        except Exception:  # the writer may be what failed; fatal.json is best effort then
+            pass
 
     def _begin_stop(self, reason: str) -> None:
         if self.state.phase in ("stopping", "stopped", "fatal") or self._finished:
@@ -273,7 +297,8 @@ class SupervisorActor(PlantActor):
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self._stop_deadline_ns is not None and self.started_shards <= self.stopped_shards:
+        # Not before AttachPeers: without the writer nothing could be flushed or closed.
+        if self.writer is not None and self._stop_deadline_ns is not None and self.started_shards <= self.stopped_shards:
             self._finish()
 
     def _finish(self) -> None:
