@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import orjson
 import pytest
 
-from conftest import REPO, drop_fixture_change, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+from tests.conftest import REPO, drop_fixture_change, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 from pm_arb.commands.plot import GID_BOOK_INCIDENTS, GID_DISCONNECTS, GID_REFRESHES, build_figure
 from pm_arb.commands.reports import load_metrics
 from pm_arb.events.folds.timeline import timeline

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from conftest import assert_one_line_error, read_runlog_dicts, run_cli
+from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli
 from pm_arb.plant.disk_watch import DiskWatch, RateWindow, projection
 
 

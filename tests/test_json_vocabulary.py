@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from pm_arb.sim.exchange import SimExchange
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import assert_one_line_error, read_runlog_dicts, run_cli
+from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli
 from pm_arb.commands.next_step import cli_prefix, next_command
 from pm_arb.commands.run_dir import resolve_run_dir
 from pm_arb.errors import UserError

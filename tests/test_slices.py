@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli
 from pm_arb.clock import wall_iso
 from pm_arb.store.shard_files import ShardReader, shard_numbers
 

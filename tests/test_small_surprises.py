@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 
 def test_shards_without_tokens_are_named_by_capture_and_verify(data_dir):

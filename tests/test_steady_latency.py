@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_folds import S, recs
+from tests.test_folds import S, recs
 
 from pm_arb.events import types as ev
 from pm_arb.events.folds.latency import STARTUP_EXCLUDED_S, latency_report

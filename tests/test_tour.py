@@ -11,7 +11,7 @@ import sys
 
 import orjson
 
-from conftest import REPO, cli_env, run_cli
+from tests.conftest import REPO, cli_env, run_cli
 
 SHIM = f'''
 uv() {{ [ "$1" = run ] && [ "$2" = pm_arb ] || {{ echo "unexpected uv call: $*" >&2; return 99; }}; shift 2; {shlex.quote(sys.executable)} -m pm_arb "$@"; }}
