@@ -21,12 +21,13 @@ incident from the token's last message to its next one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Iterable
 
 import orjson
 
-from pm_arb.book.order_book import _PRICES, BookError, OrderBook, price_of
+from pm_arb.book.messages import BestBidAsk, Book, Change, LastTrade, PriceChange, TickSizeChange
+from pm_arb.book.messages import decode as decode_typed
+from pm_arb.book.order_book import _KEYS, BookError, OrderBook, key_of, price_text, sides_of
 from pm_arb.wire.flags import FLAGS_NOT_MARKET_DATA
 
 __all__ = ["BookFold", "Connect", "Frame", "Assign", "rebuild"]
@@ -110,18 +111,18 @@ class _Token:
         self.excused = False  # a damaged record of its shard was skipped: unchecked until the next snapshot
 
 
-def _stated(text: Any, empty: str) -> Decimal | None:
-    """A stated best price; "" / None / the empty-side value ("0" for bids, "1" for asks) is no level."""
+def _stated(text: Any, empty: str) -> Any:
+    """The key of a stated best price; "" / None / the empty-side value ("0" for bids, "1" for
+    asks) is no level (None)."""
     if text is None or text == "" or text == empty:
         return None
-    return _PRICES.get(text) or price_of(text)
+    k = _KEYS.get(text)
+    return key_of(text) if k is None else k
 
 
 _MISS = object()
-
-
-def _px(d: Decimal | None) -> str:
-    return "none" if d is None else str(d)
+_EVENT_TYPE = {PriceChange: "price_change", Book: "book", BestBidAsk: "best_bid_ask", LastTrade: "last_trade_price",
+               TickSizeChange: "tick_size_change"}
 
 
 @dataclass
@@ -146,9 +147,9 @@ class BookFold:
     malformed: int = 0
     damaged_records: int = 0
     unchecked_changes: int = 0
-    # stated best price text -> its Decimal (None for an empty side), per side
-    _bid_of: dict[Any, Decimal | None] = field(default_factory=dict)
-    _ask_of: dict[Any, Decimal | None] = field(default_factory=dict)
+    # stated best price text -> its price key (None for an empty side), per side
+    _bid_of: dict[Any, Any] = field(default_factory=dict)
+    _ask_of: dict[Any, Any] = field(default_factory=dict)
 
     # -- feeding ------------------------------------------------------------------------
     def feed(self, items: Iterable[Frame | Connect | Assign]) -> "BookFold":
@@ -214,6 +215,30 @@ class BookFold:
             return
         self.frames += 1
         try:
+            doc = decode_typed(payload)
+        except Exception:  # not one of the documented shapes (or not JSON): the generic path
+            self._frame_generic(shard, seq, mono, wall, payload)
+            return
+        where = (shard, seq, mono, wall)
+        last_frames = self.shard_last_frame
+        prev = last_frames.get(shard)
+        last_frames[shard] = where
+        prev_mono = prev[MONO] if prev is not None else None
+        if type(doc) is PriceChange:  # the common frame
+            self.messages += 1
+            try:
+                self._changes_typed(doc.price_changes, where, prev_mono)
+            except BookError as exc:
+                self._malformed(where, f"price_change: {exc!r}")
+        elif type(doc) is list:
+            for item in doc:
+                self._typed(item, where, prev_mono)
+        else:
+            self._typed(doc, where, prev_mono)
+
+    def _frame_generic(self, shard: int, seq: int, mono: int, wall: int, payload: bytes) -> None:
+        """A frame decoded by orjson into dicts and lists, whatever its shape."""
+        try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self._malformed((shard, seq, mono, wall), "not JSON")
@@ -231,6 +256,29 @@ class BookFold:
                     self._message(item, where, prev_mono)
 
     # -- one message ------------------------------------------------------------------------
+    def _typed(self, doc: Any, where: Where, prev_mono: int | None) -> None:
+        """One message of a documented shape (pm_arb/book/messages.py): what `_message` does."""
+        self.messages += 1
+        t = type(doc)
+        try:
+            if t is PriceChange:
+                self._changes_typed(doc.price_changes, where, prev_mono)
+            elif t is Book:
+                self._snapshot_of(doc.asset_id, doc.bids or [], doc.asks or [], where, prev_mono)
+            elif t is BestBidAsk:
+                st = self._seen(doc.asset_id, where, prev_mono)
+                if st is not None and st.live:
+                    self._check_top(st, doc.best_bid, doc.best_ask, where, "best_bid_ask")
+            elif t is TickSizeChange:
+                st = self._seen(doc.asset_id, where, prev_mono)
+                if st is not None:
+                    st.tick_size = doc.new_tick_size
+                    st.tick_changes += 1
+            else:  # LastTrade
+                self._seen(doc.asset_id, where, prev_mono)
+        except BookError as exc:
+            self._malformed(where, f"{_EVENT_TYPE[t]}: {exc!r}")
+
     def _message(self, doc: dict, where: Where, prev_mono: int | None) -> None:
         self.messages += 1
         et = doc.get("event_type")
@@ -242,7 +290,8 @@ class BookFold:
                     items = [dict(c, asset_id=tok) for c in doc["changes"]]
                 self._changes(items, where, prev_mono)
             elif et == "book" or (et is None and ("bids" in doc or "buys" in doc)):
-                self._snapshot(doc, where, prev_mono)
+                self._snapshot_of(doc["asset_id"], doc.get("bids", doc.get("buys")) or [], doc.get("asks", doc.get("sells")) or [],
+                                  where, prev_mono)
             elif et == "best_bid_ask":
                 st = self._seen(doc["asset_id"], where, prev_mono)
                 if st is not None and st.live:
@@ -287,71 +336,131 @@ class BookFold:
         inc.end = where
         self.incidents.append(inc)
 
-    def _changes(self, items: list, where: Where, prev_mono: int | None) -> None:
-        """Every item of a price_change: set the level, then check the stated top. The hot path:
-        what `_seen` does is inlined for the common case (no silence possible)."""
-        tokens, seen, check = self.tokens, self._seen, self._check_top
+    def _changes_typed(self, items: list[Change], where: Where, prev_mono: int | None) -> None:
+        """Every item of a price_change (typed): set the level, then check the stated top. The
+        hot path, so what `_seen` and `_check_top` do is inlined for the common case (no silence
+        possible). `_changes` is the same loop over dicts, for frames of other shapes, where a
+        malformed item must fail exactly where it did (KeyError on the field it lacks)."""
+        tokens, seen = self.tokens, self._seen
+        bid_of, ask_of = self._bid_of, self._ask_of
         mono, shard = where[MONO], where[SHARD]
         quiet_limit = self.silent_after_s * NS
-        n = 0
-        for it in items:
-            tok = it["asset_id"]
-            st = tokens.get(tok)
-            if st is None or st.last_mono is None or mono - st.last_mono > quiet_limit or st.shard != shard:
-                st = seen(tok, where, prev_mono)  # the full bookkeeping, when a silence is possible
-                if st is None:
+        n = checks = 0
+        try:
+            for it in items:
+                st = tokens.get(it.asset_id)
+                if st is None or st.shard != shard or st.last_mono is None or mono - st.last_mono > quiet_limit:
+                    st = seen(it.asset_id, where, prev_mono)  # the full bookkeeping, when a silence is possible
+                    if st is None:
+                        continue
+                else:
+                    st.messages += 1
+                    st.last = where
+                    st.last_mono = mono
+                n += 1
+                bb, ba = st.book.change_top(it.side, it.price, it.size)
+                if not st.live:
+                    self._before_snapshot(st, where)
                     continue
-            else:
-                st.messages += 1
-                st.last = where
-                st.last_mono = mono
-            n += 1
-            book = st.book
-            book.apply_change(it["side"], it["price"], it["size"])
-            if not st.live:
-                if st.excused:
-                    self.unchecked_changes += 1
+                bb_text = it.best_bid
+                ba_text = it.best_ask
+                if bb_text is None and ba_text is None:
                     continue
-                self._finding(st, "delta_before_snapshot", where, "a change before any snapshot since the shard (re)connected")
-                continue
-            bb_text = it.get("best_bid")
-            ba_text = it.get("best_ask")
-            if bb_text is None and ba_text is None:
-                continue
-            check(st, bb_text, ba_text, where, "price_change")
+                checks += 1
+                sb = bid_of.get(bb_text, _MISS)
+                if sb is _MISS:
+                    sb = self._remember(bid_of, bb_text, "0")
+                sa = ask_of.get(ba_text, _MISS)
+                if sa is _MISS:
+                    sa = self._remember(ask_of, ba_text, "1")
+                if bb != sb or ba != sa:
+                    self._top_mismatch(st, where, "price_change", sb, sa, bb, ba)
+                if bb is not None and ba is not None and bb >= ba:
+                    self._crossed(st, where)
+        finally:
+            self.top_checks += checks  # a malformed item stops the frame: its checks so far count, its changes do not
+        self.changes += n
+
+    def _before_snapshot(self, st: _Token, where: Where) -> None:
+        if st.excused:
+            self.unchecked_changes += 1
+        else:
+            self._finding(st, "delta_before_snapshot", where, "a change before any snapshot since the shard (re)connected")
+
+    def _changes(self, items: list, where: Where, prev_mono: int | None) -> None:
+        """Every item of a price_change: set the level, then check the stated top. The hot path:
+        what `_seen` and `_check_top` do is inlined for the common case (no silence possible)."""
+        tokens, seen = self.tokens, self._seen
+        bid_of, ask_of = self._bid_of, self._ask_of
+        mono, shard = where[MONO], where[SHARD]
+        quiet_limit = self.silent_after_s * NS
+        n = checks = 0
+        try:
+            for it in items:
+                tok = it["asset_id"]
+                st = tokens.get(tok)
+                if st is None or st.shard != shard or st.last_mono is None or mono - st.last_mono > quiet_limit:
+                    st = seen(tok, where, prev_mono)  # the full bookkeeping, when a silence is possible
+                    if st is None:
+                        continue
+                else:
+                    st.messages += 1
+                    st.last = where
+                    st.last_mono = mono
+                n += 1
+                bb, ba = st.book.change_top(it["side"], it["price"], it["size"])
+                if not st.live:
+                    self._before_snapshot(st, where)
+                    continue
+                bb_text = it.get("best_bid")
+                ba_text = it.get("best_ask")
+                if bb_text is None and ba_text is None:
+                    continue
+                checks += 1
+                sb = bid_of.get(bb_text, _MISS)
+                if sb is _MISS:
+                    sb = self._remember(bid_of, bb_text, "0")
+                sa = ask_of.get(ba_text, _MISS)
+                if sa is _MISS:
+                    sa = self._remember(ask_of, ba_text, "1")
+                if bb != sb or ba != sa:
+                    self._top_mismatch(st, where, "price_change", sb, sa, bb, ba)
+                if bb is not None and ba is not None and bb >= ba:
+                    self._crossed(st, where)
+        finally:
+            self.top_checks += checks  # a malformed item stops the frame: its checks so far count, its changes do not
         self.changes += n
 
     @staticmethod
-    def _remember(cache: dict, text: Any, empty: str) -> Decimal | None:
+    def _remember(cache: dict, text: Any, empty: str) -> Any:
         value = _stated(text, empty)
         if len(cache) >= 65536:  # a token has ~1000 ticks; only a hostile feed gets here
             cache.clear()
         cache[text] = value
         return value
 
-    def _snapshot(self, doc: dict, where: Where, prev_mono: int | None) -> None:
-        st = self._seen(doc["asset_id"], where, prev_mono)
+    def _snapshot_of(self, tok: str, bids: Any, asks: Any, where: Where, prev_mono: int | None) -> None:
+        st = self._seen(tok, where, prev_mono)
         if st is None:
             return
         self.snapshots += 1
-        bids = doc.get("bids", doc.get("buys")) or []
-        asks = doc.get("asks", doc.get("sells")) or []
         book = st.book
+        sides = sides_of(bids, asks)  # parsed once: compared with the book, then installed
         if st.live:
-            differ = book.differing_levels(bids, asks)
+            differ = book.differing_sides(*sides)
             if differ:
                 self._finding(st, "snapshot_mismatch", where, f"{differ} level(s) differ from the rebuilt book")
             elif st.incident is not None:
                 self._close(st, where)
         elif st.incident is not None:
             self._close(st, where)  # first snapshot since (re)connect: the book is whole from here
-        book.apply_snapshot(bids, asks)
+        book.replace(*sides)
         st.live = True
         st.excused = False
 
     def _check_top(self, st: _Token, stated_bid: Any, stated_ask: Any, where: Where, source: str) -> None:
         self.top_checks += 1
-        bb, ba = st.book.top()
+        bb, ba = st.book.top_keys()
         sb = self._bid_of.get(stated_bid, _MISS)
         if sb is _MISS:
             sb = self._remember(self._bid_of, stated_bid, "0")
@@ -359,11 +468,19 @@ class BookFold:
         if sa is _MISS:
             sa = self._remember(self._ask_of, stated_ask, "1")
         if bb != sb or ba != sa:
-            self._finding(st, "top_mismatch", where, f"{source} states {_px(sb)} / {_px(sa)}, rebuilt book has {_px(bb)} / {_px(ba)}")
+            self._top_mismatch(st, where, source, sb, sa, bb, ba)
         if bb is not None and ba is not None and bb >= ba:
-            st.crossed += 1
-            if st.crossed_first is None:
-                st.crossed_first = where
+            self._crossed(st, where)
+
+    def _top_mismatch(self, st: _Token, where: Where, source: str, sb: Any, sa: Any, bb: Any, ba: Any) -> None:
+        self._finding(st, "top_mismatch", where,
+                      f"{source} states {price_text(sb)} / {price_text(sa)}, rebuilt book has {price_text(bb)} / {price_text(ba)}")
+
+    @staticmethod
+    def _crossed(st: _Token, where: Where) -> None:
+        st.crossed += 1
+        if st.crossed_first is None:
+            st.crossed_first = where
 
     def _finding(self, st: _Token, cause: str, where: Where, detail: str) -> None:
         if st.incident is not None:
