@@ -258,7 +258,8 @@ def _side_of(levels: Iterable[Mapping[str, str] | Level]) -> dict[Any, str]:
         for level in levels:
             typed = type(level) is Level  # the audit's decoded messages; dicts from everyone else
             size = level.size if typed else level["size"]
-            if _positive(size):  # a zero level in a snapshot is no level
+            # a zero level in a snapshot is no level (_positive's common case inlined, as in change_top)
+            if type(size) is str and size[:1] in _NONZERO_START or _positive(size):
                 price = level.price if typed else level["price"]
                 k = keys.get(price)
                 out[key_of(price) if k is None else k] = size
@@ -268,6 +269,8 @@ def _side_of(levels: Iterable[Mapping[str, str] | Level]) -> dict[Any, str]:
 
 
 def _diff(mine: dict[Any, str], theirs: dict[Any, str]) -> int:
+    if mine == theirs:  # the common answer, at C speed
+        return 0
     differ = 0
     for p, s in theirs.items():
         m = mine.get(p)

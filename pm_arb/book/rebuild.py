@@ -30,10 +30,11 @@ from pm_arb.book.messages import decode as decode_typed
 from pm_arb.book.order_book import _KEYS, BookError, OrderBook, key_of, price_text, sides_of
 from pm_arb.wire.flags import FLAGS_NOT_MARKET_DATA
 
-__all__ = ["BookFold", "Connect", "Frame", "Assign", "rebuild"]
+__all__ = ["BookFold", "Connect", "Frame", "Assign", "merge", "rebuild"]
 
 NS = 1_000_000_000
 SYNC_CAUSES = ("top_mismatch", "snapshot_mismatch", "delta_before_snapshot")
+MALFORMED_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class BookFold:
     # A slice starts inside a stream: its books' state at the window's start is unknown, not
     # wrong, so each token is unchecked until its first snapshot (or its shard's next connect).
     starts_mid_stream: bool = False
+    # A part of a parallel audit (`merge`): the shards this fold is fed; assignments to other
+    # shards are theirs.
+    only_shards: frozenset[int] | None = None
     tokens: dict[str, _Token] = field(default_factory=dict)
     incidents: list[Incident] = field(default_factory=list)
     shard_last_frame: dict[int, Where] = field(default_factory=dict)
@@ -147,6 +151,11 @@ class BookFold:
     malformed: int = 0
     damaged_records: int = 0
     unchecked_changes: int = 0
+    # Where each token was first met, as a key that orders the events of all shards the way a
+    # serial fold meets them (see `merge`), and the same for the first malformed messages.
+    token_order: dict[str, tuple] = field(default_factory=dict)
+    malformed_order: list[tuple] = field(default_factory=list)
+    assigns: int = 0
     # stated best price text -> its price key (None for an empty side), per side
     _bid_of: dict[Any, Any] = field(default_factory=dict)
     _ask_of: dict[Any, Any] = field(default_factory=dict)
@@ -163,10 +172,11 @@ class BookFold:
                 assign(it)
         return self
 
-    def _new_token(self, tok: str, shard: int, since: Where | None) -> _Token | None:
+    def _new_token(self, tok: str, shard: int, since: Where | None, order: tuple) -> _Token | None:
         only = self.only_tokens
         if only is not None and tok not in only:
             return None
+        self.token_order[tok] = order + (len(self.tokens),)
         st = self.tokens[tok] = _Token(tok, shard, since)
         st.excused = self.starts_mid_stream
         return st
@@ -192,15 +202,19 @@ class BookFold:
 
     def assign(self, a: Assign) -> None:
         now_assigned: dict[str, int] = {t: s for s, toks in a.shard_tokens.items() for t in toks}
+        self.assigns += 1
+        mine = self.only_shards
         for tok, st in self.tokens.items():
             if st.assigned and tok not in now_assigned:
                 st.assigned = False  # unsubscribed: no longer expected to talk
                 st.live = False
-        for tok, shard in now_assigned.items():
+        for i, (tok, shard) in enumerate(now_assigned.items()):
+            if mine is not None and shard not in mine:
+                continue
             at = (shard, None, a.mono_ns, a.wall_ns_utc)
             st = self.tokens.get(tok)
             if st is None:
-                st = self._new_token(tok, shard, at)
+                st = self._new_token(tok, shard, at, (a.mono_ns, 0, self.assigns, i))
                 if st is None:
                     continue
             if not st.assigned or st.shard != shard:
@@ -315,7 +329,7 @@ class BookFold:
         """Count a message for `tok` and record a silence if it broke one; None when filtered out."""
         st = self.tokens.get(tok)
         if st is None:
-            st = self._new_token(tok, where[SHARD], None)
+            st = self._new_token(tok, where[SHARD], None, (where[MONO], 1, where[SHARD], where[SEQ]))
             if st is None:
                 return None
         st.messages += 1
@@ -497,8 +511,9 @@ class BookFold:
 
     def _malformed(self, where: Where, why: str) -> None:
         self.malformed += 1
-        if len(self.malformed_first) < 20:
+        if len(self.malformed_first) < MALFORMED_KEPT:
             self.malformed_first.append({"shard": where[SHARD], "seq": where[SEQ], "wall_ns_utc": where[WALL], "reason": why})
+            self.malformed_order.append((where[MONO], where[SHARD], where[SEQ], len(self.malformed_order)))
 
     # -- the end ------------------------------------------------------------------------
     def result(self) -> dict[str, Any]:
@@ -556,3 +571,39 @@ def rebuild(items: Iterable[Frame | Connect | Assign]) -> dict[str, OrderBook]:
     """The books of every token at the end of a run's frames (what `capture-export` quotes from)."""
     fold = BookFold(silent_after_s=float("inf")).feed(items)
     return {tok: st.book for tok, st in fold.tokens.items()}
+
+
+_SUMMED = ("frames", "messages", "snapshots", "changes", "top_checks", "malformed", "damaged_records", "unchecked_changes")
+
+
+def merge(parts: list[BookFold]) -> BookFold | None:
+    """One fold from folds of disjoint groups of shards, as if one fold had met every event in
+    receive order; None when a token was met in more than one part (the caller folds serially).
+
+    Each part was fed its shards' frames in receive order (merged by rx_mono_ns, ties by shard,
+    as `Run.frames` merges them), every Connect, and every Assign (with `only_shards`). A token
+    lives on one shard, whose frames, connects and damage alone touch it, so each token's state
+    in its part is its state in a serial fold. What is global is ordered back: tokens by where
+    they were first met, incidents by start (stable: a token's own stay in order), the first
+    malformed messages by receive order, the end of the run by the latest event.
+    """
+    owner: dict[str, int] = {}
+    for n, part in enumerate(parts):
+        for tok in part.tokens:
+            if owner.setdefault(tok, n) != n:
+                return None
+    first = parts[0]
+    out = BookFold(silent_after_s=first.silent_after_s, only_tokens=first.only_tokens, starts_mid_stream=first.starts_mid_stream)
+    order = sorted((key, tok, n) for n, part in enumerate(parts) for tok, key in part.token_order.items())
+    for key, tok, n in order:
+        out.tokens[tok] = parts[n].tokens[tok]
+        out.token_order[tok] = key
+    for part in parts:
+        out.incidents.extend(part.incidents)
+        out.shard_last_frame.update(part.shard_last_frame)
+        for name in _SUMMED:
+            setattr(out, name, getattr(out, name) + getattr(part, name))
+    out.end_mono_ns = max(part.end_mono_ns for part in parts)
+    malformed = sorted((key, m) for part in parts for key, m in zip(part.malformed_order, part.malformed_first))
+    out.malformed_first = [m for _, m in malformed[:MALFORMED_KEPT]]
+    return out
