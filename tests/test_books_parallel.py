@@ -1,0 +1,165 @@
+"""The book audit's fast paths give the report of its reference paths, on a real recorded
+simulator run with injected faults: groups of shards folded in worker processes and merged
+== one fold; the typed (msgspec) decode == the generic orjson path; the columnar read == the
+record-by-record read, a damaged record included."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pm_arb.book import rebuild
+from pm_arb.book.rebuild import Assign, BookFold, merge
+from pm_arb.commands import books
+from pm_arb.progress import Progress
+from pm_arb.reader import open_run
+from pm_arb.sim.exchange import SimExchange
+from pm_arb.universe_select import select_markets
+from tests.conftest import records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
+
+FAST = ["--ws-shards", "3", "--ws-reconnect-backoff-initial-seconds", "0.05", "--ws-reconnect-backoff-max-seconds", "0.2",
+        "--capture-confirm-timeout-seconds", "5", "--no-capture-universe-refresh-enable", "--heartbeat-interval-seconds", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory) -> Path:
+    """Three shards; one token's messages dropped, one silenced, a stale snapshot, a reconnect
+    without fresh dumps; then one stored record damaged (its checksum fails)."""
+    data_dir = tmp_path_factory.mktemp("parallel")
+    with SimExchange(markets=9, rate=1200, seed=7, record_sent=True) as sim:
+        proc = start_cli("capture", "--gamma-base-url", sim.gamma_url, "--clob-ws-url", sim.ws_url, "--run-id", "faulty",
+                         "--data-dir", str(data_dir), *FAST)
+        run_dir = data_dir / "runs" / "faulty"
+        assert wait_for_line(proc) == str(run_dir)
+        wait_for_runlog(run_dir, lambda r: r["type"] == "run_confirmed")
+        picked, _ = select_markets(sim.rows(), 2000)
+        time.sleep(0.4)
+        sim.silent_tokens = {picked[0].yes_token}
+        sim.drop_fraction = {picked[1].no_token: 0.5, picked[3].yes_token: 0.5}
+        time.sleep(1.5)
+        for _ in range(10):
+            if sim.send_stale_snapshot(picked[2].yes_token)["differs"]:
+                break
+            time.sleep(0.1)
+        time.sleep(0.4)
+        sim.drop_fraction = {}
+        sim.withhold_dump_on_resubscribe = True
+        sim.drop_all_connections()
+        wait_for_runlog(run_dir, lambda r: r["type"] == "shard_connected" and r["attempt"] == 2)
+        time.sleep(1.0)
+        sim.send_data = False
+        time.sleep(0.3)
+        code, _, err = stop_with(proc)
+        assert code == 0, err
+    by_shard = records_by_shard(run_dir)
+    shard = max(by_shard, key=lambda s: len(by_shard[s]))
+    victim = by_shard[shard][len(by_shard[shard]) // 2].payload
+    path = run_dir / "capture" / f"shard_{shard:02d}.frames"
+    data = bytearray(path.read_bytes())
+    at = data.index(victim)
+    data[at + len(victim) // 2] ^= 0x01  # one bit: the record's checksum no longer matches
+    path.write_bytes(bytes(data))
+    return run_dir
+
+
+def audit(run_dir: Path, *args: str) -> tuple[str, str]:
+    """The command's JSON and text reports."""
+    outs = []
+    for fmt in (["--json"], []):
+        out = run_cli("capture-books", "--run-dir", str(run_dir), "--silent-after-seconds", "0.5", *fmt, *args)
+        assert out.returncode == 1, out.stderr  # the faults are found
+        outs.append(out.stdout)
+    return outs[0], outs[1]
+
+
+def test_workers_give_the_report_of_one_process(faulty_run):
+    serial = audit(faulty_run, "--workers", "1")
+    doc = orjson.loads(serial[0])
+    causes = set(doc["totals"]["incidents_by_cause"])
+    assert {"top_mismatch", "snapshot_mismatch", "silent_token", "delta_before_snapshot"} <= causes, causes
+    assert doc["totals"]["damaged_records"] == 1 and any("damaged record skipped" in w for w in doc["warnings"])
+    assert doc["totals"]["tokens_checked"] == 18
+    for workers in ("2", "3"):
+        assert audit(faulty_run, "--workers", workers) == serial, workers
+
+
+def test_the_parallel_fold_is_really_taken_and_merges(faulty_run):
+    """Not a serial fallback in disguise: the three shards fold in separate processes, and their
+    merge is exact (no token in two groups, receive times monotonic)."""
+    markers, _ = books._runlog_markers(faulty_run, False)
+    run = open_run(faulty_run)
+    sizes = {s: (faulty_run / "capture" / f"shard_{s:02d}.frames").stat().st_size for s in run.shards}
+    groups = books.shard_groups(sizes, markers, 3)
+    assert groups == [[0], [1], [2]]
+    plan = books._Audit(faulty_run, markers, 0.5, None, False)
+    parallel = books._fold_parallel(plan, groups, Progress(1, "test", enabled=False))
+    assert parallel is not None
+    fold, damaged = parallel
+    serial, serial_damaged, monotonic = books._fold_shards(plan, None, None)
+    assert monotonic and fold.result() == serial.result() and damaged == serial_damaged and len(damaged) == 1
+
+
+def test_the_typed_decode_gives_what_the_generic_path_gives(faulty_run, monkeypatch):
+    plan = books._Audit(faulty_run, books._runlog_markers(faulty_run, False)[0], 0.5, None, False)
+    fast, _, _ = books._fold_shards(plan, None, None)
+
+    def generic_only(payload):
+        raise ValueError("take the orjson path")
+
+    monkeypatch.setattr(rebuild, "decode_typed", generic_only)
+    reference, _, _ = books._fold_shards(plan, None, None)
+    assert fast.result() == reference.result()
+    assert fast.result()["totals"]["incidents"] > 0
+
+
+def test_the_columnar_read_gives_what_the_record_read_gives(faulty_run):
+    plan = books._Audit(faulty_run, books._runlog_markers(faulty_run, False)[0], 0.5, None, False)
+    for shards in ([0], [1], [2], None):
+        one_by_one, damaged, _ = books._fold_stream(plan, shards, books._one_by_one, None)
+        assert books._fold_shards(plan, shards, None)[0].result() == one_by_one.result()
+        if damaged:  # the columnar read hands a damaged record over to the record read
+            with pytest.raises(books._NotExact):
+                books._fold_stream(plan, shards, books._batched, None)
+        else:
+            assert books._fold_stream(plan, shards, books._batched, None)[0].result() == one_by_one.result()
+
+
+def test_a_token_met_in_two_parts_cannot_be_merged():
+    """Shards that ever shared a token are grouped together; if frames still put one token in two
+    groups, merge refuses and the command folds serially."""
+    a, b = BookFold(only_shards=frozenset({0})), BookFold(only_shards=frozenset({1}))
+    book = orjson.dumps({"event_type": "book", "asset_id": "111", "bids": [], "asks": []})
+    a.frame(0, 1, 10, 10, 0, book)
+    b.frame(1, 1, 20, 20, 0, book)
+    assert merge([a, b]) is None
+    assert books.shard_groups({0: 5, 1: 5, 2: 1}, [Assign({0: ["111"]}, 1, 1), Assign({1: ["111"], 2: ["222"]}, 2, 2)], 2) == [[0, 1], [2]]
+
+
+def test_merge_restores_what_depends_on_the_order_across_shards():
+    """Tokens first met alternately on two shards, each crossed (the warnings list follows the
+    order tokens were met), malformed frames on both, incidents starting in the same nanosecond:
+    two parts merged == one fold over everything."""
+    def lv(p):
+        return [{"price": p, "size": "1"}]
+
+    frames = []
+    for i in range(6):
+        shard, tok = i % 2, f"{900 - i}"  # token ids sort against the order they are met
+        frames.append((shard, i + 1, 100 + i, 5, 0, orjson.dumps({"event_type": "book", "asset_id": tok, "bids": lv("0.6"), "asks": lv("0.6")})))
+        frames.append((shard, i + 101, 200 + i, 5, 0, orjson.dumps(
+            {"event_type": "best_bid_ask", "asset_id": tok, "best_bid": "0.5", "best_ask": "0.6"})))  # a mismatch on a crossed book
+    frames += [(0, 300, 300, 5, 0, b"{not json"), (1, 300, 300, 5, 0, b"[1, {\"event_type\": \"book\"}]")]
+    frames.sort(key=lambda f: (f[2], f[0]))
+    whole = BookFold()
+    parts = [BookFold(only_shards=frozenset({0})), BookFold(only_shards=frozenset({1}))]
+    for f in frames:
+        whole.frame(*f)
+        parts[f[0]].frame(*f)
+    merged = merge(parts)
+    assert merged is not None and merged.result() == whole.result()
+    r = whole.result()
+    assert [c["token"] for c in r["crossed_books"]] == [f"{900 - i}" for i in range(6)] and len(r["malformed"]) == 2
+    assert merge(parts[::-1]).result() == r
