@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from pm_arb.book.messages import Level
 
-__all__ = ["BookError", "OrderBook", "key_of", "price_of", "price_text", "decimal_of_key"]
+__all__ = ["BookError", "OrderBook", "decimal_of_key", "key_of", "price_of", "price_text", "sides_of", "size_of"]
 
 
 class BookError(ValueError):
@@ -113,7 +113,8 @@ def _positive(size: object) -> bool:
     raise BookError(f"size {size!r} is not a finite non-negative decimal string")
 
 
-def _size(text: str) -> Decimal:
+def size_of(text: str) -> Decimal:
+    """The exact size of a size string; BookError when it is not a finite decimal."""
     try:
         d = Decimal(text)
     except InvalidOperation:
@@ -219,11 +220,11 @@ class OrderBook:
 
     def best_bid(self) -> tuple[Decimal, Decimal] | None:
         k = self.top_keys()[0]
-        return None if k is None else (decimal_of_key(k), _size(self._bids[k]))
+        return None if k is None else (decimal_of_key(k), size_of(self._bids[k]))
 
     def best_ask(self) -> tuple[Decimal, Decimal] | None:
         k = self.top_keys()[1]
-        return None if k is None else (decimal_of_key(k), _size(self._asks[k]))
+        return None if k is None else (decimal_of_key(k), size_of(self._asks[k]))
 
     def size_at(self, side: str, k: Any) -> str | None:
         """The size text at price key `k` on "BUY" / "SELL", None when there is no such level."""
@@ -231,8 +232,8 @@ class OrderBook:
 
     def levels(self) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         """Copies of (bids, asks) as price -> size, both exact."""
-        return ({decimal_of_key(p): _size(s) for p, s in self._bids.items()},
-                {decimal_of_key(p): _size(s) for p, s in self._asks.items()})
+        return ({decimal_of_key(p): size_of(s) for p, s in self._bids.items()},
+                {decimal_of_key(p): size_of(s) for p, s in self._asks.items()})
 
     def is_empty(self) -> bool:
         return not self._bids and not self._asks
@@ -274,6 +275,6 @@ def _diff(mine: dict[Any, str], theirs: dict[Any, str]) -> int:
     differ = 0
     for p, s in theirs.items():
         m = mine.get(p)
-        if m is None or (m != s and _size(m) != _size(s)):
+        if m is None or (m != s and size_of(m) != size_of(s)):
             differ += 1
     return differ + sum(1 for p in mine if p not in theirs)

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from pm_arb.book.rebuild import Assign, BookFold, Connect, merge
 from pm_arb.clock import wall_iso
 from pm_arb.commands.reports import load_runlog
@@ -26,13 +24,15 @@ from pm_arb.errors import UserError
 from pm_arb.events import types as ev
 from pm_arb.progress import Progress
 from pm_arb.reader import Damage, Run, open_run
-from pm_arb.reader.columns import int64_values
 from pm_arb.store.frames_format import RECORD_OVERHEAD
 from pm_arb.store.shard_files import frames_path
 
 DEFAULT_SILENT_AFTER_S = 600.0
 PROGRESS_EVERY = 4096
 BATCH_FRAMES = 16384  # frames per columnar read: bounds memory, as capture-export's batches
+# The columnar read saves ~2 us of CPU a frame but its imports (NumPy, PyArrow compute) cost
+# ~0.4 s: it pays from about 200k frames (ADR/0010); smaller runs are read record by record.
+COLUMNAR_MIN_BYTES = 128 * 1024 * 1024
 
 
 def _runlog_markers(run_dir: Path, skip_bad_lines: bool) -> tuple[list[Connect | Assign], list[str]]:
@@ -58,6 +58,7 @@ class _Audit:
     silent_after_s: float
     tokens: frozenset[str] | None
     is_slice: bool
+    columnar: bool = False  # read in columnar batches (large runs)
 
 
 _progress_queue = None  # set in worker processes: bytes read, for the parent's progress bar
@@ -77,16 +78,22 @@ def _fold_shards(audit: _Audit, shards: list[int] | None, progress: Progress | N
     Returns the fold (normalised by `merge`, so tokens are in the order a serial fold meets
     them), each damaged record skipped (with a key that orders them as a serial read reports
     them: after the last record its shard yielded), and whether receive times never went
-    backwards (what `merge` relies on). Frames are read in columnar batches (no Python object per
-    record until the fold); a damaged record or a shard whose receive times step back is read
+    backwards (what `merge` relies on). Large runs are read in columnar batches (no Python object
+    per record until the fold); a damaged record or a shard whose receive times step back is read
     again record by record, which is the reference order and names each skip where it happens."""
-    try:
-        return _fold_stream(audit, shards, _batched, progress)
-    except _NotExact:
-        return _fold_stream(audit, shards, _one_by_one, progress)
+    if audit.columnar:
+        try:
+            return _fold_stream(audit, shards, _batched, progress)
+        except _NotExact:
+            pass
+    return _fold_stream(audit, shards, _one_by_one, progress)
 
 
 def _batched(run: Run, shards: list[int] | None, fold: BookFold, damaged: list, progress: Progress | None) -> Iterator[tuple]:
+    import numpy as np
+
+    from pm_arb.reader.columns import int64_values
+
     def on_damage(d: Damage) -> None:
         raise _NotExact
 
@@ -111,8 +118,10 @@ def _batched(run: Run, shards: list[int] | None, fold: BookFold, damaged: list, 
         _report(progress, payload.nbytes + RECORD_OVERHEAD * batch.num_rows)
 
 
-def _values(column, dtype) -> np.ndarray:
+def _values(column, dtype):
     """A null-free fixed-width Arrow column as NumPy without a copy (to_numpy() would import pandas)."""
+    import numpy as np
+
     width = np.dtype(dtype).itemsize
     return np.frombuffer(column.buffers()[1], dtype, count=len(column), offset=column.offset * width)
 
@@ -255,8 +264,12 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
     is_slice = isinstance(run.manifest, dict) and bool(run.manifest.get("slice_of"))
     if is_slice:
         warnings.append("a slice starts inside the stream: each token's changes before its first snapshot in the window are not checked")
-    audit = _Audit(run_dir, markers, silent_after_s, frozenset(tokens) if tokens else None, is_slice)
     shard_bytes = {s: frames_path(run.capture_dir, s).stat().st_size for s in run.shards}
+    columnar = sum(shard_bytes.values()) >= COLUMNAR_MIN_BYTES
+    if columnar:
+        import pm_arb.reader.columns  # noqa: F401  # once, before the workers fork
+
+    audit = _Audit(run_dir, markers, silent_after_s, frozenset(tokens) if tokens else None, is_slice, columnar)
     groups = shard_groups(shard_bytes, markers, workers or os.cpu_count() or 1)
     progress = Progress(sum(shard_bytes.values()), "capture-books", enabled=show_progress)
     try:
