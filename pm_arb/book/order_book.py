@@ -62,7 +62,10 @@ def key_of(text: Any) -> int | Decimal:
         return k
     d = price_of(text)
     sign, digits, exp = d.as_tuple()
-    scaled = Decimal((sign, digits, exp + SCALE))  # exact: only the exponent moves
+    try:
+        scaled = Decimal((sign, digits, exp + SCALE))  # exact: only the exponent moves
+    except ArithmeticError:  # an exponent at Decimal's limits ("0E+999999999999999999")
+        raise BookError(f"price {text!r} has an exponent out of range") from None
     k = scaled
     as_int = int(scaled)
     if as_int == scaled:

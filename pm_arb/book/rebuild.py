@@ -122,6 +122,7 @@ def _stated(text: Any, empty: str) -> Any:
 
 
 _MISS = object()
+_MALFORMED = (KeyError, TypeError, AttributeError, BookError)  # what a message the fold cannot use raises
 _EVENT_TYPE = {PriceChange: "price_change", Book: "book", BestBidAsk: "best_bid_ask", LastTrade: "last_trade_price",
                TickSizeChange: "tick_size_change"}
 
@@ -242,7 +243,7 @@ class BookFold:
             self.messages += 1
             try:
                 self._changes_typed(doc.price_changes, where, prev_mono)
-            except BookError as exc:
+            except _MALFORMED as exc:
                 self._malformed(where, f"price_change: {exc!r}")
         elif type(doc) is list:
             for item in doc:
@@ -290,7 +291,7 @@ class BookFold:
                     st.tick_changes += 1
             else:  # LastTrade
                 self._seen(doc.asset_id, where, prev_mono)
-        except BookError as exc:
+        except _MALFORMED as exc:
             self._malformed(where, f"{_EVENT_TYPE[t]}: {exc!r}")
 
     def _message(self, doc: dict, where: Where, prev_mono: int | None) -> None:
@@ -322,7 +323,7 @@ class BookFold:
                     st = self.tokens.get(tok)
                     if st is not None:
                         st.resolved = True  # silent from here on by design
-        except (KeyError, TypeError, AttributeError, BookError) as exc:
+        except _MALFORMED as exc:
             self._malformed(where, f"{et or 'message'}: {exc!r}")
 
     def _seen(self, tok: str, where: Where, prev_mono: int | None) -> _Token | None:
