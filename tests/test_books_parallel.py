@@ -185,3 +185,42 @@ def test_price_keys_are_exact_one_level_per_value_and_keep_their_spelling():
     f.frame(0, 1, 1, 1, 0, orjson.dumps({"event_type": "book", "asset_id": "1", "bids": [{"price": "0E+999999999999999999", "size": "1"}], "asks": []}))
     r = f.result()
     assert r["totals"]["malformed"] == 1 and "exponent out of range" in r["malformed"][0]["reason"]
+
+
+ODD_FRAMES = [
+    b'{"event_type":"book","asset_id":"7","bids":[{"price":"0.4","size":"1"}],"asks":[{"price":"0.6","size":"2"}]}',
+    # valid for msgspec if it skipped unread fields, not for orjson: must stay "not JSON"
+    b'{"event_type":"price_change","market":1e400,"price_changes":[]}',
+    b'{"event_type":"price_change","market":"\xff","price_changes":[]}',
+    b'{"event_type":"price_change","x":1e400,"price_changes":[]}',
+    b'{"event_type":"last_trade_price","asset_id":"7","x":"\xff"}',
+    b'{"event_type":"best_bid_ask","asset_id":"7","best_bid":"0.4","best_ask":"0.6","x":NaN}',
+    # duplicate keys: orjson keeps the last
+    b'{"event_type":"book","event_type":"price_change","price_changes":[{"asset_id":"7","price":"0.5","size":"1","side":"BUY","best_bid":"0.5","best_ask":"0.6"}]}',
+    b'{"event_type":"price_change","price_changes":[{"asset_id":"7","price":"0.45","price":"0.3","size":"1","side":"BUY","best_bid":"0.5","best_ask":"0.6"}]}',
+    # fields of other types, unknown fields, missing fields, the old schema
+    b'{"event_type":"price_change","price_changes":[{"asset_id":"7","price":0.35,"size":"1","side":"BUY","best_bid":"0.5","best_ask":"0.6"}]}',
+    b'{"event_type":"price_change","price_changes":[{"asset_id":"7","price":"0.2","size":"1","side":"BUY","best_bid":"0.5","best_ask":"0.6","extra":[1]}]}',
+    b'{"event_type":"price_change","price_changes":[{"asset_id":"7","price":"0.2","side":"BUY"}]}',
+    b'{"event_type":"price_change","asset_id":"7","changes":[{"price":"0.21","side":"SELL","size":"3"}]}',
+    b'{"event_type":"best_bid_ask","asset_id":"7","best_bid":0.5,"best_ask":"0.6"}',
+    b'{"event_type":"tick_size_change","asset_id":"7","new_tick_size":0.001}',
+    b'{"event_type":"market_resolved","assets_ids":["7"]}',
+    b'[{"event_type":"book","asset_id":"8","bids":[],"asks":[]}, 3, {"event_type":"last_trade_price","asset_id":"8"}]',
+    b'{"event_type":"book","asset_id":"7","bids":[{"price":"0.4","size":"1"}],"asks":[{"price":"0.6","size":"2"}]} ',
+]
+
+
+def test_odd_frames_fold_as_the_generic_path_folds_them(monkeypatch):
+    """What the typed decode must refuse (so orjson's verdict and values stand) and what it may
+    take: either way, the report is the generic path's."""
+    def fold():
+        f = BookFold()
+        for k, raw in enumerate(ODD_FRAMES):
+            f.frame(0, k + 1, k + 1, k + 1, 0, raw)
+        return f.result()
+
+    fast = fold()
+    monkeypatch.setattr(rebuild, "decode_typed", lambda payload: orjson.loads(b"not json"))
+    assert fast == fold()
+    assert fast["totals"]["malformed"] >= 4 and fast["totals"]["incidents"] >= 1

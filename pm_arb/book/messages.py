@@ -24,6 +24,13 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
+class _Event(_Strict, kw_only=True):
+    """What every market-channel event carries besides its own fields."""
+
+    market: str = ""
+    timestamp: str = ""
+
+
 class Change(_Strict):
     asset_id: str
     price: str
@@ -39,46 +46,36 @@ class Level(_Strict):
     size: str
 
 
-class PriceChange(_Strict, tag_field="event_type", tag="price_change"):
+class PriceChange(_Event, tag_field="event_type", tag="price_change"):
     price_changes: list[Change]
-    market: str = ""
-    timestamp: str = ""
 
 
-class Book(_Strict, tag_field="event_type", tag="book"):
+class Book(_Event, tag_field="event_type", tag="book"):
     asset_id: str
     bids: Optional[list[Level]] = None
     asks: Optional[list[Level]] = None
-    market: str = ""
-    timestamp: str = ""
     hash: str = ""
 
 
-class BestBidAsk(_Strict, tag_field="event_type", tag="best_bid_ask"):
+class BestBidAsk(_Event, tag_field="event_type", tag="best_bid_ask"):
     asset_id: str
     best_bid: Optional[str] = None
     best_ask: Optional[str] = None
-    market: str = ""
     spread: str = ""
-    timestamp: str = ""
 
 
-class LastTrade(_Strict, tag_field="event_type", tag="last_trade_price"):
+class LastTrade(_Event, tag_field="event_type", tag="last_trade_price"):
     asset_id: str
-    market: str = ""
     price: str = ""
     size: str = ""
     side: str = ""
     fee_rate_bps: str = ""
-    timestamp: str = ""
 
 
-class TickSizeChange(_Strict, tag_field="event_type", tag="tick_size_change"):
+class TickSizeChange(_Event, tag_field="event_type", tag="tick_size_change"):
     asset_id: str
     new_tick_size: Optional[str] = None
     old_tick_size: str = ""
-    market: str = ""
-    timestamp: str = ""
 
 
 Message = Union[PriceChange, Book, BestBidAsk, LastTrade, TickSizeChange]

@@ -122,6 +122,25 @@ def _stated(text: Any, empty: str) -> Any:
 
 
 _MISS = object()
+
+
+class _DictItem:
+    """A price_changes item decoded as a dict (or as anything else), read like messages.Change:
+    each field is read as the dict path always read it (`["asset_id"]`, `.get("best_bid")`), so
+    an item that lacks one fails with the same error at the same point."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d: Any) -> None:
+        self.d = d
+
+    asset_id = property(lambda self: self.d["asset_id"])
+    side = property(lambda self: self.d["side"])
+    price = property(lambda self: self.d["price"])
+    size = property(lambda self: self.d["size"])
+    best_bid = property(lambda self: self.d.get("best_bid"))
+    best_ask = property(lambda self: self.d.get("best_ask"))
+
 _MALFORMED = (KeyError, TypeError, AttributeError, BookError)  # what a message the fold cannot use raises
 _EVENT_TYPE = {PriceChange: "price_change", Book: "book", BestBidAsk: "best_bid_ask", LastTrade: "last_trade_price",
                TickSizeChange: "tick_size_change"}
@@ -229,20 +248,32 @@ class BookFold:
         if flags & FLAGS_NOT_MARKET_DATA:
             return
         self.frames += 1
+        typed = True
         try:
             doc = decode_typed(payload)
-        except Exception:  # not one of the documented shapes (or not JSON): the generic path
-            self._frame_generic(shard, seq, mono, wall, payload)
-            return
+        except Exception:  # not one of the documented shapes: orjson into dicts, whatever its shape
+            typed = False
+            try:
+                doc = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                self._malformed((shard, seq, mono, wall), "not JSON")
+                return
         where = (shard, seq, mono, wall)
         last_frames = self.shard_last_frame
         prev = last_frames.get(shard)
         last_frames[shard] = where
         prev_mono = prev[MONO] if prev is not None else None
-        if type(doc) is PriceChange:  # the common frame
+        if not typed:
+            if type(doc) is dict:
+                self._message(doc, where, prev_mono)
+            elif type(doc) is list:
+                for item in doc:
+                    if type(item) is dict:
+                        self._message(item, where, prev_mono)
+        elif type(doc) is PriceChange:  # the common frame
             self.messages += 1
             try:
-                self._changes_typed(doc.price_changes, where, prev_mono)
+                self._changes(doc.price_changes, where, prev_mono)
             except _MALFORMED as exc:
                 self._malformed(where, f"price_change: {exc!r}")
         elif type(doc) is list:
@@ -251,25 +282,6 @@ class BookFold:
         else:
             self._typed(doc, where, prev_mono)
 
-    def _frame_generic(self, shard: int, seq: int, mono: int, wall: int, payload: bytes) -> None:
-        """A frame decoded by orjson into dicts and lists, whatever its shape."""
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self._malformed((shard, seq, mono, wall), "not JSON")
-            return
-        where = (shard, seq, mono, wall)
-        last_frames = self.shard_last_frame
-        prev = last_frames.get(shard)
-        last_frames[shard] = where
-        prev_mono = prev[MONO] if prev is not None else None
-        if type(doc) is dict:
-            self._message(doc, where, prev_mono)
-        elif type(doc) is list:
-            for item in doc:
-                if type(item) is dict:
-                    self._message(item, where, prev_mono)
-
     # -- one message ------------------------------------------------------------------------
     def _typed(self, doc: Any, where: Where, prev_mono: int | None) -> None:
         """One message of a documented shape (pm_arb/book/messages.py): what `_message` does."""
@@ -277,7 +289,7 @@ class BookFold:
         t = type(doc)
         try:
             if t is PriceChange:
-                self._changes_typed(doc.price_changes, where, prev_mono)
+                self._changes(doc.price_changes, where, prev_mono)
             elif t is Book:
                 self._snapshot_of(doc.asset_id, doc.bids or [], doc.asks or [], where, prev_mono)
             elif t is BestBidAsk:
@@ -303,7 +315,7 @@ class BookFold:
                 if items is None and "changes" in doc:  # the pre-2025-09-15 schema: no stated top
                     tok = doc.get("asset_id")
                     items = [dict(c, asset_id=tok) for c in doc["changes"]]
-                self._changes(items, where, prev_mono)
+                self._changes((_DictItem(it) for it in items), where, prev_mono)
             elif et == "book" or (et is None and ("bids" in doc or "buys" in doc)):
                 self._snapshot_of(doc["asset_id"], doc.get("bids", doc.get("buys")) or [], doc.get("asks", doc.get("sells")) or [],
                                   where, prev_mono)
@@ -351,11 +363,10 @@ class BookFold:
         inc.end = where
         self.incidents.append(inc)
 
-    def _changes_typed(self, items: list[Change], where: Where, prev_mono: int | None) -> None:
-        """Every item of a price_change (typed): set the level, then check the stated top. The
-        hot path, so what `_seen` and `_check_top` do is inlined for the common case (no silence
-        possible). `_changes` is the same loop over dicts, for frames of other shapes, where a
-        malformed item must fail exactly where it did (KeyError on the field it lacks)."""
+    def _changes(self, items: Iterable[Change | _DictItem], where: Where, prev_mono: int | None) -> None:
+        """Every item of a price_change: set the level, then check the stated top. The hot path,
+        so what `_seen` and `_check_top` do is inlined for the common case (no silence possible).
+        Items are typed (messages.Change), or dicts seen through _DictItem (other frames)."""
         tokens, seen = self.tokens, self._seen
         bid_of, ask_of = self._bid_of, self._ask_of
         mono, shard = where[MONO], where[SHARD]
@@ -401,50 +412,6 @@ class BookFold:
             self.unchecked_changes += 1
         else:
             self._finding(st, "delta_before_snapshot", where, "a change before any snapshot since the shard (re)connected")
-
-    def _changes(self, items: list, where: Where, prev_mono: int | None) -> None:
-        """Every item of a price_change: set the level, then check the stated top. The hot path:
-        what `_seen` and `_check_top` do is inlined for the common case (no silence possible)."""
-        tokens, seen = self.tokens, self._seen
-        bid_of, ask_of = self._bid_of, self._ask_of
-        mono, shard = where[MONO], where[SHARD]
-        quiet_limit = self.silent_after_s * NS
-        n = checks = 0
-        try:
-            for it in items:
-                tok = it["asset_id"]
-                st = tokens.get(tok)
-                if st is None or st.shard != shard or st.last_mono is None or mono - st.last_mono > quiet_limit:
-                    st = seen(tok, where, prev_mono)  # the full bookkeeping, when a silence is possible
-                    if st is None:
-                        continue
-                else:
-                    st.messages += 1
-                    st.last = where
-                    st.last_mono = mono
-                n += 1
-                bb, ba = st.book.change_top(it["side"], it["price"], it["size"])
-                if not st.live:
-                    self._before_snapshot(st, where)
-                    continue
-                bb_text = it.get("best_bid")
-                ba_text = it.get("best_ask")
-                if bb_text is None and ba_text is None:
-                    continue
-                checks += 1
-                sb = bid_of.get(bb_text, _MISS)
-                if sb is _MISS:
-                    sb = self._remember(bid_of, bb_text, "0")
-                sa = ask_of.get(ba_text, _MISS)
-                if sa is _MISS:
-                    sa = self._remember(ask_of, ba_text, "1")
-                if bb != sb or ba != sa:
-                    self._top_mismatch(st, where, "price_change", sb, sa, bb, ba)
-                if bb is not None and ba is not None and bb >= ba:
-                    self._crossed(st, where)
-        finally:
-            self.top_checks += checks  # a malformed item stops the frame: its checks so far count, its changes do not
-        self.changes += n
 
     @staticmethod
     def _remember(cache: dict, text: Any, empty: str) -> Any:
