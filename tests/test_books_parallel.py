@@ -224,3 +224,19 @@ def test_odd_frames_fold_as_the_generic_path_folds_them(monkeypatch):
     monkeypatch.setattr(rebuild, "decode_typed", lambda payload: orjson.loads(b"not json"))
     assert fast == fold()
     assert fast["totals"]["malformed"] >= 4 and fast["totals"]["incidents"] >= 1
+
+
+@pytest.mark.parametrize("kind", ["empty frames file", "frames file is a directory", "wrong magic", "newer format version", "truncated idx"])
+def test_bad_files_end_the_same_way_with_workers(faulty_run, tmp_path, kind):
+    """A file a worker cannot read: the same exit code and the same words as one process (the
+    parallel fold gives way to the serial one, which stops with its error)."""
+    import shutil
+
+    from tests.test_bad_input import damage
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(faulty_run, run_dir)
+    damage(run_dir, kind)
+    outs = [run_cli("capture-books", "--run-dir", str(run_dir), "--silent-after-seconds", "0.5", "--workers", w) for w in ("1", "3")]
+    assert [(o.returncode, o.stdout, o.stderr) for o in outs[1:]] == [(outs[0].returncode, outs[0].stdout, outs[0].stderr)]
+    assert "Traceback" not in outs[1].stderr and outs[1].returncode in (1, 2)

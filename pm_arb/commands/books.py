@@ -185,8 +185,13 @@ def _report(progress: Progress | None, n: int) -> None:
         _progress_queue.put(n)
 
 
-def _fold_part(audit: _Audit, shards: list[int]) -> tuple[BookFold, list[tuple[tuple, str]], bool]:
-    fold, damaged, monotonic = _fold_shards(audit, shards, None)
+def _fold_part(audit: _Audit, shards: list[int]) -> tuple[BookFold, list[tuple[tuple, str]], bool] | None:
+    """One group's fold, in a worker; None when it met a UserError (a file it cannot read): the
+    parent then folds serially, which stops with that error exactly as one process would."""
+    try:
+        fold, damaged, monotonic = _fold_shards(audit, shards, None)
+    except UserError:
+        return None
     for st in fold.tokens.values():
         st.book = None  # type: ignore[assignment]  # the report needs no book: do not ship them back
     return fold, damaged, monotonic
@@ -225,7 +230,8 @@ def shard_groups(shard_bytes: dict[int, int], markers: list[Connect | Assign], w
 
 def _fold_parallel(audit: _Audit, groups: list[list[int]], progress: Progress) -> tuple[BookFold, list[tuple[tuple, str]]] | None:
     """Each group of shards folded in its own (forked) process, merged; None when the merge
-    cannot be exact (a token met in two groups, receive times going backwards)."""
+    cannot be exact (a token met in two groups, receive times going backwards) or a part met an
+    error."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     with ProcessPoolExecutor(len(groups), mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
@@ -236,7 +242,7 @@ def _fold_parallel(audit: _Audit, groups: list[list[int]], progress: Progress) -
             _drain(queue, progress)
         _drain(queue, progress)
         parts = [f.result() for f in futures]
-    if not all(monotonic for _, _, monotonic in parts):
+    if any(p is None or not p[2] for p in parts):
         return None
     fold = merge([p for p, _, _ in parts])
     if fold is None:
