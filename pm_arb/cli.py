@@ -487,7 +487,7 @@ def runs(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--tokens", "tokens", multiple=True, metavar="TOKEN[,TOKEN...]", help="Check only these token ids (repeat or comma-separate).")
 @click.option("--silent-after-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=600.0, show_default=True,
               help="silent_token: a token with no message for longer than this while its shard kept receiving.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0, max=256), default=0, show_default=True,
               help="Processes folding groups of shards side by side (0: one per core; 1: one process). Same report either way.")
 @skip_bad_lines_option
 @json_option
