@@ -487,10 +487,12 @@ def runs(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--tokens", "tokens", multiple=True, metavar="TOKEN[,TOKEN...]", help="Check only these token ids (repeat or comma-separate).")
 @click.option("--silent-after-seconds", type=FiniteFloat(min=0, min_open=True, max=P.MAX_GAP_THRESHOLD_SECONDS), default=600.0, show_default=True,
               help="silent_token: a token with no message for longer than this while its shard kept receiving.")
+@click.option("--workers", type=click.IntRange(min=0, max=256), default=0, show_default=True,
+              help="Processes folding groups of shards side by side (0: one per core; 1: one process). Same report either way.")
 @skip_bad_lines_option
 @json_option
 @handle_errors
-def capture_books(run_dir: Path, tokens: tuple[str, ...], silent_after_seconds: float, skip_bad_lines: bool, as_json: bool) -> None:
+def capture_books(run_dir: Path, tokens: tuple[str, ...], silent_after_seconds: float, workers: int, skip_bad_lines: bool, as_json: bool) -> None:
     """Rebuild every token's order book from the frames and report where data was lost (book audit).
 
     Checks each price_change's stated best bid/ask and each best_bid_ask against the rebuilt
@@ -502,7 +504,7 @@ def capture_books(run_dir: Path, tokens: tuple[str, ...], silent_after_seconds: 
 
     wanted = [t for arg in tokens for t in arg.split(",") if t.strip()]
     result = run_books(run_dir, [t.strip() for t in wanted] or None, silent_after_seconds, skip_bad_lines,
-                       show_progress=False if as_json else None)
+                       show_progress=False if as_json else None, workers=workers)
     _emit_json(result) if as_json else click.echo(render_books(result))
     sys.exit(0 if result["verdict"] == "PASS" else 1)
 

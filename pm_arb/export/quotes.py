@@ -12,11 +12,12 @@ market and outcome to Arrow (decode.py `Decoder.finish`).
 
 from __future__ import annotations
 
-from decimal import Decimal
+from typing import Any
 
 import pyarrow as pa
 
-from pm_arb.book import BookError, OrderBook, price_of
+from pm_arb.book import BookError, OrderBook
+from pm_arb.book.order_book import _KEYS, decimal_of_key, key_of, size_of
 
 _BOOK_COLUMNS = ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "is_snapshot", "side", "price_s", "size_s")
 _TOP_COLUMNS = ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "best_bid", "best_ask")
@@ -28,11 +29,12 @@ FOLD_SCHEMA = pa.schema([
 ])
 
 
-_EMPTY = (None, None, None)  # one side's top: (price as Decimal, price, amount), all None when empty
+_EMPTY = (None, None, None)  # one side's top: (price key, price, amount), all None when empty
 
 
-def _side_top(best: tuple[Decimal, Decimal] | None) -> tuple:
-    return _EMPTY if best is None else (best[0], float(best[0]), float(best[1]))
+def _side_top(book: OrderBook, side: str, k: Any) -> tuple:
+    """(key, price, amount) of the level at key `k` (the side's best), _EMPTY for an empty side."""
+    return _EMPTY if k is None else (k, float(decimal_of_key(k)), float(size_of(book.size_at(side, k))))
 
 
 class QuoteFold:
@@ -42,6 +44,7 @@ class QuoteFold:
         # the best ask) cannot move the top nor its amount, and a change on one side leaves the
         # other alone, so only a change at or past the top reads the book again: reading a top
         # parses its size (Decimal), which cost more than the change itself (measured, ADR/0009).
+        # Prices are the book's exact keys (pm_arb.book.order_book.key_of), compared as such.
         self.tops: dict[tuple[int, str], list[tuple]] = {}
         self.rejected = 0  # changes the book refused (a price outside [0, 1], say)
 
@@ -65,20 +68,19 @@ class QuoteFold:
             book = books.get(key)
             amounts = [None, None]  # bid, ask: the book's size at the message's prices
             if book is not None:
-                top, levels = tops[key], None
+                top = tops[key]
                 for i, text in ((0, q[7]), (1, q[8])):
                     if text is None:
                         continue
                     try:
-                        price = price_of(text)
+                        price = key_of(text)
                     except BookError:
                         continue
                     if price == top[i][0]:
                         amounts[i] = top[i][2]
                     else:
-                        levels = levels or book.levels()
-                        size = levels[i].get(price)
-                        amounts[i] = None if size is None else float(size)
+                        size = book.size_at("BUY" if i == 0 else "SELL", price)
+                        amounts[i] = None if size is None else float(size_of(size))
             return (q[6], q[4], q[3], amounts[1], _float(q[8]), _float(q[7]), amounts[0], q[5], q[0], q[1], "best_bid_ask")
 
         def apply_snapshot() -> None:
@@ -89,7 +91,8 @@ class QuoteFold:
             except BookError:
                 self.rejected += 1
                 return
-            top = tops[key] = [_side_top(book.best_bid()), _side_top(book.best_ask())]
+            bid, ask = book.top_keys()
+            top = tops[key] = [_side_top(book, "BUY", bid), _side_top(book, "SELL", ask)]
             add(quote(row, top))
 
         for row in rows:
@@ -116,20 +119,18 @@ class QuoteFold:
             if snapshot is not None:
                 apply_snapshot()
                 snapshot = None
+            wire_side = "BUY" if side == "bid" else "SELL"
             try:
-                book.apply_change("BUY" if side == "bid" else "SELL", price, size)
+                bid, ask = book.change_top(wire_side, price, size)
             except BookError:
                 self.rejected += 1
                 continue
             top = tops[key]
             if side == "bid":
-                best = book.best_bid_price()
-                if best != top[0][0] or best == price_of(price):
-                    top[0] = _side_top(book.best_bid())
-            else:
-                best = book.best_ask_price()
-                if best != top[1][0] or best == price_of(price):
-                    top[1] = _side_top(book.best_ask())
+                if bid != top[0][0] or bid == _KEYS.get(price):  # the key change_top just cached
+                    top[0] = _side_top(book, wire_side, bid)
+            elif ask != top[1][0] or ask == _KEYS.get(price):
+                top[1] = _side_top(book, wire_side, ask)
             add(quote(row, top))
         if snapshot is not None:
             apply_snapshot()
