@@ -63,36 +63,9 @@ class Decoder:
         if "market_events" in tables:
             kinds.add("market_event")
         frames = _Frames(batch)
-        routed = route(frames.messages, kinds)
         parts: dict[str, list[pa.Table]] = {"book": [], "top": [], "trades": [], "events": []}
-        exact = [routed.exact]
-        for kind, (rows, msgs) in routed.parsed.items():
-            msgs = msgs.combine_chunks() if msgs.column(0).num_chunks > 1 else msgs
-            odd = _odd_timestamps(msgs.column("timestamp"))
-            if kind == "book":
-                odd |= _valid(msgs.column("buys")) | _valid(msgs.column("sells"))  # legacy keys: bids/buys precedence
-            elif kind == "price_change":
-                odd |= ~_valid(msgs.column("price_changes")) & _valid(msgs.column("changes"))  # the legacy schema
-            if odd.any():
-                exact.append(rows[odd])
-                rows, msgs = rows[~odd], msgs.filter(bools(~odd))
-            if not len(rows):
-                continue
-            head = frames.head(rows, msgs)
-            if kind == "book":
-                parts["book"].append(_book(head, msgs))
-            elif kind == "price_change":
-                parts["book"].append(_price_changes(head, msgs))
-            elif kind == "best_bid_ask":
-                parts["top"].append(_best_bid_ask(head, msgs))
-            elif kind == "last_trade_price":
-                parts["trades"].append(_trades(head, msgs))
-            else:
-                parts["events"].append(_market_events(head, msgs))
-        exact_rows = np.sort(np.concatenate(exact))
-        if len(exact_rows):
-            for name, table in _exact(frames, exact_rows).items():
-                parts[name].append(table)
+        for messages in frames.messages:
+            _decode_messages(messages, kinds, parts)
         out: dict[str, pa.Table] = {}
         if tables & {"incremental_book_L2", "quotes"}:
             book = _in_order(parts["book"], BOOK)
@@ -133,31 +106,36 @@ class Decoder:
 
 
 class _Frames:
-    """A batch's messages: each text frame's payload when it is an object (most are), and
-    each object of an array frame (the initial dumps) or of a payload with leading white space,
-    re-serialized by orjson (which also checks it is JSON), with the frame row and index in
-    the frame of each."""
+    """A batch's messages, in two sets: the payloads themselves (most are one object each),
+    and each object of an array frame (the initial dumps) or of a payload with leading white
+    space, re-serialized by orjson (which also checks it is JSON)."""
 
     def __init__(self, batch: pa.RecordBatch) -> None:
         payload = batch.column("payload")
-        self.shard = batch.column("shard")
-        self.seq = batch.column("seq")
-        self.local_us = int64_values(batch.column("rx_wall_ns_utc").cast(I64)) // 1000
+        shard, seq = batch.column("shard"), batch.column("seq")
+        local_us = int64_values(batch.column("rx_wall_ns_utc").cast(I64)) // 1000
         # Text frames the capture did not flag: the only ones that may hold market data.
         text = (np.asarray(batch.column("flags")) == 0) & (np.asarray(batch.column("opcode")) == 1)
         offsets = offsets_of(payload)
         data = np.frombuffer(payload.buffers()[2], np.uint8) if payload.buffers()[2] is not None else np.zeros(1, np.uint8)
         objects = text & (offsets[1:] > offsets[:-1])
         objects[objects] = data[offsets[:-1][objects]] == ord("{")
+        self.messages = [_Messages(payload, np.arange(len(payload)), np.zeros(len(payload), np.int32), objects, shard, seq, local_us)]
         others = np.nonzero(text & ~objects)[0]
         extra = _unpacked(payload.take(arrow_of(others, I64)).to_pylist(), others.tolist()) if len(others) else []
-        if objects.all() and not extra:
-            self.messages, self.pos, self.idx = payload, np.arange(len(payload)), np.zeros(len(payload), np.int32)
-            return
-        rows = np.nonzero(objects)[0]
-        self.messages = pa.concat_arrays([payload.take(arrow_of(rows, I64)), pa.array([e[2] for e in extra], pa.binary())])
-        self.pos = np.concatenate([rows, np.array([e[0] for e in extra], np.int64)])
-        self.idx = np.concatenate([np.zeros(len(rows), np.int32), np.array([e[1] for e in extra], np.int32)])
+        if extra:
+            self.messages.append(_Messages(pa.array([e[2] for e in extra], pa.binary()), np.array([e[0] for e in extra], np.int64),
+                                           np.array([e[1] for e in extra], np.int32), None, shard, seq, local_us))
+
+
+class _Messages:
+    """Messages with the frame each came from (`pos`, its row in the batch) and their index
+    in the frame (`idx`), which give message order."""
+
+    def __init__(self, messages: pa.Array, pos: np.ndarray, idx: np.ndarray, eligible: np.ndarray | None,
+                 shard: pa.Array, seq: pa.Array, local_us: np.ndarray) -> None:
+        self.messages, self.pos, self.idx, self.eligible = messages, pos, idx, eligible
+        self.shard, self.seq, self.local_us = shard, seq, local_us
 
     def head(self, rows: np.ndarray, msgs: pa.Table) -> dict[str, pa.Array]:
         """The columns every row of a message carries: where it came from, its times, market."""
@@ -167,6 +145,39 @@ class _Frames:
         return {"pos": taken, "shard": self.shard.take(taken), "seq": self.seq.take(taken),
                 "idx": arrow_of(self.idx[rows], pa.int32()), "local_us": arrow_of(local, I64),
                 "ts": arrow_of(_exchange_us(msgs.column("timestamp"), local), I64), "market": _chunk(msgs.column("market"))}
+
+
+def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list[pa.Table]]) -> None:
+    """Add the rows of these messages to `parts` (per table, each part in message order)."""
+    routed = route(messages.messages, kinds, messages.eligible)
+    exact = [routed.exact]
+    for kind, (rows, msgs) in routed.parsed.items():
+        msgs = msgs.combine_chunks() if msgs.column(0).num_chunks > 1 else msgs
+        odd = _odd_timestamps(msgs.column("timestamp"))
+        if kind == "book":
+            odd |= _valid(msgs.column("buys")) | _valid(msgs.column("sells"))  # legacy keys: bids/buys precedence
+        elif kind == "price_change":
+            odd |= ~_valid(msgs.column("price_changes")) & _valid(msgs.column("changes"))  # the legacy schema
+        if odd.any():
+            exact.append(rows[odd])
+            rows, msgs = rows[~odd], msgs.filter(bools(~odd))
+        if not len(rows):
+            continue
+        head = messages.head(rows, msgs)
+        if kind == "book":
+            parts["book"].append(_book(head, msgs))
+        elif kind == "price_change":
+            parts["book"].append(_price_changes(head, msgs))
+        elif kind == "best_bid_ask":
+            parts["top"].append(_best_bid_ask(head, msgs))
+        elif kind == "last_trade_price":
+            parts["trades"].append(_trades(head, msgs))
+        else:
+            parts["events"].append(_market_events(head, msgs))
+    exact_rows = np.sort(np.concatenate(exact))
+    if len(exact_rows):
+        for name, table in _exact(messages, exact_rows).items():
+            parts[name].append(table)
 
 
 def _unpacked(payloads: list[bytes], rows: list[int]) -> list[tuple[int, int, bytes]]:
@@ -345,7 +356,7 @@ def _rename(t: pa.Table) -> pa.Table:
 # --- the exact path: the reference mappers, for what the fast path leaves -------------------------
 
 
-def _exact(frames: _Frames, rows: np.ndarray) -> dict[str, pa.Table]:
+def _exact(frames: _Messages, rows: np.ndarray) -> dict[str, pa.Table]:
     """Rows of the messages `rows` by wire/normalize.py itself."""
     book, top, trades, events = [], [], [], []
     payloads = frames.messages.take(arrow_of(rows, I64)).to_pylist()

@@ -8,8 +8,8 @@ are skipped. The reader is as strict as orjson and the reference mappers (a fiel
 JSON type than the schema's, a duplicate key, invalid UTF-8 or bad JSON is an error), with one
 exception, guarded here: it accepts the literals NaN and Inf(inity). Whatever this path cannot
 vouch for is left to the caller's exact path (the reference mappers, `wire/normalize.py`):
-- a message that does not start with `{`, or whose kind is not one the tables use although it
-  has an `"event_type":"` (the match may be in a nested object);
+- a message whose kind is not one the tables use although it has an `"event_type":"` (the
+  match may be in a nested object);
 - a group the reader rejects, or that gives more rows than messages (two objects in one):
   the group is halved until the messages at fault are found;
 - a message holding `NaN` or `Inf`, or whose top-level `event_type` is not the one it was
@@ -68,15 +68,17 @@ def offsets_of(a: pa.Array) -> np.ndarray:
     return np.frombuffer(a.buffers()[1], np.int32, count=len(a) + 1, offset=a.offset * 4).astype(np.int64)
 
 
-def route(messages: pa.Array, kinds: set[str]) -> Routed:
-    """Parse `messages` (binary, each one JSON text) of the kinds asked for."""
+def route(messages: pa.Array, kinds: set[str], eligible: np.ndarray | None = None) -> Routed:
+    """Parse the `messages` (binary, JSON text) of the kinds asked for, of those `eligible`
+    says (default: all). Messages that do not start with `{` are neither parsed nor listed
+    as exact: they are the caller's (arrays, white space, control text)."""
     n = len(messages)
     if n == 0:
         return Routed({}, _NONE)
     offsets = offsets_of(messages)
     data = np.frombuffer(messages.buffers()[2], np.uint8) if messages.buffers()[2] is not None else np.zeros(1, np.uint8)
     starts, ends = offsets[:-1], offsets[1:]
-    objects = ends > starts
+    objects = ends > starts if eligible is None else eligible & (ends > starts)
     objects[objects] = data[starts[objects]] == ord("{")
     at = np.asarray(pc.find_substring(messages, _KEY).fill_null(-1)).astype(np.int64)
     value = starts + at + len(_KEY)
@@ -89,7 +91,7 @@ def route(messages: pa.Array, kinds: set[str]) -> Routed:
         for c, i in _CODE.items():
             k[code == c] = i
         kind_of[found] = k
-    exact = [np.nonzero(~objects | ((at >= 0) & (kind_of < 0)))[0]]
+    exact = [np.nonzero(objects & (at >= 0) & (kind_of < 0))[0]]
     parsed: dict[str, tuple[np.ndarray, pa.Table]] = {}
     for i, kind in enumerate(KINDS):
         if kind not in kinds:
