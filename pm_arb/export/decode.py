@@ -99,7 +99,9 @@ class Decoder:
         if name == "quotes":  # the fold's times are integers (us)
             columns["timestamp"] = columns["timestamp"].cast(pa.timestamp("us"))
             columns["local_timestamp"] = columns["local_timestamp"].cast(pa.timestamp("us"))
-        columns["market"] = pc.coalesce(table.column("market"), self.token_market.take(where))
+        market = table.column("market")
+        if market.null_count:  # a message without its market: the universe's
+            columns["market"] = pc.coalesce(market, self.token_market.take(where))
         columns["outcome"] = self.token_outcome.take(where)
         schema = SCHEMAS[name]
         return pa.table({n: columns[n] for n in schema.names}).cast(schema)
