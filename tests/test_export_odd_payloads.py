@@ -104,6 +104,8 @@ def reference(run_dir: Path) -> dict[str, list[tuple]]:
             if fields.get("market") is None and fields.get("symbol") in run.tokens:
                 fields["market"] = run.tokens[fields["symbol"]][0].condition_id  # the export fills it from the universe
             out[type(row).__name__].append((e.shard, e.seq, fields))
+    for rows in out.values():
+        rows.sort(key=lambda t: (t[0], t[1]))  # as table_rows orders; stable: a frame keeps its row order
     return out
 
 

@@ -167,7 +167,7 @@ def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list
             continue
         head = messages.head(rows, msgs)
         if kind == "book":
-            parts["book"].append(_book(head, msgs))
+            parts["book"] += _book(head, msgs)
         elif kind == "price_change":
             parts["book"].append(_price_changes(head, msgs))
         elif kind == "best_bid_ask":
@@ -267,8 +267,9 @@ def _rows(head: dict[str, pa.Array], parents: pa.Array | None, keep: np.ndarray,
     return pa.table(out, schema=schema)
 
 
-def _book(head, msgs: pa.Table) -> pa.Table:
-    """`book` -> a reset row, then a snapshot row per valid level: bids, then asks."""
+def _book(head, msgs: pa.Table) -> list[pa.Table]:
+    """`book` -> a reset row, then a snapshot row per valid level: bids, then asks. Three parts
+    (resets, bids, asks), each in message order, which `_in_order` merges in that order."""
     symbol = _chunk(msgs.column("asset_id"))
     has = _valid(symbol)
     n = len(symbol)
@@ -285,7 +286,7 @@ def _book(head, msgs: pa.Table) -> pa.Table:
         parts.append(_rows(head, parents, keep, BOOK, symbol=symbol.take(parents), is_snapshot=pa.repeat(pa.scalar(True), m),
                            side=pa.repeat(pa.scalar(side), m), price_s=items.field("price"), size_s=items.field("size"),
                            price=price, amount=size))
-    return _in_order(parts, BOOK, sorted_parts=False)
+    return parts
 
 
 def _price_changes(head, msgs: pa.Table) -> pa.Table:
@@ -337,9 +338,10 @@ def _market_events(head, msgs: pa.Table) -> pa.Table:
                  **{k: msgs.column(k) for k in ("event_type", "old_tick_size", "new_tick_size", "winning_outcome", "question")})
 
 
-def _in_order(parts: list[pa.Table], schema: pa.Schema, sorted_parts: bool = True) -> pa.Table:
-    """Parts' rows in message order: by row in the batch, then message in the frame. Each
-    frame's rows are in one part, in order, so a stable sort by (pos, idx) is enough."""
+def _in_order(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Parts' rows in message order: by row in the batch, then message in the frame. Each part
+    is in message order, and a message's rows are in one part or in consecutive parts (a
+    book's resets, bids, asks), so a stable sort by (pos, idx) puts every row in its place."""
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return schema.empty_table()
