@@ -139,14 +139,14 @@ class _Messages:
         self.messages, self.pos, self.idx, self.eligible = messages, pos, idx, eligible
         self.shard, self.seq, self.local_us = shard, seq, local_us
 
-    def head(self, rows: np.ndarray, msgs: pa.Table) -> dict[str, pa.Array]:
+    def head(self, rows: np.ndarray, msgs: pa.Table, ts: np.ndarray) -> dict[str, pa.Array]:
         """The columns every row of a message carries: where it came from, its times, market."""
         pos = self.pos[rows]
         taken = arrow_of(pos, I64)
         local = self.local_us[pos]
         return {"pos": taken, "shard": self.shard.take(taken), "seq": self.seq.take(taken),
                 "idx": arrow_of(self.idx[rows], pa.int32()), "local_us": arrow_of(local, I64),
-                "ts": arrow_of(_exchange_us(msgs.column("timestamp"), local), I64), "market": _chunk(msgs.column("market"))}
+                "ts": arrow_of(ts, I64), "market": _chunk(msgs.column("market"))}
 
 
 def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list[pa.Table]]) -> None:
@@ -155,17 +155,17 @@ def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list
     exact = [routed.exact]
     for kind, (rows, msgs) in routed.parsed.items():
         msgs = msgs.combine_chunks() if msgs.column(0).num_chunks > 1 else msgs
-        odd = _odd_timestamps(msgs.column("timestamp"))
+        ts, odd = _timestamps(msgs.column("timestamp"), messages.local_us[messages.pos[rows]])
         if kind == "book":
             odd |= _valid(msgs.column("buys")) | _valid(msgs.column("sells"))  # legacy keys: bids/buys precedence
         elif kind == "price_change":
             odd |= ~_valid(msgs.column("price_changes")) & _valid(msgs.column("changes"))  # the legacy schema
         if odd.any():
             exact.append(rows[odd])
-            rows, msgs = rows[~odd], msgs.filter(bools(~odd))
+            rows, msgs, ts = rows[~odd], msgs.filter(bools(~odd)), ts[~odd]
         if not len(rows):
             continue
-        head = messages.head(rows, msgs)
+        head = messages.head(rows, msgs, ts)
         if kind == "book":
             parts["book"] += _book(head, msgs)
         elif kind == "price_change":
@@ -212,22 +212,20 @@ def _mask(arr) -> np.ndarray:
     return np.asarray(_chunk(arr).fill_null(False)).astype(bool)
 
 
-def _odd_timestamps(ts) -> np.ndarray:
-    """Timestamps the fast path leaves to the reference: digits it cannot read as ASCII, or
-    too many of them."""
-    ts = _chunk(ts)
-    digits = _mask(pc.utf8_is_digit(ts))
-    return digits & ~(_mask(pc.ascii_is_decimal(ts)) & (np.asarray(pc.utf8_length(ts).fill_null(0)) <= _MAX_MS_DIGITS))
-
-
-def _exchange_us(ts, local: np.ndarray) -> np.ndarray:
-    """wire/normalize.py `exchange_timestamp_us`: epoch ms digits as us, else the receive time."""
+def _timestamps(ts, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """wire/normalize.py `exchange_timestamp_us` (epoch ms digits as us, else the receive
+    time), and which messages the fast path leaves to the reference: digits that are not
+    ASCII, or more of them than int64 us can surely hold."""
     ts = _chunk(ts)
     ok = _mask(pc.ascii_is_decimal(ts))
+    if ok.all() and pc.max(pc.utf8_length(ts)).as_py() <= _MAX_MS_DIGITS:  # the usual batch
+        return np.asarray(ts.cast(I64)) * 1000, np.zeros(len(ts), bool)
+    odd = ~ok & _mask(pc.utf8_is_digit(ts)) | ok & (np.asarray(pc.utf8_length(ts).fill_null(0)) > _MAX_MS_DIGITS)
+    ok &= ~odd
     if not ok.any():
-        return local
+        return local, odd
     ms = np.asarray(pc.if_else(bools(ok), ts, "0").cast(I64))
-    return np.where(ok, ms * 1000, local)
+    return np.where(ok, ms * 1000, local), odd
 
 
 def _numbers(col) -> tuple[np.ndarray, pa.Array]:
