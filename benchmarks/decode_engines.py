@@ -45,13 +45,22 @@ def duckdb_type(t: pa.DataType) -> str:
     return "VARCHAR"
 
 
+def json_structure(t: pa.DataType) -> str:
+    """The same type in from_json's notation (a JSON sample of the structure)."""
+    if pa.types.is_list(t):
+        return "[" + json_structure(t.value_type) + "]"
+    if pa.types.is_struct(t):
+        return "{" + ",".join(f'"{f.name}":{json_structure(f.type)}' for f in t) + "}"
+    return '"VARCHAR"'
+
+
 def engines(payloads: list[bytes], work: Path):
     column = pa.array(payloads, pa.binary())
     lines = _ndjson(column)
     ndjson_file = work / "messages.ndjson"
     con = duckdb.connect(config={"threads": 1})
     con.register("f", pa.table({"payload": column}))
-    struct = "STRUCT(" + ", ".join(f"{f.name} {duckdb_type(f.type)}" for f in WIDE) + ")"
+    struct = json_structure(pa.struct(list(WIDE)))
     columns = "{" + ", ".join(f"'{f.name}': '{duckdb_type(f.type)}'" for f in WIDE) + "}"
     polars_type = pl.from_arrow(WIDE.empty_table()).schema
     text = lines.to_pybytes()

@@ -50,7 +50,9 @@ def odd_texts(m: dict[str, dict]) -> list[str]:
         text[:-1] + ',"fee":-Infinity}',
         text[:-1] + ",}",  # trailing comma: not JSON
         '{"meta":{"event_type":"book"},' + text[1:],  # the first event_type is a nested one
-        "  \n" + text,  # white space before the object
+        "  \n" + text, text + " \n",  # white space around the object
+        text[: len(text) // 2], text[: text.index("[") + 1] + "}",  # cut short: not JSON
+        text[:-1] + ',"x":{"a":1}}{"event_type":"price_change","x":[1]}',  # an object too many
         text + text,  # two objects in one frame: not JSON
         text.replace(token, "\\u003" + token[0] + token[1:], 1),  # an escape in the token id
         text.replace('"price_change"', '"price_change_v2"'),  # an unknown kind

@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pm_arb.export.json_route import bools, offsets_of, route
+from pm_arb.export.json_route import bools, braced, route
 from pm_arb.export.schemas import EXCHANGE, SCHEMAS
 from pm_arb.reader.columns import arrow_of, int64_values
 from pm_arb.wire.normalize import BookRow, MarketEventRow, QuoteRow, TradeRow, exchange_timestamp_us, normalize
@@ -108,9 +108,10 @@ class Decoder:
 
 
 class _Frames:
-    """A batch's messages, in two sets: the payloads themselves (most are one object each),
-    and each object of an array frame (the initial dumps) or of a payload with leading white
-    space, re-serialized by orjson (which also checks it is JSON)."""
+    """A batch's messages, in two sets: the payloads themselves (most are one object each,
+    `braced`), and each object of any other text payload that is JSON (an array frame: the
+    initial dumps; an object with white space around it), re-serialized by orjson (which
+    also checks it is JSON)."""
 
     def __init__(self, batch: pa.RecordBatch) -> None:
         payload = batch.column("payload")
@@ -118,10 +119,7 @@ class _Frames:
         local_us = int64_values(batch.column("rx_wall_ns_utc").cast(I64)) // 1000
         # Text frames the capture did not flag: the only ones that may hold market data.
         text = (np.asarray(batch.column("flags")) == 0) & (np.asarray(batch.column("opcode")) == 1)
-        offsets = offsets_of(payload)
-        data = np.frombuffer(payload.buffers()[2], np.uint8) if payload.buffers()[2] is not None else np.zeros(1, np.uint8)
-        objects = text & (offsets[1:] > offsets[:-1])
-        objects[objects] = data[offsets[:-1][objects]] == ord("{")
+        objects = text & braced(payload)
         self.messages = [_Messages(payload, np.arange(len(payload)), np.zeros(len(payload), np.int32), objects, shard, seq, local_us)]
         others = np.nonzero(text & ~objects)[0]
         extra = _unpacked(payload.take(arrow_of(others, I64)).to_pylist(), others.tolist()) if len(others) else []

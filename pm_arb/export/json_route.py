@@ -68,18 +68,30 @@ def offsets_of(a: pa.Array) -> np.ndarray:
     return np.frombuffer(a.buffers()[1], np.int32, count=len(a) + 1, offset=a.offset * 4).astype(np.int64)
 
 
+def braced(messages: pa.Array) -> np.ndarray:
+    """Which messages start with `{` and end with `}`: the ones `route` parses. With these
+    bounds, one per line, a message cut short cannot run on into the next line: after its
+    last `}` the reader expects `,`, `}` or `]` (or is inside a string, which a newline
+    ends in error), never the next line's `{`; so a reader error or a row count other than the
+    line count is the only way an odd message shows, and rows line up with messages."""
+    offsets = offsets_of(messages)
+    data = np.frombuffer(messages.buffers()[2], np.uint8) if messages.buffers()[2] is not None else np.zeros(1, np.uint8)
+    out = offsets[1:] > offsets[:-1]
+    out[out] = (data[offsets[:-1][out]] == ord("{")) & (data[offsets[1:][out] - 1] == ord("}"))
+    return out
+
+
 def route(messages: pa.Array, kinds: set[str], eligible: np.ndarray | None = None) -> Routed:
     """Parse the `messages` (binary, JSON text) of the kinds asked for, of those `eligible`
-    says (default: all). Messages that do not start with `{` are neither parsed nor listed
-    as exact: they are the caller's (arrays, white space, control text)."""
+    says (default: all). Messages not `braced` are neither parsed nor listed as exact: they
+    are the caller's (arrays, white space, control text)."""
     n = len(messages)
     if n == 0:
         return Routed({}, _NONE)
     offsets = offsets_of(messages)
     data = np.frombuffer(messages.buffers()[2], np.uint8) if messages.buffers()[2] is not None else np.zeros(1, np.uint8)
     starts, ends = offsets[:-1], offsets[1:]
-    objects = ends > starts if eligible is None else eligible & (ends > starts)
-    objects[objects] = data[starts[objects]] == ord("{")
+    objects = braced(messages) if eligible is None else eligible & braced(messages)
     at = np.asarray(pc.find_substring(messages, _KEY).fill_null(-1)).astype(np.int64)
     value = starts + at + len(_KEY)
     found = (at >= 0) & (value + 4 <= ends) & objects
