@@ -44,7 +44,8 @@ def odd_texts(m: dict[str, dict]) -> list[str]:
     return [
         dumps({k: pc[k] for k in reversed(list(pc))}),  # event_type last, as Polymarket sends it
         with_item(price=0.5),  # a number where the exchange sends a string: the item is dropped
-        with_item(side=None),
+        with_item(side=None), dumps(dict(pc, price_changes=[None, *pc["price_changes"]])),
+        dumps(dict(book, bids=[None, *book["bids"]], asks=[{"price": "0.9"}, *book["asks"]])),
         text.replace(f'"size":"{item["size"]}"', f'"size":"1","size":"{item["size"]}"', 1),  # duplicate key: the last wins
         text[:-1] + ',"fee":NaN}',  # not JSON for orjson: no rows
         text[:-1] + ',"fee":-Infinity}',

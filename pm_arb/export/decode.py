@@ -36,7 +36,6 @@ EVENTS = pa.schema(_ROWS + [("event_type", S), ("symbol", S), ("old_tick_size", 
 BOOK_ROWS_COLUMNS = ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "is_snapshot", "side", "price_s", "size_s")
 TOP_COLUMNS = ("shard", "seq", "idx", "local_us", "ts", "market", "symbol", "best_bid", "best_ask")
 _MAX_MS_DIGITS = 15  # more digits could overflow int64 microseconds: the exact path decides
-_SIDE = {"BUY": "bid", "SELL": "ask"}
 
 
 class Decoder:
@@ -202,6 +201,11 @@ def _chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
+def _field(items: pa.StructArray, name: str) -> pa.Array:
+    """A struct field, null where the struct itself is (a JSON null in a list)."""
+    return pc.struct_field(items, name)
+
+
 def _valid(col) -> np.ndarray:
     return np.asarray(pc.is_valid(_chunk(col)))
 
@@ -275,13 +279,13 @@ def _book(head, msgs: pa.Table) -> list[pa.Table]:
         levels = _chunk(msgs.column(key))
         items = pc.list_flatten(levels)
         parents = pc.list_parent_indices(levels)
-        price_ok, price = _numbers(items.field("price"))
-        size_ok, size = _numbers(items.field("size"))
+        price_s, size_s = _field(items, "price"), _field(items, "size")
+        price_ok, price = _numbers(price_s)
+        size_ok, size = _numbers(size_s)
         keep = price_ok & size_ok & has[np.asarray(parents)]
         m = len(items)
         parts.append(_rows(head, parents, keep, BOOK, symbol=symbol.take(parents), is_snapshot=pa.repeat(pa.scalar(True), m),
-                           side=pa.repeat(pa.scalar(side), m), price_s=items.field("price"), size_s=items.field("size"),
-                           price=price, amount=size))
+                           side=pa.repeat(pa.scalar(side), m), price_s=price_s, size_s=size_s, price=price, amount=size))
     return parts
 
 
@@ -290,14 +294,15 @@ def _price_changes(head, msgs: pa.Table) -> pa.Table:
     lists = _chunk(msgs.column("price_changes"))
     items = pc.list_flatten(lists)
     parents = pc.list_parent_indices(lists)
-    symbol = items.field("asset_id")
-    side = _side(items.field("side"))
-    price_ok, price = _numbers(items.field("price"))
-    size_ok, size = _numbers(items.field("size"))
+    symbol = _field(items, "asset_id")
+    side = _side(_field(items, "side"))
+    price_s, size_s = _field(items, "price"), _field(items, "size")
+    price_ok, price = _numbers(price_s)
+    size_ok, size = _numbers(size_s)
     keep = _mask(pc.not_equal(symbol, "")) & _valid(side) & price_ok & size_ok
     m = len(items)
     return _rows(head, parents, keep, BOOK, symbol=symbol, is_snapshot=pa.repeat(pa.scalar(False), m), side=side,
-                 price_s=items.field("price"), size_s=items.field("size"), price=price, amount=size)
+                 price_s=price_s, size_s=size_s, price=price, amount=size)
 
 
 def _side(side) -> pa.Array:
