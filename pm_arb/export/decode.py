@@ -64,7 +64,7 @@ class Decoder:
         frames = _Frames(batch)
         parts: dict[str, list[pa.Table]] = {"book": [], "top": [], "trades": [], "events": []}
         for messages in frames.messages:
-            _decode_messages(messages, kinds, parts)
+            _decode_messages(messages, kinds, parts, "quotes" in tables)
         out: dict[str, pa.Table] = {}
         if tables & {"incremental_book_L2", "quotes"}:
             book = _in_order(parts["book"], BOOK)
@@ -146,8 +146,10 @@ class _Messages:
                 "ts": arrow_of(ts, I64), "market": _chunk(msgs.column("market"))}
 
 
-def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list[pa.Table]]) -> None:
-    """Add the rows of these messages to `parts` (per table, each part in message order)."""
+def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list[pa.Table]], for_quotes: bool) -> None:
+    """Add the rows of these messages to `parts` (per table, each part in message order).
+    Without `for_quotes`, book rows carry no reset rows and no price/size texts (only the
+    quotes fold reads them)."""
     routed = route(messages.messages, kinds, messages.eligible)
     exact = [routed.exact]
     for kind, (rows, msgs) in routed.parsed.items():
@@ -164,9 +166,9 @@ def _decode_messages(messages: _Messages, kinds: set[str], parts: dict[str, list
             continue
         head = messages.head(rows, msgs, ts)
         if kind == "book":
-            parts["book"] += _book(head, msgs)
+            parts["book"] += _book(head, msgs, for_quotes)
         elif kind == "price_change":
-            parts["book"].append(_price_changes(head, msgs))
+            parts["book"].append(_price_changes(head, msgs, for_quotes))
         elif kind == "best_bid_ask":
             parts["top"].append(_best_bid_ask(head, msgs))
         elif kind == "last_trade_price":
@@ -262,19 +264,23 @@ def _rows(head: dict[str, pa.Array], parents: pa.Array | None, keep: np.ndarray,
         if f.name in head:
             out[f.name] = head[f.name] if message is None else head[f.name].take(message)
         else:
-            c = _chunk(columns[f.name])
-            out[f.name] = c if sel is None else c.take(arrow_of(sel, I64))
+            c = columns[f.name]
+            if c is None:  # a column nobody reads in this export
+                out[f.name] = pa.nulls(len(keep) if sel is None else len(sel), f.type)
+            else:
+                c = _chunk(c)
+                out[f.name] = c if sel is None else c.take(arrow_of(sel, I64))
     return pa.table(out, schema=schema)
 
 
-def _book(head, msgs: pa.Table) -> list[pa.Table]:
+def _book(head, msgs: pa.Table, for_quotes: bool) -> list[pa.Table]:
     """`book` -> a reset row, then a snapshot row per valid level: bids, then asks. Three parts
     (resets, bids, asks), each in message order, which `_in_order` merges in that order."""
     symbol = _chunk(msgs.column("asset_id"))
     has = _valid(symbol)
     n = len(symbol)
-    parts = [_rows(head, None, has, BOOK, symbol=symbol, is_snapshot=pa.repeat(pa.scalar(True), n), side=pa.nulls(n, S),
-                   price_s=pa.nulls(n, S), size_s=pa.nulls(n, S), price=pa.nulls(n, F64), amount=pa.nulls(n, F64))]
+    parts = [_rows(head, None, has, BOOK, symbol=symbol, is_snapshot=pa.repeat(pa.scalar(True), n), side=None,
+                   price_s=None, size_s=None, price=None, amount=None)] if for_quotes else []
     for side, key in (("bid", "bids"), ("ask", "asks")):
         levels = _chunk(msgs.column(key))
         items = pc.list_flatten(levels)
@@ -285,11 +291,12 @@ def _book(head, msgs: pa.Table) -> list[pa.Table]:
         keep = price_ok & size_ok & has[np.asarray(parents)]
         m = len(items)
         parts.append(_rows(head, parents, keep, BOOK, symbol=symbol.take(parents), is_snapshot=pa.repeat(pa.scalar(True), m),
-                           side=pa.repeat(pa.scalar(side), m), price_s=price_s, size_s=size_s, price=price, amount=size))
+                           side=pa.repeat(pa.scalar(side), m), price_s=price_s if for_quotes else None,
+                           size_s=size_s if for_quotes else None, price=price, amount=size))
     return parts
 
 
-def _price_changes(head, msgs: pa.Table) -> pa.Table:
+def _price_changes(head, msgs: pa.Table, for_quotes: bool) -> pa.Table:
     """Each `price_changes` item -> an update row (amount 0 removes the level)."""
     lists = _chunk(msgs.column("price_changes"))
     items = pc.list_flatten(lists)
@@ -302,7 +309,7 @@ def _price_changes(head, msgs: pa.Table) -> pa.Table:
     keep = _mask(pc.not_equal(symbol, "")) & _valid(side) & price_ok & size_ok
     m = len(items)
     return _rows(head, parents, keep, BOOK, symbol=symbol, is_snapshot=pa.repeat(pa.scalar(False), m), side=side,
-                 price_s=price_s, size_s=size_s, price=price, amount=size)
+                 price_s=price_s if for_quotes else None, size_s=size_s if for_quotes else None, price=price, amount=size)
 
 
 def _side(side) -> pa.Array:
