@@ -51,6 +51,11 @@ def odd_texts(m: dict[str, dict]) -> list[str]:
         text[:-1] + ',"fee":-Infinity}',
         text[:-1] + ",}",  # trailing comma: not JSON
         '{"meta":{"event_type":"book"},' + text[1:],  # the first event_type is a nested one
+        '{"meta":{"event_type":"best_bid_ask"},' + dumps(book)[1:],  # nested, of a kind not always parsed
+        '{"event_type":"best_bid_ask",' + dumps(book)[1:],  # a duplicate key: orjson keeps the last (book)
+        dumps(book).replace('"event_type":"book"', '"event_type": "book"'),  # white space after the colon
+        dumps(trade).replace('"event_type"', '"event\\u005ftype"'),  # an escaped key
+        '{"meta":{"event_type":"tick_size_change"},"event_type":"mystery"}',
         "  \n" + text, text + " \n",  # white space around the object
         text[: len(text) // 2], text[: text.index("[") + 1] + "}",  # cut short: not JSON
         text[:-1] + ',"x":{"a":1}}{"event_type":"price_change","x":[1]}',  # an object too many

@@ -8,8 +8,8 @@ are skipped. The reader is as strict as orjson and the reference mappers (a fiel
 JSON type than the schema's, a duplicate key, invalid UTF-8 or bad JSON is an error), with one
 exception, guarded here: it accepts the literals NaN and Inf(inity). Whatever this path cannot
 vouch for is left to the caller's exact path (the reference mappers, `wire/normalize.py`):
-- a message whose kind is not one the tables use although it has an `"event_type":"` (the
-  match may be in a nested object);
+- a message not parsed (no `"event_type":"`, or a kind the tables do not use) whose bytes do
+  not show it surely has no asked-for kind (`_surely_none`);
 - a group the reader rejects, or that gives more rows than messages (two objects in one):
   the group is halved until the messages at fault are found;
 - a message holding `NaN` or `Inf`, or whose top-level `event_type` is not the one it was
@@ -103,7 +103,9 @@ def route(messages: pa.Array, kinds: set[str], eligible: np.ndarray | None = Non
         for c, i in _CODE.items():
             k[code == c] = i
         kind_of[found] = k
-    exact = [np.nonzero(objects & (at >= 0) & (kind_of < 0))[0]]
+    asked = np.isin(kind_of, [KINDS.index(k) for k in kinds])
+    unparsed = np.nonzero(objects & ~asked)[0]
+    exact = [unparsed[~_surely_none(messages, unparsed, at[unparsed])]] if len(unparsed) else []
     parsed: dict[str, tuple[np.ndarray, pa.Table]] = {}
     for i, kind in enumerate(KINDS):
         if kind not in kinds:
@@ -122,6 +124,25 @@ def route(messages: pa.Array, kinds: set[str], eligible: np.ndarray | None = Non
         if len(ok):
             parsed[kind] = (ok, table)
     return Routed(parsed, np.sort(np.concatenate(exact)))
+
+
+def _surely_none(messages: pa.Array, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Of messages not parsed (no `"event_type":"`, or a kind the tables asked for do not
+    use), which surely are not of an asked-for kind: the bytes show one top-level event_type
+    key or none. A nested match (a `{` before it), a second key (orjson keeps the last), a
+    backslash (an escaped key) or `"event_type"` without `:"` right after it (white space)
+    leave the message to the exact path. A Python check per message, on these few only."""
+    out = np.zeros(len(rows), bool)
+    for j, (payload, where) in enumerate(zip(messages.take(arrow_of(rows, pa.int64())).to_pylist(), at.tolist())):
+        if b"\\" in payload:
+            continue
+        keys = payload.count(b'"event_type"')
+        if where < 0:
+            out[j] = keys == 0
+        else:
+            nested = payload.find(b"{", 1)
+            out[j] = keys == 1 and (nested < 0 or nested > where)
+    return out
 
 
 def _parse(messages: pa.Array, rows: np.ndarray, kind: str) -> tuple[np.ndarray, pa.Table | None, np.ndarray]:
