@@ -131,17 +131,22 @@ def _surely_none(messages: pa.Array, rows: np.ndarray, at: np.ndarray) -> np.nda
     use), which surely are not of an asked-for kind: the bytes show one top-level event_type
     key or none. A nested match (a `{` before it), a second key (orjson keeps the last), a
     backslash (an escaped key) or `"event_type"` without `:"` right after it (white space)
-    leave the message to the exact path. A Python check per message, on these few only."""
+    leave the message to the exact path. The usual case (each message's one key is its first)
+    is settled by two searches over all of them; the rest message by message."""
     out = np.zeros(len(rows), bool)
-    for j, (payload, where) in enumerate(zip(messages.take(arrow_of(rows, pa.int64())).to_pylist(), at.tolist())):
+    first = at == 1
+    if first.any():  # `{"event_type":"...`: top level; one key each if the keys count the messages
+        group = messages.take(arrow_of(rows[first], pa.int64()))
+        text = group.buffers()[2].to_pybytes() if group.buffers()[2] is not None else b""
+        if b"\\" not in text and text.count(b'"event_type"') == len(group):
+            out[first] = True
+    for j in np.nonzero(~out)[0].tolist():
+        payload, where = messages[int(rows[j])].as_py(), int(at[j])
         if b"\\" in payload:
             continue
         keys = payload.count(b'"event_type"')
-        if where < 0:
-            out[j] = keys == 0
-        else:
-            nested = payload.find(b"{", 1)
-            out[j] = keys == 1 and (nested < 0 or nested > where)
+        nested = payload.find(b"{", 1)
+        out[j] = keys == 0 if where < 0 else keys == 1 and (nested < 0 or nested > where)
     return out
 
 
