@@ -153,3 +153,19 @@ def test_without_quotes_the_other_tables_are_the_same(odd_run, tmp_path):
     export(odd_run, part, "--tables", "incremental_book_L2,trades,market_events")
     for table in ("incremental_book_L2", "trades", "market_events"):
         assert table_rows(part, table) == table_rows(full, table) != []
+
+
+def test_a_run_of_initial_dumps_only(tmp_path):
+    """No frame is a single object (every one an array): nothing to route, all through orjson."""
+    fx = tmp_path / "fixtures"
+    shutil.copytree(REPO / "fixtures" / "default", fx)
+    lines = (fx / "frames.ndjson").read_bytes().splitlines()
+    dumps = [line for line in lines if orjson.loads(line)["text"].startswith("[")]
+    (fx / "frames.ndjson").write_bytes(b"\n".join(dumps) + b"\n")
+    data = tmp_path / "data"
+    proc = run_cli("capture", "--offline", "--fixtures", str(fx), "--offline-speed", "0", "--run-id", "dumps", "--data-dir", str(data))
+    assert proc.returncode == 0, proc.stderr
+    summary = export(data / "runs" / "dumps", tmp_path / "out", "--tables", "incremental_book_L2,trades,quotes,market_events")
+    ref = reference(data / "runs" / "dumps")
+    assert summary["rows"]["incremental_book_L2"] == len(ref["BookRow"]) > 0
+    assert summary["rows"]["trades"] == summary["rows"]["market_events"] == 0

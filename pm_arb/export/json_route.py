@@ -105,7 +105,7 @@ def route(messages: pa.Array, kinds: set[str], eligible: np.ndarray | None = Non
         kind_of[found] = k
     asked = np.isin(kind_of, [KINDS.index(k) for k in kinds])
     unparsed = np.nonzero(objects & ~asked)[0]
-    exact = [unparsed[~_surely_none(messages, unparsed, at[unparsed])]] if len(unparsed) else []
+    exact = [unparsed[~_surely_none(messages, unparsed, at[unparsed])]] if len(unparsed) else [_NONE]
     parsed: dict[str, tuple[np.ndarray, pa.Table]] = {}
     for i, kind in enumerate(KINDS):
         if kind not in kinds:
