@@ -78,13 +78,16 @@ Row = BookRow | TradeRow | QuoteRow | MarketEventRow
 
 def exchange_timestamp_us(message: dict[str, Any], local_timestamp: int) -> int:
     """Polymarket's `timestamp` (epoch milliseconds as text) in microseconds; our receive time
-    when it is missing or unreadable (Tardis: timestamp == local_timestamp means 'not given')."""
+    when it is missing, unreadable or out of range (Tardis: timestamp == local_timestamp means
+    'not given')."""
     t = message.get("timestamp")
     if isinstance(t, str) and t.isdigit():
-        return int(t) * 1000
-    if isinstance(t, int) and not isinstance(t, bool):
-        return t * 1000
-    return local_timestamp
+        us = int(t) * 1000
+    elif isinstance(t, int) and not isinstance(t, bool):
+        us = t * 1000
+    else:
+        return local_timestamp
+    return us if -(2**63) <= us < 2**63 else local_timestamp  # what a timestamp[us] column holds
 
 
 def _text(v: Any) -> str | None:
