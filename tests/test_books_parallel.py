@@ -240,3 +240,63 @@ def test_bad_files_end_the_same_way_with_workers(faulty_run, tmp_path, kind):
     outs = [run_cli("capture-books", "--run-dir", str(run_dir), "--silent-after-seconds", "0.5", "--workers", w) for w in ("1", "3")]
     assert [(o.returncode, o.stdout, o.stderr) for o in outs[1:]] == [(outs[0].returncode, outs[0].stdout, outs[0].stderr)]
     assert "Traceback" not in outs[1].stderr and outs[1].returncode in (1, 2)
+
+
+def _with_frames_added(run_dir: Path, shard: int, payloads: list[bytes], after: int) -> None:
+    """Rewrite one shard's files with `payloads` stored after its record number `after` (same
+    receive times as that record), seqs renumbered, every checksum and idx entry sound."""
+    from pm_arb.store.frames_format import FRAMES_MAGIC, IDX_MAGIC, IdxEntry, encode_idx, encode_record, file_header
+
+    recs = [r for r in open_run(run_dir).frames([shard], verify=False)]
+    out = []
+    for i, r in enumerate(recs):
+        out.append((r.rx_mono_ns, r.rx_wall_ns_utc, r.flags, r.opcode, r.payload))
+        if i == after:
+            out += [(r.rx_mono_ns, r.rx_wall_ns_utc, 0, 1, p) for p in payloads]
+    frames, idx = bytearray(file_header(FRAMES_MAGIC, shard)), bytearray(file_header(IDX_MAGIC, shard))
+    for k, (mono, wall, flags, opcode, payload) in enumerate(out):
+        offset = len(frames)
+        header, _ = encode_record(recs[0].seq + k, mono, wall, flags, opcode, payload)
+        frames += header + payload
+        idx += encode_idx(IdxEntry(offset, len(payload), flags, opcode, recs[0].seq + k, mono, wall))
+    (run_dir / "capture" / f"shard_{shard:02d}.frames").write_bytes(bytes(frames))
+    (run_dir / "capture" / f"shard_{shard:02d}.idx").write_bytes(bytes(idx))
+
+
+def test_malformed_messages_are_listed_the_same_with_workers(faulty_run, tmp_path):
+    """Each worker merges its own part once, the parent merges the parts again: the malformed
+    messages' list (not only their count) must survive both merges, in receive order."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(faulty_run, run_dir)
+    home = {m.shard: m.yes_token for m in open_run(run_dir).universe}  # a token of each shard: no token in two groups
+    for shard, after in ((0, 5), (2, 9)):
+        bad = b'{"event_type":"price_change","market":"m","price_changes":[{"asset_id":"%s","price":"1e999999999","size":"5","side":"BUY"}]}'
+        _with_frames_added(run_dir, shard, [bad % home[shard].encode()], after)
+    markers, _ = books._runlog_markers(run_dir, False)
+    plan = books._Audit(run_dir, markers, 0.5, None, False)
+    assert books._fold_parallel(plan, [[0], [1], [2]], Progress(1, "test", enabled=False)) is not None  # really merged
+    serial = audit(run_dir, "--workers", "1")
+    listed = orjson.loads(serial[0])["malformed"]
+    assert len(listed) == orjson.loads(serial[0])["totals"]["malformed"] >= 2 and {m["shard"] for m in listed} == {0, 2}
+    assert audit(run_dir, "--workers", "3") == serial
+
+
+def test_a_shard_whose_files_are_gone_is_counted_the_same_with_workers(faulty_run, tmp_path):
+    """Its tokens were assigned (runlog) but no group reads it: one process counts them as never
+    heard from, and so must the parallel path (it gives way to one process)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(faulty_run, run_dir)
+    for p in (run_dir / "capture").glob("shard_02.*"):
+        p.unlink()
+    outs = [run_cli("capture-books", "--run-dir", str(run_dir), "--silent-after-seconds", "0.5", "--json", "--workers", w) for w in ("1", "2")]
+    assert outs[0].returncode == outs[1].returncode and outs[0].stdout == outs[1].stdout
+    assert orjson.loads(outs[1].stdout)["totals"]["tokens_checked"] == 18
+
+
+def test_an_empty_tokens_option_is_refused(faulty_run):
+    out = run_cli("capture-books", "--run-dir", str(faulty_run), "--tokens", " , ")
+    assert out.returncode == 2 and "holds no token id" in out.stderr and "Traceback" not in out.stderr

@@ -70,6 +70,8 @@ def test_audit_a_run_whose_heartbeats_never_came_or_came_late_fails():
     assert [none["gaps"][0]["events_between"], none["gaps"][0]["end_type"]] == [["run_confirmed"], "run_stop"]
     late = audit(recs((0, start), (5, hb()), (6, hb()), (6.5, stop)))
     assert not late["pass"] and late["gaps"][0]["gap_s"] == 5.0 and late["intervals"] == 3
+    killed = audit(recs((0, start), (1, ev.RunConfirmed(seconds_after_start=1)), (30, ev.ShardConnected(shard=0, attempt=2, connect_ms=1, subscribe_messages=1))))
+    assert not killed["pass"] and killed["gaps"][0]["gap_s"] == 30.0 and killed["run_stop"] is None  # no run_stop: the last record ends it
     prompt = audit(recs((0, start), (0.05, hb()), (1.05, hb()), (1.5, stop)))
     assert prompt["pass"] and prompt["intervals"] == 3 and prompt["heartbeats"] == 2
 

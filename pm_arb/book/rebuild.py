@@ -573,5 +573,9 @@ def merge(parts: list[BookFold]) -> BookFold | None:
             setattr(out, name, getattr(out, name) + getattr(part, name))
     out.end_mono_ns = max(part.end_mono_ns for part in parts)
     malformed = sorted((key, m) for part in parts for key, m in zip(part.malformed_order, part.malformed_first))
-    out.malformed_first = [m for _, m in malformed[:MALFORMED_KEPT]]
+    kept = malformed[:MALFORMED_KEPT]
+    # The keys go with the messages: a merged fold can be merged again (each worker merges its
+    # own stream first) and must still know where its malformed messages came in.
+    out.malformed_order = [key for key, _ in kept]
+    out.malformed_first = [m for _, m in kept]
     return out

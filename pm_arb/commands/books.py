@@ -22,6 +22,7 @@ from pm_arb.clock import wall_iso
 from pm_arb.commands.reports import load_runlog
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
+from pm_arb.forked_workers import die_with_parent
 from pm_arb.progress import Progress
 from pm_arb.reader import Damage, Run, open_run
 from pm_arb.store.frames_format import RECORD_OVERHEAD
@@ -64,8 +65,9 @@ class _Audit:
 _progress_queue = None  # set in worker processes: bytes read, for the parent's progress bar
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent_pid: int) -> None:
     global _progress_queue
+    die_with_parent(parent_pid)
     _progress_queue = queue
 
 
@@ -234,7 +236,7 @@ def _fold_parallel(audit: _Audit, groups: list[list[int]], progress: Progress) -
     error."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    with ProcessPoolExecutor(len(groups), mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+    with ProcessPoolExecutor(len(groups), mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())) as pool:
         pending = {pool.submit(_fold_part, audit, g) for g in groups}
         futures = list(pending)
         while pending:
@@ -277,6 +279,11 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
 
     audit = _Audit(run_dir, markers, silent_after_s, frozenset(tokens) if tokens else None, is_slice, columnar)
     groups = shard_groups(shard_bytes, markers, workers or os.cpu_count() or 1)
+    assigned = {shard for m in markers if type(m) is Assign for shard in m.shard_tokens}
+    if assigned - set(shard_bytes):
+        # Tokens on a shard whose files are gone belong to no group; one process counts them
+        # (as never heard from), so one process it is.
+        groups = [sorted(shard_bytes)]
     progress = Progress(sum(shard_bytes.values()), "capture-books", enabled=show_progress)
     try:
         done = _fold_parallel(audit, groups, progress) if len(groups) > 1 else None

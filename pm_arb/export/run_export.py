@@ -28,6 +28,7 @@ from pm_arb.errors import UserError
 from pm_arb.export.decode import Decoder  # imported before the workers fork: once, not per worker
 from pm_arb.export.parquet_out import COMPRESSION, PartitionedWriter
 from pm_arb.export.schemas import CSV_TABLES, NORMALIZED, SCHEMAS
+from pm_arb.forked_workers import die_with_parent
 from pm_arb.reader import Damage, DamagedRecordError, Run, open_run
 from pm_arb.reader.columns import FRAMES_SCHEMA
 
@@ -86,8 +87,9 @@ def markets_table(run: Run, tokens: frozenset[str] | None) -> pa.Table:
 _progress_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent_pid: int) -> None:
     global _progress_queue
+    die_with_parent(parent_pid)
     _progress_queue = queue
     # PyArrow probes for pandas on the first array it builds from Python objects: an import of
     # 0.2-0.3 s per worker where pandas is installed (a dev environment), for nothing here. The
@@ -250,7 +252,7 @@ def _run_shards(req: ExportRequest, shards: list[int], workers: int, progress) -
         return results
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())) as pool:
         # Largest shards first, so the last one to finish is a small one.
         order = sorted(shards, key=lambda s: -(req.run_dir / "capture" / f"shard_{s:02d}.frames").stat().st_size)
         pending: set[Future] = {pool.submit(export_shard, req, s) for s in order}

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from pm_arb.bundle import CAPTURE_DIR, read_manifest, require_run_dir
+from pm_arb.bundle import CAPTURE_DIR, RUNLOG, read_manifest, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.events.runlog_file import read_runlog
 from pm_arb.events.types import MarketAssigned, UniverseAssigned
@@ -32,19 +32,32 @@ class Run:
         self.manifest: dict[str, Any] = read_manifest(run_dir)
         self.universe: list[Market] = _markets(self.manifest)
         self.tokens: dict[str, tuple[Market, str]] = {}
+        self._records: tuple[int, list] | None = None  # (runlog size, its records)
         for m in self.universe:
             self.tokens[m.yes_token] = (m, "Yes")
             self.tokens[m.no_token] = (m, "No")
+
+    def _runlog_records(self) -> list:
+        """The runlog's records, read again only when the file changed size (a days-long run's
+        runlog is large; a live one grows); empty when there is no readable runlog."""
+        try:
+            size = (self.run_dir / RUNLOG).stat().st_size
+        except OSError:
+            size = -1
+        if self._records is None or self._records[0] != size:
+            try:
+                records = read_runlog(self.run_dir, skip_bad_lines=True).records
+            except UserError:
+                records = []
+            self._records = (size, records)
+        return self._records[1]
 
     def refreshed_markets(self) -> list[Market]:
         """Markets a universe refresh added during the run (runlog `market_assigned` with reason
         "refresh"), in the order they were added; a market listed at start is not repeated.
         Runlogs written before these records carried the question have it as ""."""
-        try:
-            records = read_runlog(self.run_dir, skip_bad_lines=True).records
-        except UserError:
-            return []
         out: dict[str, Market] = {}
+        records = self._runlog_records()
         for rec in records:
             e = rec.event
             if isinstance(e, MarketAssigned) and e.reason == "refresh" and e.yes_token not in self.tokens:
@@ -63,10 +76,7 @@ class Run:
     def token_assignments(self) -> dict[str, int]:
         """Every token the run was ever assigned, with its last shard: the start universe and
         each applied refresh (runlog `universe_assigned`). Empty when there is no readable runlog."""
-        try:
-            records = read_runlog(self.run_dir, skip_bad_lines=True).records
-        except UserError:
-            return {}
+        records = self._runlog_records()
         out: dict[str, int] = {}
         for rec in records:
             if isinstance(rec.event, UniverseAssigned):

@@ -2,8 +2,9 @@
 
 Gaps are measured on the monotonic clock (the wall clock may step; the monotonic one does
 not), between consecutive heartbeats, with the run's start record opening the first interval
-and its stop record closing the last: a run whose heartbeats never came (or stopped coming
-long before the stop) has a gap as long as that silence, not an empty list of intervals.
+and its stop record (or, for a run killed from outside, its last record) closing the last: a
+run whose heartbeats never came (or stopped coming long before the end) has a gap as long as
+that silence, not an empty list of intervals.
 A gap counts as "over" the threshold only when strictly greater than it.
 """
 
@@ -25,8 +26,10 @@ def audit(records: Iterable[LogRecord], threshold_s: float = 2.0) -> dict[str, A
     if start is not None and (not anchors or start < anchors[0]):
         anchors.insert(0, start)
     end = next((i for i, r in enumerate(recs) if isinstance(r.event, (ev.RunStop,))), None)
-    if end is not None and anchors and end > anchors[-1]:
-        anchors.append(end)
+    # A run killed from outside has no run_stop: its last record closes the last interval.
+    closing = end if end is not None else (len(recs) - 1 if recs else None)
+    if closing is not None and anchors and closing > anchors[-1]:
+        anchors.append(closing)
     gaps = []
     max_gap = 0.0
     total = 0.0
