@@ -304,6 +304,11 @@ def test_time_bounds_and_tokens(offline_run, tmp_path):
     ref = [r for r in window if r.symbol == token]
     assert summary["rows"]["incremental_book_L2"] == len(ref) > 0
     assert summary["rows"]["markets"] == 1
+    assert summary["warnings"] == []
+    mixed = export(offline_run, tmp_path / "u", "--tables", "markets", "--tokens", f"{token},no-such-token")
+    assert mixed["rows"]["markets"] == 1 and mixed["warnings"] == ["1 token(s) given with --tokens never appear in this run: no-such-toke..."]
+    text = run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "v"), "--tables", "markets", "--tokens", f"{token},no-such-token")
+    assert text.returncode == 0 and "warning: 1 token(s) given with --tokens never appear in this run" in text.stdout
 
 
 def test_markets_alone_reads_no_frames(offline_run, tmp_path):

@@ -34,15 +34,17 @@ def build_request(run_dir: Path, out: Path, fmt: str, tables: tuple[str, ...], f
     start, end = _wall_window(run_dir, from_wall, to_wall)
     if start is not None and end is not None and start > end:
         raise UserError("the range is empty: --from-wall is after --to-wall", 2)
-    token_set = _token_filter(run_dir, tokens)
-    return ExportRequest(run_dir, out, fmt, tuple(t for t in ALL_TABLES if t in chosen), start, end, token_set, skip_damaged)
+    token_set, warnings = _token_filter(run_dir, tokens)
+    return ExportRequest(run_dir, out, fmt, tuple(t for t in ALL_TABLES if t in chosen), start, end, token_set, skip_damaged,
+                         warnings=tuple(warnings))
 
 
-def _token_filter(run_dir: Path, tokens: tuple[str, ...]) -> frozenset[str] | None:
-    """--tokens as a set (None: every token). Given but empty (an unset shell variable, say)
-    or naming no token of the run, it is refused rather than exporting everything or nothing."""
+def _token_filter(run_dir: Path, tokens: tuple[str, ...]) -> tuple[frozenset[str] | None, list[str]]:
+    """--tokens as a set (None: every token) and warnings. Given but empty (an unset shell
+    variable, say) or naming no token of the run, it is refused rather than exporting
+    everything or nothing; ids the run never had are named in a warning."""
     if not tokens:
-        return None
+        return None, []
     wanted = frozenset(t.strip() for item in tokens for t in item.split(",") if t.strip())
     if not wanted:
         raise UserError("--tokens was given but holds no token id: pass ids (comma-separated or repeated), or drop the option to export every token", 2)
@@ -53,7 +55,9 @@ def _token_filter(run_dir: Path, tokens: tuple[str, ...]) -> frozenset[str] | No
     if known and not wanted & known:
         raise UserError(f"none of the {len(wanted)} token(s) given with --tokens appear in {run_dir}: "
                         "pass token ids from its manifest (capture-inspect lists the universe)", 2)
-    return wanted
+    unknown = sorted(wanted - known) if known else []
+    warnings = [f"{len(unknown)} token(s) given with --tokens never appear in this run: {', '.join(t[:12] + '...' for t in unknown[:5])}"] if unknown else []
+    return wanted, warnings
 
 
 def _wall_window(run_dir: Path, from_wall: str | None, to_wall: str | None) -> tuple[int | None, int | None]:
@@ -86,6 +90,7 @@ def render(result: dict[str, Any]) -> list[str]:
              f"in {result['duration_s']:.1f} s: {result['frames_per_s']:,.0f} frames/s, {result['payload_mb_per_s']} MB/s of payload"]
     for table in result["tables"]:
         lines.append(f"  {table:<20} {result['rows'][table]:>12,} rows  {human_bytes(result['bytes_written'][table]):>10}")
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
     if result["damaged_skipped"]:
         lines.append(f"skipped {len(result['damaged_skipped'])} damaged record(s):")
         for d in result["damaged_skipped"]:

@@ -47,6 +47,7 @@ class ExportRequest:
     skip_damaged: bool = False
     workers: int = 0  # 0: one per core
     batch_frames: int = 16384  # per worker: bounds RSS (~200 MB a worker, measured), no slower than 64k
+    warnings: tuple[str, ...] = ()  # found while checking the request (tokens the run never had), reported in the summary
 
 
 def token_table(run: Run) -> pa.Table:
@@ -222,7 +223,7 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
         "frames_files_bytes": input_bytes, "payload_bytes": payload, "duration_s": round(seconds, 3),
         "frames_per_s": round(frames / seconds, 1) if seconds else None,
         "payload_mb_per_s": round(payload / 1e6 / seconds, 2) if seconds else None,
-        "workers": workers, "damaged_skipped": damaged,
+        "workers": workers, "damaged_skipped": damaged, "warnings": list(req.warnings),
         "book_changes_rejected": sum(r["book_changes_rejected"] for r in results),
     }
 
