@@ -114,7 +114,8 @@ def test_outcome_and_market_come_from_the_universe(offline_run, offline_export):
     run = open_run(offline_run)
     rows = table_rows(out, "incremental_book_L2")
     assert rows and all((r["market"], r["outcome"]) == (run.tokens[r["symbol"]][0].condition_id, run.tokens[r["symbol"]][1]) for r in rows)
-    markets = pq.read_table(out / "markets" / "markets.parquet").to_pylist()
+    assert [p.name for p in (out / "markets").iterdir()] == [f"{run.manifest['run_id']}.parquet"]  # named by run: trees merge
+    markets = pq.read_table(out / "markets").to_pylist()
     assert {m["token"] for m in markets} == set(run.tokens)
     assert all(m["source"] == "manifest" and m["question"] for m in markets)
 
@@ -261,7 +262,12 @@ def test_refuses_to_overwrite_without_force(offline_run, tmp_path):
     export(offline_run, out, "--tables", "trades")
     line = assert_one_line_error(run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(out), "--tables", "trades"), 2)
     assert "--force" in line
-    assert export(offline_run, out, "--tables", "trades", "--force")["rows"]["trades"] > 0
+    again = export(offline_run, out, "--tables", "trades", "--force")
+    assert again["rows"]["trades"] > 0
+    # the summary is the last thing written (an export dir without it was interrupted)
+    assert json.loads((out / "export_summary.json").read_bytes()) == again
+    newest = max((p for p in out.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.name == "export_summary.json"
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pm_arb.bundle import write_json
+from pm_arb.commands.vocabulary import document
 from pm_arb.errors import UserError
 from pm_arb.export.decode import Decoder  # imported before the workers fork: once, not per worker
 from pm_arb.export.parquet_out import COMPRESSION, PartitionedWriter
@@ -33,6 +35,7 @@ from pm_arb.reader import Damage, DamagedRecordError, Run, open_run
 from pm_arb.reader.columns import FRAMES_SCHEMA
 
 STAGING = ".staging"  # normalized Parquet before it becomes CSV
+SUMMARY = "export_summary.json"  # the --json summary, written when the export is complete
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,10 @@ class _NoPandas:
         return None
 
 
+def _run_id(run: Run, req: ExportRequest) -> str:
+    return str(run.manifest.get("run_id") or req.run_dir.name)
+
+
 def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
     """Export one shard; returns rows per table, damage skipped, and an error message (a
     damaged record without --skip-damaged) instead of raising, so it crosses processes intact."""
@@ -123,7 +130,7 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
     normalized = [t for t in req.tables if t in NORMALIZED]
     root = req.out / STAGING if req.fmt == "csv" else req.out
     # The run id in file names lets the exports of many runs share one tree (Spark over months).
-    stem = f"{run.manifest.get('run_id') or req.run_dir.name}-shard-{shard:02d}"
+    stem = f"{_run_id(run, req)}-shard-{shard:02d}"
     writers: dict[str, PartitionedWriter] = {}
     if "frames" in req.tables:
         writers["frames"] = PartitionedWriter(req.out / "frames", FRAMES_SCHEMA, "rx_wall_ns_utc", stem)
@@ -173,7 +180,7 @@ def export_shard(req: ExportRequest, shard: int) -> dict[str, Any]:
 
 def output_names(out: Path, tables: tuple[str, ...]) -> list[Path]:
     """What an export writes under --out (and what --force replaces)."""
-    names = [out / t for t in tables] + [out / STAGING, out / "export_summary.json"]
+    names = [out / t for t in tables] + [out / STAGING, out / SUMMARY]
     names += list(out.glob("polymarket_*.csv.gz")) + [out / "markets.csv.gz"]
     return [p for p in names if p.exists()]
 
@@ -200,7 +207,8 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
         rows["markets"] = markets.num_rows
         if req.fmt == "parquet":
             (req.out / "markets").mkdir(parents=True, exist_ok=True)
-            pq.write_table(markets, req.out / "markets" / "markets.parquet", compression=COMPRESSION)
+            # Named by run, like every other file: many runs' trees merge by copying (Spark).
+            pq.write_table(markets, req.out / "markets" / f"{_run_id(run, req)}.parquet", compression=COMPRESSION)
         else:
             from pm_arb.export.csv_out import write_markets_csv
 
@@ -217,7 +225,7 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
     input_bytes = sum(p.stat().st_size for p in (req.run_dir / "capture").glob("shard_*.frames"))
     written = {t: _size(req.out, t, req.fmt) for t in req.tables}
     damaged = [d for r in results for d in r["damaged"]]
-    return {
+    summary = {
         "run_dir": str(req.run_dir), "out": str(req.out), "format": req.fmt, "tables": list(req.tables),
         "frames": frames, "rows": rows, "bytes_written": written, "bytes_written_total": sum(written.values()),
         "frames_files_bytes": input_bytes, "payload_bytes": payload, "duration_s": round(seconds, 3),
@@ -226,6 +234,9 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
         "workers": workers, "damaged_skipped": damaged, "warnings": list(req.warnings),
         "book_changes_rejected": sum(r["book_changes_rejected"] for r in results),
     }
+    # Written last, whole or not at all: an export dir without it was interrupted.
+    write_json(req.out / SUMMARY, document(summary))
+    return summary
 
 
 def _prepare_out(req: ExportRequest, force: bool) -> None:
