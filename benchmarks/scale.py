@@ -12,7 +12,18 @@ import signal
 import tempfile
 from pathlib import Path
 
+import orjson
+
 from _harness import machine, run_capture, run_report, save, sim_sent_fps, start_sim, steady_rate, table
+
+
+def shards_opened(run_dir: Path) -> int | None:
+    """Connections the run opened at start: --ws-shards, or more when the token cap needs them."""
+    for line in (run_dir / "runlog.ndjson").read_bytes().splitlines():
+        rec = orjson.loads(line)
+        if rec.get("type") == "shards_planned":
+            return rec["shards"]
+    return None
 
 
 def main() -> None:
@@ -33,7 +44,8 @@ def main() -> None:
                 lat = rep["ws_rx_to_applied_ms"]
                 achieved = steady_rate(run_dir)
                 rows.append({
-                    "tokens": 2 * markets, "shards": shards, "sim_sent_fps": round(sim_sent_fps(sim_cost) or 0),
+                    "tokens": 2 * markets, "shards": shards, "shards_opened": shards_opened(run_dir),
+                    "sim_sent_fps": round(sim_sent_fps(sim_cost) or 0),
                     "achieved_fps": round(achieved), "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"],
                     "drops": rep["drops"]["dropped_messages_total"], "capture_cpu_pct": cap["cpu_pct"],
                     "cpu_us_per_frame": round(cap["cpu_s"] * 1e6 / max(1, rep["frames_applied"]), 1),
