@@ -502,10 +502,9 @@ def capture_books(run_dir: Path, tokens: tuple[str, ...], silent_after_seconds: 
     """
     from pm_arb.commands.books import render_books, run_books
 
-    wanted = [t for arg in tokens for t in arg.split(",") if t.strip()]
-    if tokens and not wanted:
-        raise UserError("--tokens was given but holds no token id: pass ids (comma-separated or repeated), or drop the option to check every token", 2)
-    result = run_books(run_dir, [t.strip() for t in wanted] or None, silent_after_seconds, skip_bad_lines,
+    from pm_arb.commands.token_option import parse_tokens
+
+    result = run_books(run_dir, parse_tokens(tokens, "check every token"), silent_after_seconds, skip_bad_lines,
                        show_progress=False if as_json else None, workers=workers)
     _emit_json(result) if as_json else click.echo(render_books(result))
     sys.exit(0 if result["verdict"] == "PASS" else 1)

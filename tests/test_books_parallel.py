@@ -243,24 +243,21 @@ def test_bad_files_end_the_same_way_with_workers(faulty_run, tmp_path, kind):
 
 
 def _with_frames_added(run_dir: Path, shard: int, payloads: list[bytes], after: int) -> None:
-    """Rewrite one shard's files with `payloads` stored after its record number `after` (same
-    receive times as that record), seqs renumbered, every checksum and idx entry sound."""
-    from pm_arb.store.frames_format import FRAMES_MAGIC, IDX_MAGIC, IdxEntry, encode_idx, encode_record, file_header
+    """Rewrite one shard's files (the store's own writer) with `payloads` stored after its
+    record number `after`, with that record's receive times; seqs renumbered from 0."""
+    from pm_arb.store.shard_files import ShardFileWriter
 
-    recs = [r for r in open_run(run_dir).frames([shard], verify=False)]
+    recs = list(open_run(run_dir).frames([shard], verify=False))
     out = []
     for i, r in enumerate(recs):
         out.append((r.rx_mono_ns, r.rx_wall_ns_utc, r.flags, r.opcode, r.payload))
         if i == after:
             out += [(r.rx_mono_ns, r.rx_wall_ns_utc, 0, 1, p) for p in payloads]
-    frames, idx = bytearray(file_header(FRAMES_MAGIC, shard)), bytearray(file_header(IDX_MAGIC, shard))
-    for k, (mono, wall, flags, opcode, payload) in enumerate(out):
-        offset = len(frames)
-        header, _ = encode_record(recs[0].seq + k, mono, wall, flags, opcode, payload)
-        frames += header + payload
-        idx += encode_idx(IdxEntry(offset, len(payload), flags, opcode, recs[0].seq + k, mono, wall))
-    (run_dir / "capture" / f"shard_{shard:02d}.frames").write_bytes(bytes(frames))
-    (run_dir / "capture" / f"shard_{shard:02d}.idx").write_bytes(bytes(idx))
+    for p in (run_dir / "capture").glob(f"shard_{shard:02d}.*"):
+        p.unlink()
+    writer = ShardFileWriter(run_dir / "capture", shard)
+    writer.append_batch(out)
+    writer.close()
 
 
 def test_malformed_messages_are_listed_the_same_with_workers(faulty_run, tmp_path):

@@ -173,7 +173,7 @@ class ShardActor(PlantActor):
         # A shard that crashed in setup() has no sink to report on; the stop must be answered
         # anyway, or the supervisor waits out its whole stop grace for it.
         try:
-            if getattr(self, "sink", None) is not None:
+            if self.sink is not None:
                 self._report()
         finally:
             self.supervisor.tell(m.ShardStopped(self.shard))

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from pm_arb.book.rebuild import Assign, BookFold, Connect, merge
 from pm_arb.clock import wall_iso
 from pm_arb.commands.reports import load_runlog
+from pm_arb.commands.token_option import unknown_tokens_warnings
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
 from pm_arb.forked_workers import die_with_parent
@@ -296,12 +297,7 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
         progress.close()
     result = fold.result()
     if tokens:
-        unknown = [t for t in tokens if t not in fold.tokens]
-        if len(unknown) == len(tokens):
-            raise UserError(f"none of the {len(tokens)} token(s) given with --tokens appear in {run_dir}: "
-                            "pass token ids from its manifest (capture-inspect lists the universe)", 2)
-        if unknown:
-            warnings.append(f"{len(unknown)} token(s) given with --tokens never appear in this run: {', '.join(t[:12] + '...' for t in unknown[:5])}")
+        warnings += unknown_tokens_warnings(tokens, fold.tokens, run_dir)
     for _, d in damaged[:20]:
         warnings.append(f"damaged record skipped: {d} (run capture-verify)")
     if len(damaged) > 20:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pm_arb.bundle import require_run_dir
 from pm_arb.commands.time_input import parse_time, resolve
+from pm_arb.commands.token_option import parse_tokens, unknown_tokens_warnings
 from pm_arb.errors import UserError
 from pm_arb.export.schemas import ALL_TABLES, CSV_TABLES
 from pm_arb.progress import Progress, human_bytes
@@ -40,24 +41,16 @@ def build_request(run_dir: Path, out: Path, fmt: str, tables: tuple[str, ...], f
 
 
 def _token_filter(run_dir: Path, tokens: tuple[str, ...]) -> tuple[frozenset[str] | None, list[str]]:
-    """--tokens as a set (None: every token) and warnings. Given but empty (an unset shell
-    variable, say) or naming no token of the run, it is refused rather than exporting
-    everything or nothing; ids the run never had are named in a warning."""
-    if not tokens:
+    """--tokens as a set (None: every token) and warnings (commands/token_option.py)."""
+    wanted = parse_tokens(tokens, "export every token")
+    if wanted is None:
         return None, []
-    wanted = frozenset(t.strip() for item in tokens for t in item.split(",") if t.strip())
-    if not wanted:
-        raise UserError("--tokens was given but holds no token id: pass ids (comma-separated or repeated), or drop the option to export every token", 2)
     from pm_arb.reader import open_run
 
     run = open_run(run_dir)
     known = set(run.all_tokens()) | set(run.token_assignments())
-    if known and not wanted & known:
-        raise UserError(f"none of the {len(wanted)} token(s) given with --tokens appear in {run_dir}: "
-                        "pass token ids from its manifest (capture-inspect lists the universe)", 2)
-    unknown = sorted(wanted - known) if known else []
-    warnings = [f"{len(unknown)} token(s) given with --tokens never appear in this run: {', '.join(t[:12] + '...' for t in unknown[:5])}"] if unknown else []
-    return wanted, warnings
+    # A run with neither manifest universe nor runlog cannot say which ids it has: no check.
+    return frozenset(wanted), unknown_tokens_warnings(wanted, known, run_dir) if known else []
 
 
 def _wall_window(run_dir: Path, from_wall: str | None, to_wall: str | None) -> tuple[int | None, int | None]:
