@@ -354,3 +354,11 @@ def test_a_server_that_compresses_frames_nobody_negotiated_is_an_error_and_a_rec
     assert not server.errors
     fails = run.events(ev.ShardDisconnected)
     assert all(not f.planned and f.cause in ("error", "connect_failed") for f in fails), fails
+
+
+@pytest.mark.parametrize("stamp, want", [("1767000003000", 1767000003000 * 1000), ("\u0661\u0662", 12_000), ("\u00b2", 5), ("\u00b2\u00b3", 5)])
+def test_a_peer_timestamp_of_odd_digits_is_read_or_replaced_by_the_receive_time(stamp, want):
+    # The export's reference decoder reads what a peer sent; "²" passes str.isdigit() but not int().
+    from pm_arb.wire.normalize import exchange_timestamp_us
+
+    assert exchange_timestamp_us({"timestamp": stamp}, 5) == want

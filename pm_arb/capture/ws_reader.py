@@ -90,7 +90,7 @@ class BufferedWebSocket(websocket.WebSocket):
     _chunk: bytearray | None = None
     # When set (monotonic ns, `mono` the clock), a socket read that would start at or after it
     # raises the receive timeout instead: bytes trickling into an unfinished message never let a
-    # socket timeout expire, and the reader's housekeeping must still run (ADR/0014).
+    # socket timeout expire, and the reader's housekeeping must still run.
     read_deadline_ns: int | None = None
     mono: Callable[[], int] = staticmethod(time.monotonic_ns)
 
