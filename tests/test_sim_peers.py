@@ -84,6 +84,15 @@ def _count_for(ws: websocket.WebSocket, seconds: float) -> int:
     return n
 
 
+def _assert_a_new_client_is_served(ws_url: str, tokens: list[str]) -> None:
+    ws = websocket.create_connection(ws_url, timeout=5)
+    try:
+        ws.send(orjson.dumps({"assets_ids": tokens[:4], "type": "market"}))
+        assert _count_for(ws, 1.0) > 0
+    finally:
+        ws.close()
+
+
 def test_a_client_that_never_reads_does_not_stall_the_others(sim_cli):
     _gamma, ws_url, tokens = sim_cli
     stuck = _raw_connect(ws_url, rcvbuf=4096)
@@ -120,12 +129,7 @@ def test_clients_vanishing_mid_send_leave_the_server_serving(sim_cli):
         if k % 2:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST, not FIN
         s.close()
-    ws = websocket.create_connection(ws_url, timeout=5)
-    try:
-        ws.send(orjson.dumps({"assets_ids": tokens[:4], "type": "market"}))
-        assert _count_for(ws, 1.0) > 0
-    finally:
-        ws.close()
+    _assert_a_new_client_is_served(ws_url, tokens)
 
 
 def _first_answer(ws_url: str, first: bytes) -> tuple[int, bytes]:
@@ -206,9 +210,4 @@ def test_a_client_message_over_the_limit_is_closed_1009_and_others_stay_served(s
             break
     big.close()
     assert closed == 1009
-    ws = websocket.create_connection(ws_url, timeout=5)
-    try:
-        ws.send(orjson.dumps({"assets_ids": tokens[:4], "type": "market"}))
-        assert _count_for(ws, 1.0) > 0
-    finally:
-        ws.close()
+    _assert_a_new_client_is_served(ws_url, tokens)

@@ -362,3 +362,60 @@ def test_a_peer_timestamp_of_odd_digits_is_read_or_replaced_by_the_receive_time(
     from pm_arb.wire.normalize import exchange_timestamp_us
 
     assert exchange_timestamp_us({"timestamp": stamp}, 5) == want
+
+
+def test_a_capture_against_an_odd_peer_records_every_message_and_every_reconnect_then_stops_cleanly(data_dir):
+    """`pm_arb capture` as a subprocess: Gamma from the simulator, the WebSocket from the raw
+    server. Connection 1 sends odd but valid messages then trickles a message for ever; 2 closes
+    with a code; 3 sends a frame over the limit; 4 holds, silent. Every data message is in the files as
+    sent, every disconnect is in the runlog with its cause and a reconnect, and SIGINT ends it."""
+    from pm_arb.sim.exchange import SimExchange
+
+    from .conftest import read_runlog_dicts, records_by_shard, start_cli, stop_with, wait_for_line, wait_for_runlog
+
+    odd = [frame(0x01, BOOK[:7]) + frame(0x89, b"x" * 125) + frame(0x80, BOOK[7:]), frame(0x82, b"\x00bin"), text(b"")]
+    sent: list[bytes] = []
+
+    def script(peer: Peer, n: int) -> None:
+        subscribed(peer)
+        if n >= 3:  # sends nothing, so what the capture holds at the stop is known
+            return hold(peer)
+        peer.send(text(BOOK))
+        sent.append(BOOK)
+        if n == 0:
+            for wire, payload in zip(odd, [BOOK, b"\x00bin", b""]):
+                peer.send(wire)
+                sent.append(payload)
+            peer.send(bytes([0x81, 127]) + (1 << 20).to_bytes(8, "big"))
+            while True:
+                peer.send(b" ")
+                time.sleep(0.02)
+        elif n == 1:
+            peer.send(close_frame(4000, b"maintenance"))
+        elif n == 2:
+            peer.send(bytes([0x81, 127]) + (MAX_PAYLOAD + 1).to_bytes(8, "big") + b" " * 1000)
+        hold(peer)
+
+    with SimExchange(markets=2, rate=0) as sim, RawWsServer(script) as server:
+        proc = start_cli(
+            "capture", "--gamma-base-url", sim.gamma_url, "--clob-ws-url", server.url, "--run-id", "odd-peer",
+            "--data-dir", str(data_dir), "--ws-shards", "1", "--no-capture-universe-refresh-enable",
+            "--ws-reconnect-backoff-initial-seconds", "0.05", "--ws-reconnect-backoff-max-seconds", "0.2",
+            "--ws-data-idle-reconnect-seconds", "1", "--ws-ping-interval-seconds", "0.3", "--ws-ping-timeout-seconds", "5",
+            "--capture-confirm-timeout-seconds", "10",
+        )
+        run_dir = data_dir / "runs" / "odd-peer"
+        assert wait_for_line(proc) == str(run_dir)
+        wait_for_runlog(run_dir, lambda r: r["type"] == "shard_connected" and r["attempt"] == 4, timeout=30)
+        code, _, err = stop_with(proc, timeout=30)
+    assert code == 0 and "Traceback" not in err, err
+    runlog = read_runlog_dicts(run_dir)
+    causes = [r["cause"] for r in runlog if r["type"] == "shard_disconnected"]
+    assert causes[:3] == ["data_idle", "server_close", "error"] and causes[-1] == "stop", causes
+    details = [r["detail"] for r in runlog if r["type"] == "shard_disconnected"]
+    assert "4000" in details[1] and "maintenance" in details[1] and "64 MiB" in details[2]
+    assert [r["cause"] for r in runlog if r["type"] == "shard_reconnect"][:3] == causes[:3]
+    assert runlog[-1]["type"] == "run_stop"
+    stored = [(r.opcode, r.payload) for r in records_by_shard(run_dir)[0]]
+    assert [p for _o, p in stored] == sent
+    assert [o for o, _p in stored][2] == 2  # the binary frame kept its opcode
