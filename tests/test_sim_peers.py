@@ -93,21 +93,38 @@ def _assert_a_new_client_is_served(ws_url: str, tokens: list[str]) -> None:
         ws.close()
 
 
+def _bytes_for(sock: socket.socket, seconds: float) -> bytes:
+    """What arrives in `seconds` (large reads: this reader must not be the slow one on a busy machine)."""
+    out = bytearray()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sock.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        assert chunk, "the server closed the reading client"
+        out += chunk
+    return bytes(out)
+
+
 def test_a_client_that_never_reads_does_not_stall_the_others(sim_cli):
     _gamma, ws_url, tokens = sim_cli
     stuck = _raw_connect(ws_url, rcvbuf=4096)
     stuck.sendall(_masked_text(orjson.dumps({"assets_ids": tokens, "type": "market"})))
-    reader = websocket.create_connection(ws_url, timeout=5)
-    reader.send(orjson.dumps({"assets_ids": tokens[:20], "type": "market"}))
+    reader = _raw_connect(ws_url)
+    reader.sendall(_masked_text(orjson.dumps({"assets_ids": tokens[:20], "type": "market"})))
     try:
         # The stuck client's backlog passes the server's write limit within seconds at this rate;
-        # a server that waits for it stops sending to everyone.
-        counts = [_count_for(reader, 1.5) for _ in range(4)]
-        assert all(c > 0 for c in counts), counts
-        reader.send("PING")
+        # a server that waits for it stops sending to everyone (before the fix: nothing after ~3 s).
+        got = [len(_bytes_for(reader, 1.5)) for _ in range(4)]
+        assert all(n > 0 for n in got), got
+        reader.sendall(_masked_text(b"PING"))
+        seen = b""
         end = time.monotonic() + 10
-        while reader.recv() != "PONG":  # behind the messages already sent to it
+        while b"\x81\x04PONG" not in seen:  # behind the messages already sent to it
             assert time.monotonic() < end, "no PONG"
+            seen = seen[-8:] + _bytes_for(reader, 0.2)
         stuck.settimeout(5)  # the server cut the client that never read (a timeout here: it did not)
         try:
             while stuck.recv(1 << 20):
