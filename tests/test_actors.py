@@ -22,7 +22,7 @@ from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.folds.supervisor_state import fold
 from pm_arb.events.runlog_file import read_runlog
-from pm_arb.latency_hist import bucket_of
+from pm_arb.metrics.latency_hist import bucket_of
 from pm_arb.store.frames_format import FLAG_CONTROL
 from pm_arb.store.shard_files import ShardReader
 from tests.conftest import Probe

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from pm_arb.config import Config
-from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
+from pm_arb.store.fixtures import frames_by_shard, load_fixture_set
 from pm_arb.universe.placement import PlacementRules, place
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 
@@ -104,7 +104,7 @@ def test_gil_switch_interval_holds_during_the_run_and_is_restored_after(tmp_path
     import sys
     import threading
 
-    from pm_arb.run_capture import run_capture
+    from pm_arb.plant.run_capture import run_capture
 
     before = sys.getswitchinterval()
     config = dataclasses.replace(Config(), offline=True, offline_speed=1.0, ws_shards=1, data_dir=str(tmp_path), gil_switch_interval_ms=2.5)

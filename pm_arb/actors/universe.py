@@ -13,10 +13,10 @@ from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
 from pm_arb.config import Config
 from pm_arb.events import types as ev
-from pm_arb.gamma import GammaError
-from pm_arb.refresh_policy import decide
+from pm_arb.universe.gamma import GammaError
+from pm_arb.universe.refresh_policy import decide
 from pm_arb.universe.placement import Placement, PlacementRules, place
-from pm_arb.universe_select import Market, select_markets
+from pm_arb.universe.select import Market, select_markets
 
 # fetch_rows(deadline_seconds | None) -> (rows, pages_fetched); raises GammaError
 RowsFetcher = Callable[[float | None], tuple[list, int]]

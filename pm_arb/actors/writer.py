@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pm_arb import bundle
+from pm_arb.store import layout as bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.config import Config
-from pm_arb.latency_hist import add_batch
+from pm_arb.metrics.latency_hist import add_batch
 from pm_arb.store.shard_files import ShardFileWriter, write_frames_file
 
 RESERVE_BYTES = 2 * 1024 * 1024

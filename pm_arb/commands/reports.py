@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from pm_arb import bundle
-from pm_arb.bundle import require_run_dir
-from pm_arb.commands.vocabulary import shard_list, verdict
+from pm_arb.store import layout as bundle
+from pm_arb.store.layout import require_run_dir
+from pm_arb.store.vocabulary import shard_list, verdict
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
 from pm_arb.events.folds.audit import audit

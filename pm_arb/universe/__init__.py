@@ -1,1 +1,1 @@
-"""The universe: which markets are captured and which connection carries each (layer 0, no I/O)."""
+"""The universe: which markets are captured and which connection carries each (layer 0, no I/O), and `gamma.py`, the Gamma client that lists them (layer 2)."""

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import pykka
 
-from pm_arb import __version__, bundle
+from pm_arb import __version__
+from pm_arb.store import layout as bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.metrics import MetricsActor
@@ -37,12 +38,12 @@ from pm_arb.clock import SystemClock
 from pm_arb.config import Config
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
-from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
-from pm_arb.gamma import GammaError, fetch_active_rows
-from pm_arb.malloc_tuning import tune_malloc
+from pm_arb.store.fixtures import FixtureSet, frames_by_shard, load_fixture_set
+from pm_arb.universe.gamma import GammaError, fetch_active_rows
+from pm_arb.plant.malloc_tuning import tune_malloc
 from pm_arb.plant.disk_watch import DiskWatch, RateWindow, projection
 from pm_arb.plant.stop_signals import EXIT_NOW, FORCE_AFTER_SECONDS, StopSignals
-from pm_arb.progress import human_bytes
+from pm_arb.metrics.units import human_bytes
 from pm_arb.store import run_lock
 from pm_arb.universe.placement import PlacementRules, plan_summary
 

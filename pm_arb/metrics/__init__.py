@@ -1,0 +1,1 @@
+"""Measures of a run (LAYOUT.md layer 0, no I/O): the latency histogram and how quantities are shown."""
