@@ -92,3 +92,16 @@ def test_an_upward_import_is_caught(tmp_path):
     me = layer_of("pm_arb.book.order_book")
     caught = [t for t in imported(probe) if layer_of(t) > me]
     assert caught == ["pm_arb.commands.books", "pm_arb.plant.run_capture"]
+
+
+def test_every_room_is_a_package_that_declares_its_surface():
+    import importlib
+    import importlib.util
+
+    for room in sorted(ROOM_LAYER):
+        package = importlib.import_module(f"pm_arb.{room}")
+        assert package.__doc__, f"pm_arb/{room}/__init__.py needs a docstring saying what the room holds"
+        names = getattr(package, "__all__", None)
+        assert names, f"pm_arb/{room}/__init__.py needs __all__"
+        for name in names:  # each is an attribute, or a module of the room
+            assert hasattr(package, name) or importlib.util.find_spec(f"pm_arb.{room}.{name}"), f"pm_arb.{room}.__all__ names {name!r}, which does not exist"
