@@ -12,6 +12,7 @@ from typing import Any, Callable
 from pm_arb import __version__
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
+from pm_arb.clock import Clock
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
@@ -29,7 +30,7 @@ class SupervisorActor(PlantActor):
     ENDGAME = (m.ActorCrashed, m.UnknownMessage, m.Emit, m.ShardStatus, m.Tick, m.FatalCondition,
                m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers, m.FinishRun)
 
-    def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
+    def __init__(self, run_id: str, mode: str, config: Config, clock: Clock, on_done: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.run_id = run_id
         self.mode = mode

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
+from pm_arb.clock import Clock
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.universe.gamma import GammaError
@@ -25,7 +26,7 @@ RowsFetcher = Callable[[float | None], tuple[list, int]]
 class UniverseActor(PlantActor):
     ANSWERS = (GammaError,)  # LoadUniverse's answer when Gamma cannot be read: the CLI says so
 
-    def __init__(self, config: Config, clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
+    def __init__(self, config: Config, clock: Clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
         super().__init__()
         self.config = config
         self.clock = clock
