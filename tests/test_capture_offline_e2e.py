@@ -36,6 +36,11 @@ def test_full_offline_run_has_every_fixture_frame_byte_for_byte(offline_run):
     manifest = orjson.loads((offline_run / "manifest.json").read_bytes())
     assert manifest["run_id"] == "fixture-run" and manifest["mode"] == "offline"
     assert manifest["config"]["ws_shards"] == 4 and manifest["universe"]["markets_count"] == 24
+    # the config that ran, not the one asked for: a replay never refreshes and waits for the writer
+    assert manifest["config"]["capture_universe_refresh_enable"] is False
+    assert manifest["offline_overrides"] == {"write_q_full_wait_ms": 3_600_000.0, "capture_universe_refresh_enable": False}
+    from pm_arb.config import load_config
+    load_config({k: str(v) for k, v in manifest["config"].items()}, {})  # every recorded value is a valid setting
     assert {"pykka", "websocket-client", "orjson", "xxhash"} <= set(manifest["versions"])
     mk = manifest["universe"]["markets"][0]
     assert {"question", "condition_id", "yes_token", "no_token", "shard"} <= set(mk)

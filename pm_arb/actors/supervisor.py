@@ -216,7 +216,8 @@ class SupervisorActor(PlantActor):
                     "confirm_timeout",
                     f"shard(s) {', '.join(f'{s:02d}' for s in waiting)} saw fewer than "
                     f"{self.config.capture_confirm_min_events} market event(s) within "
-                    f"{self.config.capture_confirm_timeout_seconds:g} s of start",
+                    f"{self.config.capture_confirm_timeout_seconds:g} s of the last connection opening"
+                    + (f" (connections open {self.config.ws_connect_stagger_seconds:g} s apart)" if len(st.active_shards()) > 1 and self.config.ws_connect_stagger_seconds else ""),
                 )
         if st.phase in ("starting", "confirming", "running", "stopping", "fatal") and not self._finished:
             self._heartbeat()

@@ -45,9 +45,9 @@ class UniverseActor(PlantActor):
         if isinstance(msg, m.LoadUniverse):
             return self._load()
         if isinstance(msg, m.Tick):
-            now = self.clock.mono_ns()
-            if self.refresh_enabled and self.next_refresh_ns is not None and now >= self.next_refresh_ns:
-                self._refresh()
+            due = self.next_refresh_ns
+            if self.refresh_enabled and due is not None and self.clock.mono_ns() >= due:
+                self._refresh(due)
         else:
             self.unknown(msg)
         return None
@@ -64,7 +64,12 @@ class UniverseActor(PlantActor):
     def _emit(self, event: ev.Event) -> None:
         self.supervisor.tell(m.Emit(self.clock.mono_ns(), self.clock.wall_ns(), event))
 
-    def _refresh(self) -> None:
+    def _next_due(self, due: int) -> int:
+        """The next refresh, an interval after this one was due (not after it ran, which would
+        add the fetch time and up to a tick to every interval); never in the past."""
+        return max(due + int(self.interval_s * 1e9), self.clock.mono_ns())
+
+    def _refresh(self, due: int) -> None:
         cfg = self.config
         started = time.monotonic()
         interval_used = self.interval_s
@@ -72,7 +77,7 @@ class UniverseActor(PlantActor):
             rows, pages = self.fetch_rows(cfg.capture_universe_refresh_timeout_seconds)
         except GammaError as exc:
             self._emit(ev.UniverseRefreshError(duration_ms=round((time.monotonic() - started) * 1e3, 3), error=exc.kind, message=exc.message))
-            self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+            self.next_refresh_ns = self._next_due(due)
             return
         markets, _ = select_markets(rows, cfg.capture_max_markets)
         current = {t for pair in self.placement.tokens_of.values() for t in pair}
@@ -80,7 +85,7 @@ class UniverseActor(PlantActor):
         d = decide(current, fresh, cfg, self.consecutive_guards, interval_used)
         self.consecutive_guards = d.consecutive_churn_guards
         self.interval_s = d.next_interval_seconds
-        self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+        self.next_refresh_ns = self._next_due(due)
         self._emit(
             ev.UniverseRefresh(
                 duration_ms=round((time.monotonic() - started) * 1e3, 3),

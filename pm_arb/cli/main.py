@@ -44,7 +44,7 @@ def handle_errors(fn: Callable) -> Callable:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except OSError as exc:
-            if os.environ.get("PM_ARB_DEBUG"):
+            if os.environ.get("PM_ARB_DEBUG"):  # config.PROGRAM_ENV
                 raise
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             click.echo(f"error: {exc.strerror or exc}{where}; set PM_ARB_DEBUG=1 for a traceback", err=True)
@@ -411,6 +411,8 @@ def capture_latency_report(run_dir: Path, do_verify: bool, do_books: bool, skip_
     bundle.write_json(run_dir / bundle.LATENCY_JSON, document(report))
     bundle.write_file(run_dir / bundle.LATENCY_TXT, (text + "\n").encode())
     _emit_json(report) if as_json else click.echo(text)
+    if report["verdict"] != "PASS":  # ADR/0005: a report whose gates fail is a check that failed
+        sys.exit(1)
 
 
 @cli.command("capture-check")
