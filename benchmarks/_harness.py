@@ -116,7 +116,7 @@ def steady_rate(run_dir: Path, skip_s: float = 2.0) -> float:
 
 def steady_p99(run_dir: Path, skip_s: float = 3.0) -> float | None:
     """p99 without the start-up burst (initial book dumps for every token) and the stop."""
-    from pm_arb.latency_hist import merge, percentiles
+    from pm_arb.metrics.latency_hist import merge, percentiles
 
     recs = [orjson.loads(x) for x in (run_dir / "metrics" / "global.ndjson").read_bytes().splitlines()]
     if len(recs) < 3:

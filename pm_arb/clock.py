@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timezone
+from typing import Protocol
 
 
 def wall_iso(ns: int | None) -> str | None:
@@ -17,6 +18,15 @@ def wall_iso(ns: int | None) -> str | None:
     seconds, rest = divmod(ns, 1_000_000_000)
     dt = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1000)
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Clock(Protocol):
+    """What every actor and reader is given instead of reading time itself: the run's one
+    monotonic clock (receive order, latencies) and the wall clock (UTC stamps)."""
+
+    def mono_ns(self) -> int: ...
+
+    def wall_ns(self) -> int: ...
 
 
 class SystemClock:

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 from pm_arb.errors import ConfigError
 
 ENV_PREFIX = "PM_ARB_"
+# Environment switches of the program itself, not settings of a run (not in the manifest).
+PROGRAM_ENV = frozenset({"PM_ARB_DEBUG"})
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -49,7 +51,7 @@ class Config:
         120.0, "Reconnect a shard when no market data arrived for this many seconds (silent-stall watchdog).", ">0"
     )
     capture_confirm_timeout_seconds: float = _setting(
-        45.0, "Every shard must see market events within this many seconds of start, or the run is fatal.", ">0"
+        45.0, "Every shard must see market events within this many seconds of the last connection opening (they open ws_connect_stagger_seconds apart), or the run is fatal.", ">0"
     )
     capture_confirm_min_events: int = _setting(1, "Market events a shard must see to be confirmed.", "int>=1", most=1_000_000)
     capture_universe_refresh_enable: bool = _setting(True, "Refetch Gamma periodically and follow universe changes.", "bool")
@@ -224,7 +226,7 @@ def load_config(flags: Mapping[str, Any] | None = None, environ: Mapping[str, st
             values[name] = parse_value(name, raw_env, "env")
             if raw_flag is not None:
                 notes.append(f"{env_name(name)}={raw_env} overrides {flag_name(name)} {raw_flag}")
-    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in FIELDS)
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in FIELDS and k not in PROGRAM_ENV)
     for key in unknown:
         notes.append(f"ignoring unknown setting {key} (not a pm_arb setting)")
     return Config(**values), notes

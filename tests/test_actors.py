@@ -22,7 +22,7 @@ from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.folds.supervisor_state import fold
 from pm_arb.events.runlog_file import read_runlog
-from pm_arb.latency_hist import bucket_of
+from pm_arb.metrics.latency_hist import bucket_of
 from pm_arb.store.frames_format import FLAG_CONTROL
 from pm_arb.store.shard_files import ShardReader
 from tests.conftest import Probe
@@ -112,6 +112,7 @@ def test_supervisor_goes_fatal_on_confirm_timeout_and_replay_equals_fatal_json(t
     assert done.wait(10) and codes == [1]
     fatal = orjson.loads((tmp_path / "fatal.json").read_bytes())
     assert fatal["reason"] == "confirm_timeout" and "shard(s) 01" in fatal["message"]
+    assert "within 10 s of the last connection opening" in fatal["message"]  # the deadline ADR/0007 sets
     missing = orjson.loads((tmp_path / "missing_tokens.json").read_bytes())
     assert missing == {"count": 3, "tokens": [{"token": "a2", "shard": 0}, {"token": "b1", "shard": 1}, {"token": "b2", "shard": 1}]}
     recs = read_runlog(tmp_path).records
@@ -391,3 +392,37 @@ def test_a_refresh_past_capacity_opens_a_shard_records_why_and_touches_only_chan
     assert [(e.shard, e.shards, e.cap_tokens) for e in opened_ev] == [(2, 3, 4)] and "10 tokens need 3 connections" in opened_ev[0].reason
     assert fold_placement(recs).placement == grown.placement  # the runlog rebuilds the live placement
     assert fold(recs).shards[2].tokens == ["n4", "y4"]
+
+
+def test_refreshes_keep_their_interval_when_ticks_and_fetches_are_not_on_its_grid():
+    """A refresh is due an interval after the previous one was due, not after it finished: with
+    a 1 s ticker, scheduling from the end of each fetch made a 2 s interval run every 3 s."""
+    from pm_arb.actors.universe import UniverseActor
+
+    clock = ManualClock()
+    start = clock.mono_ns()
+    fetch_started = []
+
+    class Supervisor:
+        def tell(self, msg):
+            pass
+
+    rows = [{"conditionId": "c1", "clobTokenIds": '["y1","n1"]', "outcomes": '["Yes","No"]', "active": True,
+             "closed": False, "enableOrderBook": True, "acceptingOrders": True, "question": "q", "slug": "s"}]
+
+    def fetch(_deadline):
+        fetch_started.append((clock.mono_ns() - start) / 1e9)
+        clock.advance(0.35)  # every Gamma read takes 350 ms
+        return rows, 1
+
+    actor = UniverseActor.start(cfg(capture_universe_refresh_interval_seconds=2.0), clock, Supervisor(), fetch, True)
+    try:
+        assert actor.ask(m.LoadUniverse())["markets"]
+        for k in range(1, 21):  # 20 s of ticks on the ticker's own 1 s grid, each handled 5 ms late
+            clock.advance(start / 1e9 + k + 0.005 - clock.mono_ns() / 1e9)
+            actor.ask(m.Tick(start + k * 1_000_000_000))
+    finally:
+        actor.stop()
+    refreshes = fetch_started[1:]
+    gaps = [round(b - a, 3) for a, b in zip(refreshes, refreshes[1:])]
+    assert len(refreshes) == 9 and all(g == 2.0 for g in gaps), refreshes  # was 6 refreshes, 3 s apart

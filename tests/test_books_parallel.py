@@ -14,10 +14,10 @@ import pytest
 from pm_arb.book import rebuild
 from pm_arb.book.rebuild import Assign, BookFold, merge
 from pm_arb.commands import books
-from pm_arb.progress import Progress
+from pm_arb.cli.progress import Progress
 from pm_arb.reader import open_run
 from pm_arb.sim.exchange import SimExchange
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 from tests.conftest import records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 FAST = ["--ws-shards", "3", "--ws-reconnect-backoff-initial-seconds", "0.05", "--ws-reconnect-backoff-max-seconds", "0.2",

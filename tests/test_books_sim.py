@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from pm_arb.sim.exchange import SimExchange
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 from tests.conftest import read_runlog_dicts, records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 FAST = ["--ws-shards", "2", "--ws-reconnect-backoff-initial-seconds", "0.05", "--ws-reconnect-backoff-max-seconds", "0.2",

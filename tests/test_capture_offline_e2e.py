@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from pm_arb.config import Config
-from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
+from pm_arb.store.fixtures import frames_by_shard, load_fixture_set
 from pm_arb.universe.placement import PlacementRules, place
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 from tests.conftest import assert_one_line_error, records_by_shard, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 
@@ -36,6 +36,11 @@ def test_full_offline_run_has_every_fixture_frame_byte_for_byte(offline_run):
     manifest = orjson.loads((offline_run / "manifest.json").read_bytes())
     assert manifest["run_id"] == "fixture-run" and manifest["mode"] == "offline"
     assert manifest["config"]["ws_shards"] == 4 and manifest["universe"]["markets_count"] == 24
+    # the config that ran, not the one asked for: a replay never refreshes and waits for the writer
+    assert manifest["config"]["capture_universe_refresh_enable"] is False
+    assert manifest["offline_overrides"] == {"write_q_full_wait_ms": 3_600_000.0, "capture_universe_refresh_enable": False}
+    from pm_arb.config import load_config
+    load_config({k: str(v) for k, v in manifest["config"].items()}, {})  # every recorded value is a valid setting
     assert {"pykka", "websocket-client", "orjson", "xxhash"} <= set(manifest["versions"])
     mk = manifest["universe"]["markets"][0]
     assert {"question", "condition_id", "yes_token", "no_token", "shard"} <= set(mk)
@@ -104,7 +109,7 @@ def test_gil_switch_interval_holds_during_the_run_and_is_restored_after(tmp_path
     import sys
     import threading
 
-    from pm_arb.run_capture import run_capture
+    from pm_arb.plant.run_capture import run_capture
 
     before = sys.getswitchinterval()
     config = dataclasses.replace(Config(), offline=True, offline_speed=1.0, ws_shards=1, data_dir=str(tmp_path), gil_switch_interval_ms=2.5)

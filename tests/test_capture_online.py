@@ -15,7 +15,7 @@ from pm_arb.sim.exchange import SimExchange
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.store.shard_files import ShardReader, shard_numbers
 from pm_arb.universe.placement import PlacementRules, place
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 from tests.conftest import assert_one_line_error, read_runlog_dicts, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 
 FAST = [

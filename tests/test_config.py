@@ -55,6 +55,11 @@ def test_unknown_env_setting_is_noted_not_fatal():
     assert notes == ["ignoring unknown setting PM_ARB_WS_SHARD (not a pm_arb setting)"]
 
 
+def test_the_programs_own_switch_pm_arb_debug_is_not_called_unknown():
+    _, notes = load_config({}, {"PM_ARB_DEBUG": "1", "PM_ARB_WS_SHARD": "3"})
+    assert notes == ["ignoring unknown setting PM_ARB_WS_SHARD (not a pm_arb setting)"]
+
+
 @pytest.mark.parametrize(
     "flags, env, expected",
     [

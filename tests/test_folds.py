@@ -8,7 +8,7 @@ from pm_arb.events.folds.audit import audit
 from pm_arb.events.folds.gates import gates
 from pm_arb.events.folds.latency import latency_report
 from pm_arb.events.folds.supervisor_state import fold
-from pm_arb.latency_hist import bucket_of
+from pm_arb.metrics.latency_hist import bucket_of
 
 S = 1_000_000_000
 

@@ -11,7 +11,7 @@ import time
 
 CHILD = """
 import os, sys, time
-from pm_arb.forked_workers import die_with_parent
+from pm_arb.export.forked_workers import die_with_parent
 parent = os.getpid()
 pid = os.fork()
 if pid == 0:

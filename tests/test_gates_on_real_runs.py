@@ -104,3 +104,13 @@ def test_latency_report_writes_json_and_txt(run_copy):
     assert set(doc["queue_depth"]) == {"ws_in_q_depth", "parse_q_depth", "write_q_depth"}
     assert doc["drops"]["dropped_messages_total"] == 0 and doc["reconnects"]["total"] == 0
     assert doc["disconnected"]["midrun"]["incidents"] == 0
+
+
+def test_latency_report_exits_1_when_its_verdict_is_fail(run_copy):
+    """ADR/0005: every command exits 1 when what it checked failed; the report's gates included."""
+    make_drops(run_copy)
+    proc = run_cli("capture-latency-report", "--run-dir", str(run_copy), "--no-books", "--json")
+    doc = orjson.loads(proc.stdout)
+    assert doc["verdict"] == "FAIL" and doc["gates"]["drops"]["pass"] is False
+    assert proc.returncode == 1, proc.stderr
+    assert orjson.loads((run_copy / "latency_report.json").read_bytes())["verdict"] == "FAIL"  # written all the same

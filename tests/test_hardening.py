@@ -448,7 +448,7 @@ def test_default_run_ids_are_unique_in_one_instant_and_sort_by_time():
 
     from freezegun import freeze_time
 
-    from pm_arb.run_capture import RUN_ID_RE, default_run_id
+    from pm_arb.plant.run_capture import RUN_ID_RE, default_run_id
 
     t = datetime(2026, 11, 25, 13, 0, 0, 123456, tzinfo=timezone.utc)
     with freeze_time(t):

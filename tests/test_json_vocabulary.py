@@ -1,5 +1,5 @@
 """One JSON vocabulary: every document says its schema_version, and the same quantity has the
-same key in every command (pm_arb/commands/vocabulary.py, README "JSON documents")."""
+same key in every command (pm_arb/store/vocabulary.py, README "JSON documents")."""
 
 from __future__ import annotations
 

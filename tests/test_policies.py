@@ -9,11 +9,11 @@ from pm_arb.capture.frame_parse import frame_shape, market_events, scan_market_e
 from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
 from pm_arb.capture.ws_reader import subscribe_messages
 from pm_arb.config import Config
-from pm_arb.latency_hist import RELATIVE_ERROR_BOUND, add_batch, bucket_floor, bucket_of, merge, percentiles
-from pm_arb.refresh_policy import decide
+from pm_arb.metrics.latency_hist import RELATIVE_ERROR_BOUND, add_batch, bucket_floor, bucket_of, merge, percentiles
+from pm_arb.universe.refresh_policy import decide
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.store.frames_format import FLAG_CONTROL, FLAG_NOT_JSON
-from pm_arb.universe_select import rejection, select_markets
+from pm_arb.universe.select import rejection, select_markets
 
 S = 1_000_000_000
 
@@ -109,7 +109,7 @@ def test_no_frame_but_market_data_resets_the_data_idle_watchdog(opcode, payload,
 
 def test_cheap_scan_agrees_with_a_full_parse_on_every_fixture_frame():
     from pm_arb.capture.frame_parse import asset_ids
-    from pm_arb.fixtures_io import load_fixture_set
+    from pm_arb.store.fixtures import load_fixture_set
 
     checked = 0
     for f in load_fixture_set(None).frames:

@@ -28,7 +28,7 @@ def test_root_exports_are_pinned():
 def test_capture_path_does_not_load_the_columnar_engines():
     # nor matplotlib, which only capture-plot imports (ADR/0012)
     code = (
-        "import sys, pm_arb, pm_arb.run_capture, pm_arb.cli, pm_arb.capture.ws_reader, pm_arb.actors.writer,"
+        "import sys, pm_arb, pm_arb.plant.run_capture, pm_arb.cli, pm_arb.capture.ws_reader, pm_arb.actors.writer,"
         " pm_arb.commands.reports, pm_arb.commands.verify;"
         "print(sorted(m for m in ('duckdb', 'pyarrow', 'polars', 'numpy', 'pandas', 'matplotlib') if m in sys.modules))"
     )

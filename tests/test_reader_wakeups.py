@@ -22,7 +22,7 @@ from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.sim.exchange import SimExchange
 from pm_arb.sim.market_data import make_gamma_rows
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 
 from .raw_ws_server import frame as _ws_frame
 

@@ -6,7 +6,7 @@ from tests.test_folds import S, recs
 
 from pm_arb.events import types as ev
 from pm_arb.events.folds.latency import STARTUP_EXCLUDED_S, latency_report
-from pm_arb.latency_hist import bucket_of
+from pm_arb.metrics.latency_hist import bucket_of
 
 
 def interval(end_s: float, latency_us: int, frames: int = 100) -> dict:

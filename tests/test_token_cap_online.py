@@ -11,7 +11,7 @@ import xxhash
 from pm_arb.capture.frame_parse import asset_ids, frame_shape
 from pm_arb.reader import open_run
 from pm_arb.sim.exchange import STALL_GARBAGE, SimExchange
-from pm_arb.universe_select import select_markets
+from pm_arb.universe.select import select_markets
 from tests.conftest import records_by_shard, run_cli, start_cli, stop_with, wait_for_line, wait_for_runlog
 from tests.test_capture_online import events, start_capture
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from pm_arb import bundle
+from pm_arb.store import layout as bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
-from pm_arb.latency_hist import merge, percentiles
+from pm_arb.metrics.latency_hist import merge, percentiles
 
 QS = (0.5, 0.95, 0.99)
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from pm_arb import __version__
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
+from pm_arb.clock import Clock
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord, encode
@@ -29,7 +30,7 @@ class SupervisorActor(PlantActor):
     ENDGAME = (m.ActorCrashed, m.UnknownMessage, m.Emit, m.ShardStatus, m.Tick, m.FatalCondition,
                m.RequestStop, m.ShardStopped, m.GetStatus, m.AttachPeers, m.FinishRun)
 
-    def __init__(self, run_id: str, mode: str, config: Config, clock, on_done: Callable[[int], None] | None = None) -> None:
+    def __init__(self, run_id: str, mode: str, config: Config, clock: Clock, on_done: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.run_id = run_id
         self.mode = mode
@@ -215,7 +216,8 @@ class SupervisorActor(PlantActor):
                     "confirm_timeout",
                     f"shard(s) {', '.join(f'{s:02d}' for s in waiting)} saw fewer than "
                     f"{self.config.capture_confirm_min_events} market event(s) within "
-                    f"{self.config.capture_confirm_timeout_seconds:g} s of start",
+                    f"{self.config.capture_confirm_timeout_seconds:g} s of the last connection opening"
+                    + (f" (connections open {self.config.ws_connect_stagger_seconds:g} s apart)" if len(st.active_shards()) > 1 and self.config.ws_connect_stagger_seconds else ""),
                 )
         if st.phase in ("starting", "confirming", "running", "stopping", "fatal") and not self._finished:
             self._heartbeat()

@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
+from pm_arb.clock import Clock
 from pm_arb.config import Config
 from pm_arb.events import types as ev
-from pm_arb.gamma import GammaError
-from pm_arb.refresh_policy import decide
+from pm_arb.universe.gamma import GammaError
+from pm_arb.universe.refresh_policy import decide
 from pm_arb.universe.placement import Placement, PlacementRules, place
-from pm_arb.universe_select import Market, select_markets
+from pm_arb.universe.select import Market, select_markets
 
 # fetch_rows(deadline_seconds | None) -> (rows, pages_fetched); raises GammaError
 RowsFetcher = Callable[[float | None], tuple[list, int]]
@@ -25,7 +26,7 @@ RowsFetcher = Callable[[float | None], tuple[list, int]]
 class UniverseActor(PlantActor):
     ANSWERS = (GammaError,)  # LoadUniverse's answer when Gamma cannot be read: the CLI says so
 
-    def __init__(self, config: Config, clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
+    def __init__(self, config: Config, clock: Clock, supervisor, fetch_rows: RowsFetcher, refresh_enabled: bool) -> None:
         super().__init__()
         self.config = config
         self.clock = clock
@@ -44,9 +45,9 @@ class UniverseActor(PlantActor):
         if isinstance(msg, m.LoadUniverse):
             return self._load()
         if isinstance(msg, m.Tick):
-            now = self.clock.mono_ns()
-            if self.refresh_enabled and self.next_refresh_ns is not None and now >= self.next_refresh_ns:
-                self._refresh()
+            due = self.next_refresh_ns
+            if self.refresh_enabled and due is not None and self.clock.mono_ns() >= due:
+                self._refresh(due)
         else:
             self.unknown(msg)
         return None
@@ -63,7 +64,12 @@ class UniverseActor(PlantActor):
     def _emit(self, event: ev.Event) -> None:
         self.supervisor.tell(m.Emit(self.clock.mono_ns(), self.clock.wall_ns(), event))
 
-    def _refresh(self) -> None:
+    def _next_due(self, due: int) -> int:
+        """The next refresh, an interval after this one was due (not after it ran, which would
+        add the fetch time and up to a tick to every interval); never in the past."""
+        return max(due + int(self.interval_s * 1e9), self.clock.mono_ns())
+
+    def _refresh(self, due: int) -> None:
         cfg = self.config
         started = time.monotonic()
         interval_used = self.interval_s
@@ -71,7 +77,7 @@ class UniverseActor(PlantActor):
             rows, pages = self.fetch_rows(cfg.capture_universe_refresh_timeout_seconds)
         except GammaError as exc:
             self._emit(ev.UniverseRefreshError(duration_ms=round((time.monotonic() - started) * 1e3, 3), error=exc.kind, message=exc.message))
-            self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+            self.next_refresh_ns = self._next_due(due)
             return
         markets, _ = select_markets(rows, cfg.capture_max_markets)
         current = {t for pair in self.placement.tokens_of.values() for t in pair}
@@ -79,7 +85,7 @@ class UniverseActor(PlantActor):
         d = decide(current, fresh, cfg, self.consecutive_guards, interval_used)
         self.consecutive_guards = d.consecutive_churn_guards
         self.interval_s = d.next_interval_seconds
-        self.next_refresh_ns = self.clock.mono_ns() + int(self.interval_s * 1e9)
+        self.next_refresh_ns = self._next_due(due)
         self._emit(
             ev.UniverseRefresh(
                 duration_ms=round((time.monotonic() - started) * 1e3, 3),

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pm_arb import bundle
+from pm_arb.store import layout as bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.base import PlantActor
 from pm_arb.actors.gauge import DepthGauge
+from pm_arb.clock import Clock
 from pm_arb.config import Config
-from pm_arb.latency_hist import add_batch
+from pm_arb.metrics.latency_hist import add_batch
 from pm_arb.store.shard_files import ShardFileWriter, write_frames_file
 
 RESERVE_BYTES = 2 * 1024 * 1024
@@ -90,7 +91,7 @@ class WriterActor(PlantActor):
         (ADR/0006). pykka needs only put, get and empty."""
         return queue.SimpleQueue()
 
-    def __init__(self, run_dir: Path, config: Config, clock, write_gauges: dict[int, DepthGauge]) -> None:
+    def __init__(self, run_dir: Path, config: Config, clock: Clock, write_gauges: dict[int, DepthGauge]) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.config = config

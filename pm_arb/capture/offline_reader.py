@@ -9,7 +9,7 @@ from pm_arb.actors.messages import ReaderEvent, ReaderFinished
 from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.config import Config
 from pm_arb.events import types as ev
-from pm_arb.fixtures_io import FixtureFrame
+from pm_arb.store.fixtures import FixtureFrame
 
 
 class OfflineReader:

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pm_arb import bundle
+from pm_arb.store import layout as bundle
 from pm_arb.commands.reports import run_latency_report
 from pm_arb.commands.verify import verify_run
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.events.runlog_file import read_runlog
-from pm_arb.fixtures_io import frames_by_shard, load_fixture_set
-from pm_arb.progress import Progress
-from pm_arb.run_capture import run_capture
+from pm_arb.store.fixtures import frames_by_shard, load_fixture_set
+from pm_arb.cli.progress import Progress
+from pm_arb.plant.run_capture import run_capture
 from pm_arb.store.frames_format import encode_record
 from pm_arb.store.shard_files import writev_all
 

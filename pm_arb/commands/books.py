@@ -23,8 +23,8 @@ from pm_arb.commands.reports import load_runlog
 from pm_arb.commands.token_option import unknown_tokens_warnings
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
-from pm_arb.forked_workers import die_with_parent
-from pm_arb.progress import Progress
+from pm_arb.export.forked_workers import die_with_parent
+from pm_arb.cli.progress import Progress
 from pm_arb.reader import Damage, Run, open_run
 from pm_arb.store.frames_format import RECORD_OVERHEAD
 from pm_arb.store.shard_files import frames_path

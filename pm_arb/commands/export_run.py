@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pm_arb.bundle import require_run_dir
+from pm_arb.store.layout import require_run_dir
 from pm_arb.commands.time_input import parse_time, resolve
 from pm_arb.commands.token_option import parse_tokens, unknown_tokens_warnings
 from pm_arb.errors import UserError
 from pm_arb.export.schemas import ALL_TABLES, CSV_TABLES
-from pm_arb.progress import Progress, human_bytes
+from pm_arb.cli.progress import Progress
+from pm_arb.metrics.units import human_bytes
 from pm_arb.store.frames_format import FILE_HEADER_SIZE, IDX_ENTRY_SIZE
 
 

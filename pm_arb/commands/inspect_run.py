@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from pm_arb.bundle import CAPTURE_DIR, METRICS_DIR, read_manifest, require_run_dir
+from pm_arb.store.layout import CAPTURE_DIR, METRICS_DIR, read_manifest, require_run_dir
 from pm_arb.clock import wall_iso
-from pm_arb.progress import human_bytes
+from pm_arb.metrics.units import human_bytes
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardReader, shard_numbers
 from pm_arb.wire.flags import FLAG_CONTROL

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from pm_arb import bundle
-from pm_arb.bundle import require_run_dir
-from pm_arb.commands.vocabulary import shard_list, verdict
+from pm_arb.store import layout as bundle
+from pm_arb.store.layout import require_run_dir
+from pm_arb.store.vocabulary import shard_list, verdict
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
 from pm_arb.events.folds.audit import audit
@@ -92,11 +92,10 @@ def load_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[di
     mdir = run_dir / bundle.METRICS_DIR
     glob, bad = _read_ndjson(mdir / bundle.GLOBAL_METRICS)
     shards: dict[int, list[dict[str, Any]]] = {}
-    for p in sorted(mdir.glob("shard_*.ndjson")) if mdir.is_dir() else []:
-        num = shard_number(p)
-        if num is not None:
-            shards[num], b = _read_ndjson(p)
-            bad += b
+    numbered = [(shard_number(p), p) for p in mdir.glob("shard_*.ndjson")] if mdir.is_dir() else []
+    for num, p in sorted((n, p) for n, p in numbered if n is not None):  # by number: shard_100 after shard_99
+        shards[num], b = _read_ndjson(p)
+        bad += b
     return glob, shards, bad
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pm_arb import bundle
+from pm_arb.store import layout as bundle
 from pm_arb.config import FIELDS
 from pm_arb.errors import UserError
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 
-from pm_arb import bundle
+from pm_arb.store import layout as bundle
 from pm_arb.clock import wall_iso
 from pm_arb.commands.run_dir import run_dirs
-from pm_arb.commands.vocabulary import SCHEMA_VERSION
+from pm_arb.store.vocabulary import SCHEMA_VERSION
 from pm_arb.errors import UserError
-from pm_arb.progress import human_bytes
+from pm_arb.metrics.units import human_bytes
 
 CHECK_JSON = "check.json"
 RUNLOG_TAIL_BYTES = 256 * 1024  # a run_stop line with 16 shards is ~1 KiB; heartbeats arrive every second

@@ -9,13 +9,13 @@ from typing import Any
 
 import orjson
 
-from pm_arb.bundle import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_run_dir, write_json
+from pm_arb.store.layout import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_run_dir, write_json
 from pm_arb.clock import wall_iso
 from pm_arb.commands.time_input import I64_MAX, I64_MIN, TimeSpec, resolve
 from pm_arb.errors import UserError
 from pm_arb.events.folds.placement import token_shards_between
 from pm_arb.events.runlog_file import read_runlog
-from pm_arb.progress import Progress
+from pm_arb.cli.progress import Progress
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardFileWriter, ShardReader, shard_numbers
 

@@ -7,11 +7,11 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from pm_arb.bundle import CAPTURE_DIR, read_manifest, require_run_dir
+from pm_arb.store.layout import CAPTURE_DIR, read_manifest, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.events.folds.written import written_floor
 from pm_arb.events.runlog_file import read_runlog
-from pm_arb.progress import Progress
+from pm_arb.cli.progress import Progress
 from pm_arb.store.frames_format import FILE_HEADER_SIZE, FRAMES_MAGIC, IDX_ENTRY_SIZE, RECORD_OVERHEAD, HeaderProblem, check_file_header
 from pm_arb.store.scan import ScanSummary, scan
 from pm_arb.store.shard_files import (

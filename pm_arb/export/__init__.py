@@ -4,4 +4,4 @@ defines, and folds quotes with `pm_arb.book`. Its engines (PyArrow for the decod
 writers, DuckDB for the CSV day sort) load with the modules that need them, never with
 `pm_arb` itself (ADR/0009)."""
 
-__all__ = ["csv_out", "decode", "json_route", "parquet_out", "quotes", "run_export", "schemas"]
+__all__ = ["csv_out", "decode", "forked_workers", "json_route", "parquet_out", "quotes", "run_export", "schemas"]

@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pm_arb.bundle import write_json
-from pm_arb.commands.vocabulary import document
+from pm_arb.store.layout import write_json
+from pm_arb.store.vocabulary import document
 from pm_arb.errors import UserError
 from pm_arb.export.decode import Decoder  # imported before the workers fork: once, not per worker
 from pm_arb.export.parquet_out import COMPRESSION, PartitionedWriter
 from pm_arb.export.schemas import CSV_TABLES, NORMALIZED, SCHEMAS
-from pm_arb.forked_workers import die_with_parent
+from pm_arb.export.forked_workers import die_with_parent
 from pm_arb.reader import Damage, DamagedRecordError, Run, open_run
 from pm_arb.reader.columns import FRAMES_SCHEMA
 

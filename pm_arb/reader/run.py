@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from pm_arb.bundle import CAPTURE_DIR, RUNLOG, read_manifest, require_run_dir
+from pm_arb.store.layout import CAPTURE_DIR, RUNLOG, read_manifest, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.events.runlog_file import read_runlog
 from pm_arb.events.types import MarketAssigned, UniverseAssigned

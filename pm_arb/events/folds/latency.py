@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 from pm_arb.events import types as ev
 from pm_arb.events.codec import LogRecord
-from pm_arb.latency_hist import RELATIVE_ERROR_BOUND, merge, percentiles
+from pm_arb.metrics.latency_hist import RELATIVE_ERROR_BOUND, merge, percentiles
 
 QUEUES = ("ws_in_q_depth", "parse_q_depth", "write_q_depth")
 # Start-up excluded from the steady figures (ADR/0005): connects, subscriptions and the initial

@@ -16,7 +16,7 @@ import orjson
 from pm_arb.errors import UserError
 from pm_arb.store.frames_format import OPCODE_BINARY, OPCODE_TEXT
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "default"
+DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "default"
 
 
 @dataclass(frozen=True)

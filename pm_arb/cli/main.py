@@ -25,7 +25,7 @@ CONFIG_GROUP_ORDER = ("capture", "refresh", "endpoints", "discovery", "websocket
 
 
 def _emit_json(doc: dict[str, Any]) -> None:
-    from pm_arb.commands.vocabulary import document
+    from pm_arb.store.vocabulary import document
 
     click.echo(orjson.dumps(document(doc), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
@@ -44,7 +44,7 @@ def handle_errors(fn: Callable) -> Callable:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except OSError as exc:
-            if os.environ.get("PM_ARB_DEBUG"):
+            if os.environ.get("PM_ARB_DEBUG"):  # config.PROGRAM_ENV
                 raise
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             click.echo(f"error: {exc.strerror or exc}{where}; set PM_ARB_DEBUG=1 for a traceback", err=True)
@@ -133,9 +133,9 @@ def capture_verify(run_dir: Path, summary_only: bool, repair: bool, as_json: boo
     """
     from pm_arb.commands.verify import render_verify, verify_run
 
-    from pm_arb.bundle import read_manifest
+    from pm_arb.store.layout import read_manifest
     from pm_arb.commands.runs import empty_shards_note, shards_without_tokens
-    from pm_arb.commands.vocabulary import verdict
+    from pm_arb.store.vocabulary import verdict
 
     result = verify_run(run_dir, repair=repair, show_progress=None if not as_json else False)
     try:
@@ -280,8 +280,8 @@ def capture(run_id, duration_seconds, sim, sim_markets, sim_rate, sim_max_tokens
     import dataclasses
 
     from pm_arb.commands.next_step import next_command
-    from pm_arb.progress import human_bytes
-    from pm_arb.run_capture import disk_figures, run_capture
+    from pm_arb.metrics.units import human_bytes
+    from pm_arb.plant.run_capture import disk_figures, run_capture
 
     config = build_config(kwargs)
     mode = "offline" if config.offline else "online"
@@ -401,9 +401,9 @@ def capture_latency_report(run_dir: Path, do_verify: bool, do_books: bool, skip_
     ws_rx_to_applied_ms percentiles (run and per shard), queue depths, drops, reconnects,
     midrun disconnections, loop lag, and every quality gate with an overall verdict.
     """
-    from pm_arb import bundle
+    from pm_arb.store import layout as bundle
     from pm_arb.commands.reports import render_latency, run_latency_report
-    from pm_arb.commands.vocabulary import document
+    from pm_arb.store.vocabulary import document
 
     report = run_latency_report(run_dir, skip_bad_lines, _verify_totals(run_dir, as_json) if do_verify else None,
                                 books=_book_audit(run_dir, skip_bad_lines, as_json) if do_books else None)
@@ -411,6 +411,8 @@ def capture_latency_report(run_dir: Path, do_verify: bool, do_books: bool, skip_
     bundle.write_json(run_dir / bundle.LATENCY_JSON, document(report))
     bundle.write_file(run_dir / bundle.LATENCY_TXT, (text + "\n").encode())
     _emit_json(report) if as_json else click.echo(text)
+    if report["verdict"] != "PASS":  # ADR/0005: a report whose gates fail is a check that failed
+        sys.exit(1)
 
 
 @cli.command("capture-check")
@@ -539,9 +541,9 @@ def discover(limit: int | None, as_json: bool, **kwargs) -> None:
     with outcomes exactly Yes/No and two token ids; ordered by Gamma id; capped by
     --capture-max-markets. Exit 1 when Gamma cannot be read after the retries.
     """
-    from pm_arb.gamma import fetch_active_rows
+    from pm_arb.universe.gamma import fetch_active_rows
     from pm_arb.universe.placement import PlacementRules, place, plan_summary
-    from pm_arb.universe_select import select_markets
+    from pm_arb.universe.select import select_markets
 
     config = build_config(kwargs)
     res = fetch_active_rows(config)
@@ -661,7 +663,7 @@ def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, 
         raise UserError(f"--out {out_path}: directory {out_path.parent} does not exist; create it or choose another path", 2)
     result = run_bench(frames, shards, fixtures, keep, show_progress=False if as_json else None, rounds=rounds)
     if out_path is not None:
-        from pm_arb.commands.vocabulary import document
+        from pm_arb.store.vocabulary import document
 
         out_path.write_bytes(orjson.dumps(document(result), option=orjson.OPT_INDENT_2) + b"\n")
     _emit_json(result) if as_json else click.echo(render_bench(result))

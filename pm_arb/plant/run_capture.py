@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import pykka
 
-from pm_arb import __version__, bundle
+from pm_arb import __version__
+from pm_arb.store import layout as bundle
 from pm_arb.actors import messages as m
 from pm_arb.actors.gauge import DepthGauge
 from pm_arb.actors.metrics import MetricsActor
@@ -37,16 +38,16 @@ from pm_arb.clock import SystemClock
 from pm_arb.config import Config
 from pm_arb.errors import UserError
 from pm_arb.events import types as ev
-from pm_arb.fixtures_io import FixtureSet, frames_by_shard, load_fixture_set
-from pm_arb.gamma import GammaError, fetch_active_rows
-from pm_arb.malloc_tuning import tune_malloc
+from pm_arb.store.fixtures import FixtureSet, frames_by_shard, load_fixture_set
+from pm_arb.universe.gamma import GammaError, fetch_active_rows
+from pm_arb.plant.malloc_tuning import tune_malloc
 from pm_arb.plant.disk_watch import DiskWatch, RateWindow, projection
 from pm_arb.plant.stop_signals import EXIT_NOW, FORCE_AFTER_SECONDS, StopSignals
-from pm_arb.progress import human_bytes
+from pm_arb.metrics.units import human_bytes
 from pm_arb.store import run_lock
 from pm_arb.universe.placement import PlacementRules, plan_summary
 
-OFFLINE_FULL_WAIT_MS = 24 * 3600 * 1000.0
+OFFLINE_FULL_WAIT_MS = 3_600_000.0  # the setting's maximum: an hour stuck is a writer that has died
 DISK_FORECAST_MIN_SPAN_S = 3.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TEST_CRASH_ENV = "PMARB_TEST_INJECT_CRASH"  # tests only; not PM_ARB_ so it is never a setting
@@ -267,8 +268,10 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
 
     if mode == "offline":
         fixture = fixture or load_fixture_set(config.fixtures or None)
-        # A replay has no socket to protect: it waits for the writer instead of ever dropping.
-        config = dataclasses.replace(config, write_q_full_wait_ms=OFFLINE_FULL_WAIT_MS)
+        # A replay has no socket to protect: it waits for the writer instead of dropping, and its
+        # universe is the fixture's, never refreshed. The manifest records the config that ran.
+        offline_overrides = {"write_q_full_wait_ms": OFFLINE_FULL_WAIT_MS, "capture_universe_refresh_enable": False}
+        config = dataclasses.replace(config, **offline_overrides)
 
         def fetch_rows(_deadline):
             return fixture.gamma_rows, 0
@@ -313,6 +316,7 @@ def _run(stops: StopSignals, where: dict[str, Path], config: Config, run_id: str
     extra["malloc"] = malloc_settings
     if mode == "offline":
         extra["fixtures"] = str(fixture.path)
+        extra["offline_overrides"] = offline_overrides
     bundle.write_json(run_dir / bundle.MANIFEST, build_manifest(run_id, mode, config, universe, started_wall, started_mono, extra))
 
     writer = WriterActor.start(run_dir, config, clock, write_gauges)
