@@ -170,3 +170,33 @@ def test_odd_market_rows_are_rejected_by_reason_never_a_traceback():
     assert rejected["not two token ids"] == 2
     assert rejected["yes and no token are the same"] == 1
     assert rejected["token held by another market"] == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "chunked"])
+def test_a_compressed_or_chunked_page_is_read_whole(encoding):
+    import gzip
+    import zlib
+
+    body = orjson.dumps({"markets": ROWS})
+
+    def answer(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if encoding == "chunked":
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            for i in range(0, len(body), 700):
+                part = body[i : i + 700]
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            handler.wfile.write(b"0\r\n\r\n")
+            return
+        data = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+        handler.send_header("Content-Encoding", encoding)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    with ScriptedGamma([answer]) as g:
+        proc = discover(g)
+    assert proc.returncode == 0, proc.stderr
+    assert len(orjson.loads(proc.stdout)["markets"]) == len(ROWS)

@@ -419,3 +419,16 @@ def test_a_capture_against_an_odd_peer_records_every_message_and_every_reconnect
     stored = [(r.opcode, r.payload) for r in records_by_shard(run_dir)[0]]
     assert [p for _o, p in stored] == sent
     assert [o for o, _p in stored][2] == 2  # the binary frame kept its opcode
+
+
+def test_frames_sent_in_the_same_segment_as_the_handshake_answer_are_kept():
+    def script(peer: Peer, n: int) -> None:
+        peer.read_request()
+        peer.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Accept: " + peer.accept_key() + b"\r\n\r\n" + text(BOOK) + text(b"[]"))
+        hold(peer)
+
+    with RawWsServer(script) as server, reading(server.url) as run:
+        run.wait(lambda: len(run.payloads()) >= 2)
+        run.stop()
+    assert run.payloads()[:2] == [BOOK, b"[]"]
