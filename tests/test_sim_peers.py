@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import orjson
@@ -19,19 +18,15 @@ import pytest
 import requests
 import websocket
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
 
-from .conftest import REPO, cli_env
+from .conftest import start_sim_exchange
 
 
 @pytest.fixture
 def sim_cli():
     """(gamma_url, ws_url, tokens) of a `pm_arb sim-exchange` subprocess."""
-    proc = subprocess.Popen([sys.executable, "-m", "pm_arb", "sim-exchange", "--markets", "100", "--rate", "6000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=cli_env())
+    proc, gamma, ws = start_sim_exchange("--markets", "100", "--rate", "6000")
     try:
-        gamma = proc.stdout.readline().strip().split("=", 1)[1]
-        ws = proc.stdout.readline().strip().split("=", 1)[1]
         rows = requests.get(gamma + "/markets/keyset", params={"limit": 1000, "closed": "false"}, timeout=5).json()["markets"]
         tokens = [t for r in rows if r.get("enableOrderBook") and r.get("clobTokenIds") for t in orjson.loads(r["clobTokenIds"])]
         yield gamma, ws, tokens
