@@ -91,6 +91,19 @@ def _trickle(handler) -> None:
         pass  # the client gave up, as it must
 
 
+def _endless(handler) -> None:
+    """A 200 whose body never ends (chunked, 1 MiB a chunk): discovery must not hold it all."""
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))
+    try:
+        for _ in range(200):
+            handler.wfile.write(chunk)
+    except OSError:
+        pass
+
+
 def _silent(handler) -> None:
     time.sleep(2)  # never answers within the client's 0.5 s timeout
 
@@ -130,6 +143,13 @@ def test_a_gamma_that_cannot_be_read_is_one_line_and_exit_1_after_bounded_reques
     line = assert_one_line_error(proc, 1)
     assert says in line, line
     assert 1 <= len(g.requests) <= 3  # the pages, or one page and its retry
+
+
+def test_a_body_without_end_is_cut_at_64_mib_not_held():
+    with ScriptedGamma([_endless]) as g:
+        proc = discover(g, "--gamma-request-timeout-seconds", "30")  # the size limit, not the clock, ends it
+    assert "more than 64 MiB" in assert_one_line_error(proc, 1)
+    assert len(g.requests) == 2
 
 
 def test_retry_after_of_a_429_is_waited_before_the_retry():
