@@ -39,6 +39,7 @@ def sim_cli():
             proc.wait(timeout=10)
     err = proc.stderr.read()
     assert "Traceback" not in err, err[-2000:]
+    assert proc.returncode == 0, f"sim-exchange did not stop on SIGINT within 10 s (exit {proc.returncode})"
 
 
 def _raw_connect(ws_url: str, rcvbuf: int | None = None) -> socket.socket:
