@@ -438,3 +438,23 @@ def test_frames_sent_in_the_same_segment_as_the_handshake_answer_are_kept():
         run.wait(lambda: len(run.payloads()) >= 2)
         run.stop()
     assert run.payloads()[:2] == [BOOK, b"[]"]
+
+
+def test_a_trade_stamped_with_odd_digits_exports_with_the_receive_time(tmp_path, data_dir):
+    """A peer's `"timestamp":"²"` (a digit to str.isdigit, not to int) went to the export's
+    reference decoder and ended capture-export with an error; now the row takes the receive time."""
+    import shutil
+
+    from .conftest import REPO, export, run_cli
+
+    fixtures = tmp_path / "fx"
+    shutil.copytree(REPO / "fixtures" / "default", fixtures)
+    lines = (fixtures / "frames.ndjson").read_bytes().splitlines()
+    k = next(i for i, ln in enumerate(lines) if b"last_trade_price" in ln)
+    lines[k] = lines[k].replace(b'\\"timestamp\\":\\"1767000000194\\"', b'\\"timestamp\\":\\"\\u00b2\\"')
+    assert b"u00b2" in lines[k]
+    (fixtures / "frames.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    proc = run_cli("capture", "--offline", "--fixtures", str(fixtures), "--offline-speed", "0", "--run-id", "odd-ts", "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    summary = export(data_dir / "runs" / "odd-ts", tmp_path / "out", "--tables", "trades")
+    assert summary["tables"]
