@@ -62,6 +62,15 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     return proc
 
 
+def start_sim_exchange(*args: str) -> tuple[subprocess.Popen, str, str]:
+    """`pm_arb sim-exchange` as a subprocess (reaped by the autouse fixture) and the two base
+    URLs it prints (Gamma, then the market WebSocket)."""
+    proc = start_cli("sim-exchange", *args)
+    gamma = proc.stdout.readline().strip().split("=", 1)[1]
+    ws = proc.stdout.readline().strip().split("=", 1)[1]
+    return proc, gamma, ws
+
+
 def wait_for_line(proc: subprocess.Popen, timeout: float = 30) -> str:
     """The first stdout line of a capture: its run dir."""
     deadline = time.monotonic() + timeout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import orjson
 import requests
@@ -16,7 +14,7 @@ from pm_arb.capture.ws_reader import WsReader
 from pm_arb.clock import SystemClock
 from pm_arb.config import Config
 from pm_arb.events import types as ev
-from tests.conftest import REPO, cli_env, run_cli
+from tests.conftest import run_cli, start_sim_exchange
 
 
 def test_capture_bench_reports_pipeline_and_baseline(tmp_path):
@@ -35,11 +33,8 @@ def test_capture_bench_reports_pipeline_and_baseline(tmp_path):
 
 
 def test_sim_exchange_serves_gamma_and_prints_its_urls():
-    proc = subprocess.Popen([sys.executable, "-m", "pm_arb", "sim-exchange", "--markets", "12", "--rate", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=cli_env())
+    proc, gamma, ws = start_sim_exchange("--markets", "12", "--rate", "0")
     try:
-        gamma = proc.stdout.readline().strip().split("=", 1)[1]
-        ws = proc.stdout.readline().strip().split("=", 1)[1]
         assert gamma.startswith("http://127.0.0.1:") and ws == gamma.replace("http://", "ws://") + "/ws/market"
         page = requests.get(gamma + "/markets/keyset", params={"limit": 5}, timeout=5).json()
         assert len(page["markets"]) == 5 and "next_cursor" in page

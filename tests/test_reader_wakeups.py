@@ -24,6 +24,8 @@ from pm_arb.sim.exchange import SimExchange
 from pm_arb.sim.market_data import make_gamma_rows
 from pm_arb.universe.select import select_markets
 
+from .raw_ws_server import frame as _ws_frame
+
 
 class Collector:
     def __init__(self) -> None:
@@ -92,17 +94,6 @@ def test_an_idle_reader_still_pings_on_its_keepalive_deadline(monkeypatch):
     with idle_reader(monkeypatch, ws_ping_interval_seconds=0.05, ws_ping_timeout_seconds=5) as (sim, _reader, got):
         _wait(lambda: sum(1 for c in sim.connections.values() for r in c.received if r.strip() == b"PING") >= 3)
     assert not any(isinstance(m, ReaderEvent) and isinstance(m.event, ev.ShardDisconnected) and not m.event.planned for m in got)
-
-
-def _ws_frame(first_byte: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = bytes([first_byte, n])
-    elif n < 65536:
-        head = bytes([first_byte, 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([first_byte, 127]) + n.to_bytes(8, "big")
-    return head + payload
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 100, 4096, 256 * 1024])

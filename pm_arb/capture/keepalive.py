@@ -9,6 +9,8 @@ rule that confirms a shard and counts coverage (ADR/0007).
 
 from __future__ import annotations
 
+from pm_arb.store.frames_format import OPCODE_TEXT
+
 PING = "ping"
 PING_TIMEOUT = "ping_timeout"
 DATA_IDLE = "data_idle"
@@ -24,12 +26,16 @@ class Keepalive:
         self.pong_deadline_ns: int | None = None
         self.market_frames = 0
 
-    def on_frame(self, now_ns: int, market_events: int, payload: bytes) -> None:
-        """`market_events`: what `ReaderSink.frame` counted in the frame (0: not market data)."""
+    def on_frame(self, now_ns: int, market_events: int, payload: bytes, opcode: int = OPCODE_TEXT) -> None:
+        """`market_events`: what `ReaderSink.frame` counted in the frame (0: not market data).
+
+        Only the text PONG answers the text PING, as `frame_shape` flags it control text: a
+        binary "PONG" (recorded as not JSON) or a protocol-level pong frame does not.
+        """
         if market_events:
             self.last_data_ns = now_ns
             self.market_frames += 1
-        elif payload == b"PONG" or payload.strip() == b"PONG":
+        elif opcode == OPCODE_TEXT and (payload == b"PONG" or payload.strip() == b"PONG"):
             self.pong_deadline_ns = None
 
     def due(self, now_ns: int) -> str | None:

@@ -11,22 +11,66 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
 import websocket
+from websocket._abnf import continuous_frame, frame_buffer
 
 from pm_arb.actors.messages import ReaderEvent, ReaderFinished
 from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
 from pm_arb.capture.reader_sink import ReaderSink
 from pm_arb.config import Config
 from pm_arb.events import types as ev
+from pm_arb.store.frames_format import MAX_PAYLOAD
 
 MAX_RECV_TIMEOUT_S = 1.0  # bounds how late a token change (set from another thread) is noticed
 MIN_RECV_TIMEOUT_S = 0.0005
 RCVBUF_BYTES = 4 * 1024 * 1024
 RECV_CHUNK = 256 * 1024
+CONNECT_WATCH_S = 0.05  # how often a connect in progress looks at its deadline and the stop
+
+
+class ConnectTimeout(websocket.WebSocketTimeoutException):
+    """The connect, handshake and subscription did not finish within the connect timeout."""
+
+
+def _over_limit(length: int) -> websocket.WebSocketPayloadException:
+    return websocket.WebSocketPayloadException(
+        f"a message of {length} bytes or more is over the {MAX_PAYLOAD >> 20} MiB a frame can hold; not buffered"
+    )
+
+
+class _LimitedFrames(frame_buffer):
+    """websocket-client's frame parser, refusing a frame longer than a record can hold as soon
+    as its length field is read, before buffering its payload (a peer could announce 2^63)."""
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        if self.length is not None and self.length > MAX_PAYLOAD:
+            raise _over_limit(self.length)
+
+
+class _LimitedMessage(continuous_frame):
+    """websocket-client's fragment assembly, bounded like one frame, and linear: fragments are
+    appended to a bytearray, where `bytes +=` copied the whole message for every fragment."""
+
+    def add(self, frame) -> None:
+        data = self.cont_data
+        if data:
+            if len(data[1]) + len(frame.data) > MAX_PAYLOAD:
+                raise _over_limit(len(data[1]) + len(frame.data))
+            if not isinstance(data[1], bytearray):
+                data[1] = bytearray(data[1])
+        super().add(frame)
+
+    def extract(self, frame) -> tuple:
+        opcode, frame = super().extract(frame)
+        if isinstance(frame.data, bytearray):
+            frame.data = bytes(frame.data)
+        return opcode, frame
 
 
 class BufferedWebSocket(websocket.WebSocket):
@@ -44,6 +88,17 @@ class BufferedWebSocket(websocket.WebSocket):
     _rbuf = b""
     _rpos = 0
     _chunk: bytearray | None = None
+    # When set (monotonic ns, `mono` the clock), a socket read that would start at or after it
+    # raises the receive timeout instead: bytes trickling into an unfinished message never let a
+    # socket timeout expire, and the reader's housekeeping must still run.
+    read_deadline_ns: int | None = None
+    mono: Callable[[], int] = staticmethod(time.monotonic_ns)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        skip = kwargs.get("skip_utf8_validation", False)
+        self.frame_buffer = _LimitedFrames(self._recv, skip)
+        self.cont_frame = _LimitedMessage(kwargs.get("fire_cont_frame", False), skip)
 
     def drained(self) -> bool:
         """True when every byte the last socket read returned has been parsed."""
@@ -98,6 +153,9 @@ class BufferedWebSocket(websocket.WebSocket):
         sock = self.sock
         if sock is None:
             raise websocket.WebSocketConnectionClosedException("Connection is closed")
+        deadline = self.read_deadline_ns
+        if deadline is not None and self.mono() >= deadline:
+            raise websocket.WebSocketTimeoutException("read deadline passed")
         if self._chunk is None:
             self._chunk = bytearray(RECV_CHUNK)
             self._view = memoryview(self._chunk)
@@ -217,6 +275,9 @@ class WsReader:
             try:
                 ws = self._connect()
             except Exception as exc:
+                if self._stop.is_set():  # the stop cut the handshake
+                    self._report(ev.ShardDisconnected(shard=self.shard, cause="stop", detail="stop requested while connecting", planned=True))
+                    break
                 failures += 1
                 self._report(ev.ShardDisconnected(shard=self.shard, cause="connect_failed", detail=_describe(exc), planned=False))
                 backoff = backoff_seconds(failures, cfg.ws_reconnect_backoff_initial_seconds, cfg.ws_reconnect_backoff_max_seconds)
@@ -262,22 +323,53 @@ class WsReader:
                 self._stop.wait(backoff)
 
     def _connect(self) -> websocket.WebSocket:
+        """Connect, handshake and subscribe within `ws_connect_timeout_seconds` in all, and give
+        way at once to a stop. websocket-client's timeout bounds each socket read, not the
+        handshake: a peer that trickles its answer a byte at a time held it for ever, and a stop
+        had no socket to wake. A watchdog thread cuts the socket at the deadline or the stop."""
         cfg = self.config
-        ws = websocket.create_connection(
-            cfg.clob_ws_url,
-            class_=BufferedWebSocket,
-            timeout=cfg.ws_connect_timeout_seconds,
+        ws = BufferedWebSocket(
             skip_utf8_validation=True,  # payloads are stored as received; validation costs ~6x throughput
             sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES), (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)),
             enable_multithread=False,
         )
+        ws.settimeout(cfg.ws_connect_timeout_seconds)
+        done, expired = threading.Event(), threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch_connect, args=(ws, done, expired, cfg.ws_connect_timeout_seconds), name=f"ws-connect-{self.shard:02d}", daemon=True
+        )
+        watchdog.start()
         try:
+            ws.connect(cfg.clob_ws_url, timeout=cfg.ws_connect_timeout_seconds)
             for msg in subscribe_messages(self.tokens, cfg.ws_subscribe_chunk_size):
                 ws.send(msg)
-        except Exception:
+        except Exception as exc:
+            done.set()
             _close(ws)
+            if expired.is_set():
+                raise ConnectTimeout(f"connect, handshake and subscription not done within {cfg.ws_connect_timeout_seconds:g} s ({_describe(exc)})") from None
             raise
+        finally:
+            done.set()
+            watchdog.join()
+        if expired.is_set():  # the deadline fell between the last send and the watchdog's end
+            _close(ws)
+            raise ConnectTimeout(f"connect, handshake and subscription not done within {cfg.ws_connect_timeout_seconds:g} s")
         return ws
+
+    def _watch_connect(self, ws: BufferedWebSocket, done: threading.Event, expired: threading.Event, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(CONNECT_WATCH_S):
+            stop = self._stop.is_set()
+            if stop or time.monotonic() >= deadline:
+                if not stop:
+                    expired.set()
+                sock = ws.sock
+                if sock is not None:  # None until the TCP connect returns: cut it on the next turn
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def _take_due_tokens(self, now: int) -> _PendingTokens | None:
         if self._pending is None:  # the common case, without taking the lock
@@ -295,6 +387,7 @@ class WsReader:
         current_timeout = None
         recv = ws.next_frame
         drained = ws.drained
+        ws.mono = clock_mono
         on_frame = keepalive.on_frame
         between_reads = True
         while True:
@@ -333,6 +426,7 @@ class WsReader:
                 if want != current_timeout:
                     ws.settimeout(want)
                     current_timeout = want
+                ws.read_deadline_ns = now + int(want * 1e9)
             try:
                 opcode, data = recv()
             except websocket.WebSocketTimeoutException:
@@ -352,7 +446,7 @@ class WsReader:
                 reason = data[2:].decode("utf-8", "replace")
                 return "server_close", f"close frame code={code} reason={reason!r}", False, None
             events = sink.frame(opcode, data)
-            on_frame(sink.last_mono_ns, events, data)
+            on_frame(sink.last_mono_ns, events, data, opcode)
             between_reads = drained()
             if between_reads:
                 # Everything the socket had is parsed: hand the batch off now. At low rates this

@@ -47,6 +47,11 @@ OFFSET_CAP = 2000
 KEYSET_MAX_LIMIT = 1000
 DEFAULT_LIMIT = 20
 SUBSCRIBE_TIMEOUT_S = 10.0
+# Outgoing bytes a connection may have waiting (websockets' high-water mark). The one event
+# stream is sent to every connection in turn, so a send that waited for a client that does not
+# read stalled everyone: a connection this far behind is cut as a slow consumer instead.
+WRITE_LIMIT = 2**22
+MAX_CLIENT_MESSAGE = 16 * 1024 * 1024  # a subscription of 1000 ids is ~80 KB
 STALL_GARBAGE = b'{"asset_id":"7132","event_type":"pri'  # a message cut short
 
 
@@ -78,13 +83,16 @@ def _encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"id": last_id})).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> str | None:
+def _decode_cursor(cursor: str) -> int | None:
+    """The market id a cursor continues after; None when it is not one this server issued
+    (answered 422, as Gamma does, never a 500)."""
     try:
         pad = "=" * (-len(cursor) % 4)
         obj = orjson.loads(base64.urlsafe_b64decode(cursor + pad))
-        return str(obj["id"])
+        last = str(obj["id"])
     except Exception:
         return None
+    return int(last) if last.isascii() and last.isdigit() else None
 
 
 class SimExchange:
@@ -129,6 +137,7 @@ class SimExchange:
         self.gamma_script: deque[str] = deque()  # "500", "bad_json", "sleep:SECONDS", "loop" consumed one per request
         self.gamma_loop = False
         self.gamma_requests: list[str] = []
+        self.slow_consumers_cut = 0  # connections cut for not reading (WRITE_LIMIT)
         self.connections: dict[int, SimConnection] = {}
         self._served: dict[int, int] = {}  # live connection -> tokens it gets data for (pool mode pacing)
         self.exchange = Exchange(markets_of_rows(self._rows), seed=seed)
@@ -195,8 +204,8 @@ class SimExchange:
             process_request=self._process_request,
             compression=None,
             ping_interval=None,
-            max_size=None,
-            write_limit=2**22,
+            max_size=MAX_CLIENT_MESSAGE,
+            write_limit=WRITE_LIMIT,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             pump = asyncio.create_task(self._pump())
@@ -399,7 +408,7 @@ class SimExchange:
             last_id = _decode_cursor(cursor)
             if last_id is None:
                 return _json_response(422, {"type": "validation error", "error": "invalid after_cursor"})
-            start = next((i for i, r in enumerate(rows) if int(r["id"]) > int(last_id)), len(rows))
+            start = next((i for i, r in enumerate(rows) if int(r["id"]) > last_id), len(rows))
         page = rows[start : start + limit]
         doc: dict[str, Any] = {"markets": page}
         if self.gamma_loop and page:
@@ -422,13 +431,27 @@ class SimExchange:
         self._log_sent(cid, payload)
 
     async def _send_safe(self, cid: int, payload: bytes) -> None:
+        """Send from the shared stream (or a test's fault): never waits on one slow client."""
         ws = self._live.get(cid)
         if ws is None:
+            return
+        waiting = ws.transport.get_write_buffer_size()
+        if waiting and waiting + len(payload) + 14 > WRITE_LIMIT:  # 14: a frame header; one big dump alone goes
+            self._cut_slow_consumer(cid, ws)
             return
         try:
             await self._send(ws, cid, payload)
         except ConnectionClosed:
             pass
+
+    def _cut_slow_consumer(self, cid: int, ws: ServerConnection) -> None:
+        conn = self.connections[cid]
+        if not conn.close_reason:
+            conn.close_reason = f"slow consumer: over {WRITE_LIMIT} bytes waiting to be sent"
+            self.slow_consumers_cut += 1
+        self._live.pop(cid, None)
+        self._unserve(conn)
+        ws.transport.abort()  # a close frame would wait behind the backlog
 
     async def _handle_ws(self, ws: ServerConnection) -> None:
         cid = next(self._ids)

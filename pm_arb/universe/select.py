@@ -73,7 +73,8 @@ def to_market(row: dict) -> Market:
 
 def _order_key(m: Market) -> tuple:
     # Oldest Gamma id first: a stable order, so a capped universe changes only at its edge.
-    return (0, int(m.id), m.condition_id) if m.id.isdigit() else (1, 0, m.id + m.condition_id)
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+    return (0, int(m.id), m.condition_id) if m.id.isascii() and m.id.isdigit() else (1, 0, m.id + m.condition_id)
 
 
 def select_markets(rows: Iterable[Any], max_markets: int) -> tuple[list[Market], dict[str, int]]:
@@ -87,7 +88,19 @@ def select_markets(rows: Iterable[Any], max_markets: int) -> tuple[list[Market],
             continue
         m = to_market(row)
         by_condition.setdefault(m.condition_id, m)
-    ordered = sorted(by_condition.values(), key=_order_key)
+    # A token is one subscription on one shard: a market naming the same token twice, or a
+    # token another market already holds (the older Gamma id keeps it), is not captured.
+    ordered = []
+    owner: set[str] = set()
+    for m in sorted(by_condition.values(), key=_order_key):
+        why = "yes and no token are the same" if m.yes_token == m.no_token else None
+        if why is None and (m.yes_token in owner or m.no_token in owner):
+            why = "token held by another market"
+        if why is not None:
+            rejected[why] = rejected.get(why, 0) + 1
+            continue
+        owner.update((m.yes_token, m.no_token))
+        ordered.append(m)
     if len(ordered) > max_markets:
         rejected["over capture_max_markets"] = len(ordered) - max_markets
     return ordered[:max_markets], rejected

@@ -82,7 +82,10 @@ def exchange_timestamp_us(message: dict[str, Any], local_timestamp: int) -> int:
     'not given')."""
     t = message.get("timestamp")
     if isinstance(t, str) and t.isdigit():
-        us = int(t) * 1000
+        try:
+            us = int(t) * 1000
+        except ValueError:  # "²" is a digit to str.isdigit(), not to int()
+            return local_timestamp
     elif isinstance(t, int) and not isinstance(t, bool):
         us = t * 1000
     else:
