@@ -22,6 +22,7 @@ from websocket._abnf import continuous_frame, frame_buffer
 from pm_arb.actors.messages import ReaderEvent, ReaderFinished
 from pm_arb.capture.keepalive import DATA_IDLE, PING, PING_TIMEOUT, Keepalive, backoff_seconds
 from pm_arb.capture.reader_sink import ReaderSink
+from pm_arb.clock import Clock
 from pm_arb.config import Config
 from pm_arb.events import types as ev
 from pm_arb.store.frames_format import MAX_PAYLOAD
@@ -190,7 +191,7 @@ class _PendingTokens:
 
 
 class WsReader:
-    def __init__(self, shard: int, tokens: tuple[str, ...], sink: ReaderSink, tell: Callable[[Any], None], clock, config: Config) -> None:
+    def __init__(self, shard: int, tokens: tuple[str, ...], sink: ReaderSink, tell: Callable[[Any], None], clock: Clock, config: Config) -> None:
         self.shard = shard
         self.tokens = tokens
         self.tell = tell
@@ -491,7 +492,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def ws_reader_factory(config: Config):
-    def make(shard: int, tokens: tuple[str, ...], sink: ReaderSink, tell, clock) -> WsReader:
+    def make(shard: int, tokens: tuple[str, ...], sink: ReaderSink, tell: Callable[[Any], None], clock: Clock) -> WsReader:
         return WsReader(shard, tokens, sink, tell, clock, config)
 
     return make
