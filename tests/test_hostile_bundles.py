@@ -49,3 +49,54 @@ def test_a_runlog_record_of_the_wrong_shape_is_a_bad_line_named_by_number(run_co
     proc = run_cli(cmd, "--run-dir", str(run_copy), "--skip-bad-lines", "--json")
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr
     assert f"runlog.ndjson:{line_no}: skipped: {type_name} line's field '{field_name}'" in proc.stdout, proc.stdout
+
+
+def rewrite_manifest(run_dir, change) -> None:
+    path = run_dir / "manifest.json"
+    doc = orjson.loads(path.read_bytes())
+    change(doc)
+    path.write_bytes(orjson.dumps(doc))
+
+
+def _first_market(doc):
+    return doc["universe"]["markets"][0]
+
+
+# A manifest that is JSON but not what capture writes: (change, what the error names)
+MANIFEST_SHAPES = {
+    "universe a string": (lambda d: d.__setitem__("universe", "x"), "'universe'"),
+    "universe null": (lambda d: d.__setitem__("universe", None), "'universe'"),
+    "markets an object": (lambda d: d["universe"].__setitem__("markets", {"a": 1}), "'universe.markets'"),
+    "a market a number": (lambda d: d["universe"]["markets"].__setitem__(0, 7), "'universe.markets[0]'"),
+    "a market token a number": (lambda d: _first_market(d).__setitem__("yes_token", 12), "'universe.markets[0].yes_token'"),
+    "a market shard as text": (lambda d: _first_market(d).__setitem__("shard", "2"), "'universe.markets[0].shard'"),
+    "shard_token_counts a list": (lambda d: d["universe"].__setitem__("shard_token_counts", [1]), "'universe.shard_token_counts'"),
+    "start time as text": (lambda d: d.__setitem__("started_wall_ns_utc", "yesterday"), "'started_wall_ns_utc'"),
+    "config a list": (lambda d: d.__setitem__("config", []), "'config'"),
+    "slice_of a string": (lambda d: d.__setitem__("slice_of", "x"), "'slice_of'"),
+}
+
+
+def _manifest_a_directory(run_dir):
+    (run_dir / "manifest.json").unlink()
+    (run_dir / "manifest.json").mkdir()
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFEST_SHAPES) + ["a directory"])
+def test_a_manifest_of_the_wrong_shape_is_named_by_every_reader(run_copy, kind):
+    """The manifest is read by one function; what it returns is what capture wrote, or an error
+    naming the field, so no reader crashes on it or quietly reads a smaller universe."""
+    if kind == "a directory":
+        _manifest_a_directory(run_copy)
+        named = "is not a file"
+    else:
+        change, named = MANIFEST_SHAPES[kind]
+        rewrite_manifest(run_copy, change)
+    for cmd in ("capture-inspect", "capture-export"):
+        extra = ["--out", str(run_copy.parent / "out")] if cmd == "capture-export" else []
+        line = assert_one_line_error(run_cli(cmd, "--run-dir", str(run_copy), *extra), 1)
+        assert "manifest.json" in line and named in line, line
+    # The frames do not depend on the manifest: verify still checks them, and says what it could not.
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+    assert "note: files not checked against the runlog's frame counts: " in proc.stdout and named in proc.stdout, proc.stdout

@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from pm_arb.bundle import CAPTURE_DIR, read_manifest, require_run_dir
+from pm_arb.bundle import CAPTURE_DIR, MANIFEST, ManifestError, read_manifest, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.events.folds.written import written_floor
 from pm_arb.events.runlog_file import read_runlog
@@ -42,8 +42,8 @@ def runlog_floor(run_dir: Path) -> dict[str, Any]:
     slice, whose runlog is a window of its source's, or when there is no readable runlog."""
     try:
         manifest = read_manifest(run_dir)
-    except UserError:
-        return {"checked": False, "reason": "manifest.json is not readable JSON, so whether this run is a slice is unknown", "shards": {}}
+    except ManifestError as exc:
+        return {"checked": False, "reason": f"{MANIFEST} {exc.problem}, so whether this run is a slice is unknown", "shards": {}}
     if "slice_of" in manifest:
         return {"checked": False, "reason": "a slice holds part of its source run's frames", "shards": {}}
     try:
