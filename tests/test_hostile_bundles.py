@@ -4,10 +4,16 @@ and never reports less damage than there is. Real files and CLI subprocesses thr
 
 from __future__ import annotations
 
+import os
+import struct
+
 import orjson
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from pm_arb.reader import DamagedRecordError, open_run
+from pm_arb.store.frames_format import FILE_HEADER_SIZE, IDX_ENTRY_SIZE, RECORD_OVERHEAD
+from tests.conftest import assert_one_line_error, records_by_shard, run_cli
+from tests.test_reader import _batch_rows
 
 
 def rewrite_runlog(run_dir, type_name, change) -> int:
@@ -100,3 +106,104 @@ def test_a_manifest_of_the_wrong_shape_is_named_by_every_reader(run_copy, kind):
     proc = run_cli("capture-verify", "--run-dir", str(run_copy))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
     assert "note: files not checked against the runlog's frame counts: " in proc.stdout and named in proc.stdout, proc.stdout
+
+
+# --- the reader against a damaged idx: the frames file decides ------------------------------
+
+IDX_SHARD = 1  # hundreds of records in the shared offline run
+
+
+def _idx(run_dir):
+    return run_dir / "capture" / f"shard_{IDX_SHARD:02d}.idx"
+
+
+def _set_idx(run_dir, entry: int, field: str, value: int) -> None:
+    """Overwrite one field of one idx entry (entry -1: the last)."""
+    path = _idx(run_dir)
+    data = bytearray(path.read_bytes())
+    count = (len(data) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE
+    at = FILE_HEADER_SIZE + (entry % count) * IDX_ENTRY_SIZE
+    fmt, rel = {"offset": ("<Q", 0), "payload_len": ("<I", 8), "seq": ("<Q", 16), "rx_mono_ns": ("<q", 24),
+                "rx_wall_ns_utc": ("<q", 32)}[field]
+    struct.pack_into(fmt, data, at + rel, value)
+    path.write_bytes(bytes(data))
+
+
+def _append_idx(run_dir, data: bytes) -> None:
+    with open(_idx(run_dir), "ab") as fh:
+        fh.write(data)
+
+
+IDX_DAMAGE = {
+    "an offset past the end of the file": lambda d: _set_idx(d, 4, "offset", 10**9),
+    "the last offset past the end": lambda d: _set_idx(d, -1, "offset", 10**9),
+    "an offset pointing backwards": lambda d: _set_idx(d, 6, "offset", FILE_HEADER_SIZE),
+    "an offset inside the next record": lambda d: _set_idx(d, 3, "offset", 0x0001_0000),
+    "a huge payload length": lambda d: _set_idx(d, 6, "payload_len", 0xFFFF_FFFF),
+    "the last payload length one more": lambda d: _set_idx(d, -1, "payload_len", 1 + struct.unpack_from(
+        "<I", _idx(d).read_bytes(), len(_idx(d).read_bytes()) - IDX_ENTRY_SIZE + 8)[0]),
+    "a seq from nowhere": lambda d: _set_idx(d, 3, "seq", 65_283),
+    "a receive time far in the future": lambda d: _set_idx(d, 200, "rx_wall_ns_utc", 2**63 - 1),
+    "a receive time far in the past": lambda d: _set_idx(d, 200, "rx_wall_ns_utc", -(2**63)),
+    "the last entry twice": lambda d: _append_idx(d, _idx(d).read_bytes()[-IDX_ENTRY_SIZE:]),
+    "garbage entries after the last": lambda d: _append_idx(d, bytes(range(7, 7 + 3 * IDX_ENTRY_SIZE))),
+}
+
+
+def _window(frames, lo_frac: float, hi_frac: float) -> tuple[int, int]:
+    walls = sorted(f.rx_wall_ns_utc for f in frames)
+    return walls[int(lo_frac * (len(walls) - 1))], walls[int(hi_frac * (len(walls) - 1))]
+
+
+@pytest.mark.parametrize("kind", sorted(IDX_DAMAGE))
+def test_a_damaged_idx_loses_no_frame_and_invents_none(offline_run, run_copy, kind):
+    """The idx is a copy of what the frames file holds (ADR/0001): where they disagree the frames
+    decide. Every intact record is read once, with its own seq and times, whole or in a time
+    window, by frames() and frame_batches(); no intact record is called damaged."""
+    intact = [f for f in open_run(offline_run).frames(shards=[IDX_SHARD])]
+    IDX_DAMAGE[kind](run_copy)
+    run = open_run(run_copy)
+    for lo_frac, hi_frac in ((0.0, 1.0), (0.3, 0.7), (0.45, 0.46), (0.9, 1.0)):
+        start, end = _window(intact, lo_frac, hi_frac)
+        expected = [f for f in intact if start <= f.rx_wall_ns_utc <= end]
+        seen: list = []
+        assert list(run.frames(shards=[IDX_SHARD], start=start, end=end)) == expected, (lo_frac, hi_frac)
+        assert _batch_rows(run, shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append) == [tuple(f) for f in expected]
+        assert seen == []
+
+
+TRUNCATIONS = {
+    "at a record boundary": lambda offsets, lens: offsets[40],
+    "inside a record header": lambda offsets, lens: offsets[40] + 10,
+    "inside a checksum": lambda offsets, lens: offsets[40] + RECORD_OVERHEAD - 3,
+    "inside a payload": lambda offsets, lens: offsets[40] + RECORD_OVERHEAD + lens[40] // 2,
+    "before the last record": lambda offsets, lens: offsets[-1],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRUNCATIONS))
+def test_a_frames_file_cut_short_is_reported_at_the_first_lost_seq(offline_run, run_copy, kind):
+    """The idx vouches for records the file no longer holds: the read names the first lost seq,
+    and every record before the cut is still read."""
+    intact = [f for f in open_run(offline_run).frames(shards=[IDX_SHARD])]
+    recs = records_by_shard(offline_run)[IDX_SHARD]
+    cut = TRUNCATIONS[kind]([r.offset for r in recs], [len(r.payload) for r in recs])
+    os.truncate(run_copy / "capture" / f"shard_{IDX_SHARD:02d}.frames", cut)
+    first_lost = next(r.seq for r in recs if r.offset + RECORD_OVERHEAD + len(r.payload) > cut)
+    run = open_run(run_copy)
+    with pytest.raises(DamagedRecordError) as err:
+        list(run.frames(shards=[IDX_SHARD]))
+    assert (err.value.damage.shard, err.value.damage.seq) == (IDX_SHARD, first_lost)
+    for read in (lambda **kw: [tuple(f) for f in run.frames(shards=[IDX_SHARD], **kw)],
+                 lambda **kw: _batch_rows(run, shards=[IDX_SHARD], **kw)):
+        seen: list = []
+        assert read(on_damage=seen.append) == [tuple(f) for f in intact if f.seq < first_lost]
+        assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, first_lost)]
+
+
+def test_export_of_a_run_whose_idx_has_garbage_entries_holds_every_frame(offline_run, run_copy, tmp_path):
+    IDX_DAMAGE["garbage entries after the last"](run_copy)
+    proc = run_cli("capture-export", "--run-dir", str(run_copy), "--out", str(tmp_path / "x"), "--tables", "frames", "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    frames = sum(1 for _ in open_run(offline_run).frames())
+    assert orjson.loads(proc.stdout)["rows"]["frames"] == frames
