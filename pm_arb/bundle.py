@@ -41,6 +41,15 @@ def require_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def require_outside(run_dir: Path, out: Path, flag: str = "--out") -> None:
+    """A command's output may not go inside the run it reads: the bundle is the evidence, and a
+    directory there (named like a shard's frames file, say) changes what every reader finds."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents:
+        raise UserError(f"{flag} {out} is inside the run dir {run_dir}: writing there would change the run's own bundle; "
+                        "choose a path outside it (nothing was written)", 2)
+
+
 def read_manifest(run_dir: Path) -> dict:
     """The run's manifest as capture wrote it ({} when there is none), or UserError naming what
     is wrong with it: every reader takes its fields as written, so one check here stands for all."""

@@ -207,3 +207,23 @@ def test_export_of_a_run_whose_idx_has_garbage_entries_holds_every_frame(offline
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     frames = sum(1 for _ in open_run(offline_run).frames())
     assert orjson.loads(proc.stdout)["rows"]["frames"] == frames
+
+
+# --- outputs never land inside the run they read ----------------------------------------------
+
+OUT_INSIDE = {
+    "capture-slice": ["--from-seq", "0"],
+    "capture-export": ["--tables", "markets"],
+}
+
+
+@pytest.mark.parametrize("where", ["inner", "capture/shard_09.frames", "."])
+@pytest.mark.parametrize("cmd", sorted(OUT_INSIDE))
+def test_an_out_dir_inside_the_run_is_refused_and_the_run_is_left_as_it_was(run_copy, cmd, where):
+    """A slice or export written into the run it reads changes that run's bundle: a directory
+    named like a shard's frames file made a clean run fail verify and every reader."""
+    before = sorted(str(p.relative_to(run_copy)) for p in run_copy.rglob("*"))
+    out = run_copy / where
+    line = assert_one_line_error(run_cli(cmd, "--run-dir", str(run_copy), "--out", str(out), *OUT_INSIDE[cmd]), 2)
+    assert "inside the run dir" in line and "nothing was written" in line, line
+    assert sorted(str(p.relative_to(run_copy)) for p in run_copy.rglob("*")) == before

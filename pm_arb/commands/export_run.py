@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pm_arb.bundle import require_run_dir
+from pm_arb.bundle import require_outside, require_run_dir
 from pm_arb.commands.time_input import parse_time, resolve
 from pm_arb.commands.token_option import parse_tokens, unknown_tokens_warnings
 from pm_arb.errors import UserError
@@ -19,6 +19,7 @@ def build_request(run_dir: Path, out: Path, fmt: str, tables: tuple[str, ...], f
     from pm_arb.export.run_export import ExportRequest
 
     require_run_dir(run_dir)
+    require_outside(run_dir, out)
     chosen: list[str] = []
     for item in tables:
         for name in item.split(","):
