@@ -227,3 +227,11 @@ def test_an_out_dir_inside_the_run_is_refused_and_the_run_is_left_as_it_was(run_
     line = assert_one_line_error(run_cli(cmd, "--run-dir", str(run_copy), "--out", str(out), *OUT_INSIDE[cmd]), 2)
     assert "inside the run dir" in line and "nothing was written" in line, line
     assert sorted(str(p.relative_to(run_copy)) for p in run_copy.rglob("*")) == before
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_export_tables_given_but_empty_is_refused_not_read_as_every_table(offline_run, tmp_path, value):
+    out = tmp_path / "x"
+    line = assert_one_line_error(run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(out), "--tables", value), 2)
+    assert "--tables was given but names no table" in line, line
+    assert not out.exists()

@@ -26,6 +26,9 @@ def build_request(run_dir: Path, out: Path, fmt: str, tables: tuple[str, ...], f
             name = name.strip()
             if name and name not in chosen:
                 chosen.append(name)
+    if tables and not chosen:  # given but empty (an unset shell variable): not "every table"
+        raise UserError(f"--tables was given but names no table: pass some of {', '.join(ALL_TABLES)}, "
+                        "or drop the option to export every table", 2)
     unknown = [t for t in chosen if t not in ALL_TABLES]
     if unknown:
         raise UserError(f"unknown table {unknown[0]!r} for --tables: choose from {', '.join(ALL_TABLES)}", 2)
