@@ -235,3 +235,15 @@ def test_export_tables_given_but_empty_is_refused_not_read_as_every_table(offlin
     line = assert_one_line_error(run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(out), "--tables", value), 2)
     assert "--tables was given but names no table" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_a_run_dir_symlink_that_leads_nowhere_is_named_as_such(tmp_path, kind):
+    link = tmp_path / "run"
+    if kind == "loop":
+        (tmp_path / "other").symlink_to(link)
+        link.symlink_to(tmp_path / "other")
+    else:
+        link.symlink_to(tmp_path / "gone")
+    line = assert_one_line_error(run_cli("capture-verify", "--run-dir", str(link), env={"PM_ARB_DATA_DIR": str(tmp_path)}), 2)
+    assert "is a symbolic link that leads to no directory" in line, line
