@@ -247,3 +247,14 @@ def test_a_run_dir_symlink_that_leads_nowhere_is_named_as_such(tmp_path, kind):
         link.symlink_to(tmp_path / "gone")
     line = assert_one_line_error(run_cli("capture-verify", "--run-dir", str(link), env={"PM_ARB_DATA_DIR": str(tmp_path)}), 2)
     assert "is a symbolic link that leads to no directory" in line, line
+
+
+def test_verify_says_when_the_runlog_counts_it_checked_against_skipped_a_line(run_copy):
+    """A damaged run_stop line holds the writer's exact counts: verify falls back on the
+    heartbeats' lower bounds, and says which line it could not read instead of passing quietly."""
+    line_no = rewrite_runlog(run_copy, "run_stop", lambda r: r.__setitem__("frames_written", "lost"))
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"1 unreadable line(s) of runlog.ndjson (line {line_no}: run_stop line's field 'frames_written'" in proc.stdout, proc.stdout
+    doc = orjson.loads(run_cli("capture-verify", "--run-dir", str(run_copy), "--json").stdout)
+    assert [s["line_no"] for s in doc["runlog_check"]["skipped_lines"]] == [line_no]
