@@ -258,3 +258,35 @@ def test_verify_says_when_the_runlog_counts_it_checked_against_skipped_a_line(ru
     assert f"1 unreadable line(s) of runlog.ndjson (line {line_no}: run_stop line's field 'frames_written'" in proc.stdout, proc.stdout
     doc = orjson.loads(run_cli("capture-verify", "--run-dir", str(run_copy), "--json").stdout)
     assert [s["line_no"] for s in doc["runlog_check"]["skipped_lines"]] == [line_no]
+
+
+def append_frames(run_dir, shard: int, payloads: list[bytes]) -> int:
+    """Append JSON-flagged text frames after the shard's last record, as the writer does; the
+    first new seq."""
+    from pm_arb.store.shard_files import ShardFileWriter
+
+    last = records_by_shard(run_dir)[shard][-1]
+    writer = ShardFileWriter(run_dir / "capture", shard)
+    try:
+        return writer.append_batch([(last.rx_mono_ns + k + 1, last.rx_wall_ns_utc + k + 1, 0, 1, p)
+                                    for k, p in enumerate(payloads)])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("asset_id", [b"5", b"[1]", b"{}", b"null", b"true"])
+def test_a_message_whose_token_id_is_not_a_string_is_malformed_not_a_token(run_copy, asset_id):
+    """The book audit's tokens come from the frames: an asset_id that is a number (or any other
+    non-string) is a malformed message listed by shard and seq, and never a token in the report
+    (an int token crashed its rendering)."""
+    change = b'{"event_type":"price_change","market":"0x1","timestamp":"1","price_changes":[{"asset_id":' + asset_id + \
+        b',"price":"0.5","size":"1","side":"BUY","best_bid":"0.5","best_ask":"0.6"}]}'
+    book = b'{"event_type":"book","market":"0x1","timestamp":"1","asset_id":' + asset_id + b',"bids":[],"asks":[]}'
+    seq = append_frames(run_copy, 0, [change, book])
+    proc = run_cli("capture-books", "--run-dir", str(run_copy), "--workers", "1")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+    for s in (seq, seq + 1):
+        assert f"malformed message at shard 0 seq {s}:" in proc.stdout, proc.stdout
+    doc = orjson.loads(run_cli("capture-books", "--run-dir", str(run_copy), "--workers", "1", "--json").stdout)
+    assert doc["totals"]["tokens_checked"] == len(open_run(run_copy).tokens), doc["totals"]
+    assert [(m["shard"], m["seq"]) for m in doc["malformed"]] == [(0, seq), (0, seq + 1)], doc["malformed"]
