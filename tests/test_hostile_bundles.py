@@ -290,3 +290,21 @@ def test_a_message_whose_token_id_is_not_a_string_is_malformed_not_a_token(run_c
     doc = orjson.loads(run_cli("capture-books", "--run-dir", str(run_copy), "--workers", "1", "--json").stdout)
     assert doc["totals"]["tokens_checked"] == len(open_run(run_copy).tokens), doc["totals"]
     assert [(m["shard"], m["seq"]) for m in doc["malformed"]] == [(0, seq), (0, seq + 1)], doc["malformed"]
+
+
+@pytest.mark.parametrize("repeated", [0, 7, -1])
+def test_an_idx_that_lists_a_record_twice_fails_verify_and_repair_rebuilds_it(run_copy, repeated):
+    """An idx with one entry more than the frames have records (an entry written twice) passed
+    verify: its offsets were all known ones."""
+    idx = _idx(run_copy)
+    data = idx.read_bytes()
+    count = (len(data) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE
+    at = FILE_HEADER_SIZE + (repeated % count) * IDX_ENTRY_SIZE
+    idx.write_bytes(data[:at + IDX_ENTRY_SIZE] + data[at:])
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--json")
+    doc = orjson.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["totals"]["idx_mismatch"] >= 1, doc["totals"]
+    row = next(r for r in doc["shards"] if r["shard"] == IDX_SHARD)
+    assert any(d["kind"] == "idx_extra_entries" for d in row["defects"]), row["defects"]
+    assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 0
+    assert idx.read_bytes() == data

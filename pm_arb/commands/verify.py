@@ -198,7 +198,13 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None,
             partial = (idx_file.size - FILE_HEADER_SIZE) % IDX_ENTRY_SIZE
             if partial and not live:
                 defect(kind="idx_partial_entry", bytes=partial)
-            extra = sum(1 for e in idx_entries if e.offset not in known)
+            # An entry for no record, or a second entry for one (a repeated entry): the idx holds
+            # more than the frames do, so it needs rebuilding like one that lacks an entry.
+            listed: set[int] = set()
+            extra = 0
+            for e in idx_entries:
+                extra += e.offset not in known or e.offset in listed
+                listed.add(e.offset)
             if extra:
                 defect(kind="idx_extra_entries", entries=extra)
             result["idx_mismatch"] = mismatched + extra
