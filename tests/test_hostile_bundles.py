@@ -308,3 +308,16 @@ def test_an_idx_that_lists_a_record_twice_fails_verify_and_repair_rebuilds_it(ru
     assert any(d["kind"] == "idx_extra_entries" for d in row["defects"]), row["defects"]
     assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 0
     assert idx.read_bytes() == data
+
+
+def test_reads_of_a_run_whose_shard_file_is_gone_say_so(run_copy, tmp_path):
+    """The runlog says frames were written to shard 0; its files were deleted. The loss audit
+    and the export read the other shards, and say which shard's frames they could not read,
+    instead of a clean PASS over what is left."""
+    for p in (run_copy / "capture").glob("shard_00.*"):
+        p.unlink()
+    books = orjson.loads(run_cli("capture-books", "--run-dir", str(run_copy), "--workers", "1", "--json").stdout)
+    summary = orjson.loads(run_cli("capture-export", "--run-dir", str(run_copy), "--out", str(tmp_path / "x"),
+                                   "--tables", "frames", "--json").stdout)
+    for warnings in (books["warnings"], summary["warnings"]):
+        assert any(w.startswith("shard 00: the runlog says at least ") and "shard_00.frames is missing" in w for w in warnings), warnings

@@ -231,7 +231,7 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
         "frames_files_bytes": input_bytes, "payload_bytes": payload, "duration_s": round(seconds, 3),
         "frames_per_s": round(frames / seconds, 1) if seconds else None,
         "payload_mb_per_s": round(payload / 1e6 / seconds, 2) if seconds else None,
-        "workers": workers, "damaged_skipped": damaged, "warnings": list(req.warnings),
+        "workers": workers, "damaged_skipped": damaged, "warnings": list(req.warnings) + run.missing_shard_warnings(),
         "book_changes_rejected": sum(r["book_changes_rejected"] for r in results),
     }
     # Written last, whole or not at all: an export dir without it was interrupted.
