@@ -328,3 +328,20 @@ def test_a_report_that_cannot_be_written_names_the_report_not_a_temp_file(run_co
     (run_copy / "latency_report.json").mkdir()
     line = assert_one_line_error(run_cli("capture-latency-report", "--run-dir", str(run_copy), "--no-books"), 1)
     assert f"({run_copy / 'latency_report.json'})" in line and ".tmp-" not in line, line
+
+
+@pytest.mark.parametrize("field, value", [("dropped", "3"), ("frames_total", [1]), ("ws_rx_to_applied_ms", "24 ms"),
+                                          ("ws_rx_to_applied_hist_us", {"x": 1}), ("mono_ns", True)])
+def test_a_metrics_line_with_a_figure_of_another_type_is_an_unreadable_line(run_copy, field, value):
+    """The reports do arithmetic on the metrics' figures: a line holding text (or a list, or an
+    object that is no histogram) where a number goes is skipped and counted, like a line that
+    is not JSON, instead of a traceback in the latency report, the check and inspect."""
+    path = run_copy / "metrics" / "global.ndjson"
+    last = orjson.loads(path.read_bytes().splitlines()[-1])
+    with open(path, "ab") as fh:
+        fh.write(orjson.dumps({**last, field: value}) + b"\n")
+    proc = run_cli("capture-latency-report", "--run-dir", str(run_copy), "--no-books", "--no-verify")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "metrics: 1 unreadable line(s) skipped" in proc.stdout + proc.stderr, proc.stdout
+    proc = run_cli("capture-inspect", "--run-dir", str(run_copy))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
