@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from pm_arb import json_text
 from pm_arb.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -129,7 +130,7 @@ def _json_kind(value) -> str:
 
 
 def write_json(path: Path, doc) -> None:
-    write_file(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    write_file(path, json_text.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -345,3 +345,19 @@ def test_a_metrics_line_with_a_figure_of_another_type_is_an_unreadable_line(run_
     assert "metrics: 1 unreadable line(s) skipped" in proc.stdout + proc.stderr, proc.stdout
     proc = run_cli("capture-inspect", "--run-dir", str(run_copy))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_run_dir_whose_name_is_not_utf8_is_reported_in_json_with_escapes(offline_run, tmp_path):
+    """A path of bytes that are not UTF-8 reaches Python with lone surrogates, which orjson
+    refuses: every --json report, the export summary and a slice's manifest crashed on it."""
+    import shutil
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run-\xff\xfe")
+    shutil.copytree(offline_run, odd)
+    for args in (["capture-verify"], ["capture-check", "--no-books"], ["capture-books", "--workers", "1"],
+                 ["capture-export", "--out", str(tmp_path / "x"), "--tables", "markets"],
+                 ["capture-slice", "--out", os.fsdecode(os.fsencode(str(tmp_path)) + b"/cut-\xff"), "--from-seq", "0"]):
+        proc = run_cli(*args, "--run-dir", odd, "--json")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        doc = orjson.loads(proc.stdout)
+        assert "\\xff" in str(doc.get("run_dir") or doc.get("out_dir")), (args, doc)

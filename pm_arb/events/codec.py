@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import orjson
 
+from pm_arb import json_text
 from pm_arb.events.types import EVENT_TYPES, SHARD_NUMBER, Event
 
 ENVELOPE_KEYS = ("type", "seq", "mono_ns", "wall_ns_utc")
@@ -46,7 +47,7 @@ def encode(record: LogRecord) -> bytes:
     }
     for f in dataclasses.fields(record.event):
         body[f.name] = getattr(record.event, f.name)
-    return orjson.dumps(body) + b"\n"
+    return json_text.dumps(body) + b"\n"
 
 
 def decode(line: bytes | str) -> LogRecord:
