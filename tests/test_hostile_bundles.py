@@ -361,3 +361,11 @@ def test_a_run_dir_whose_name_is_not_utf8_is_reported_in_json_with_escapes(offli
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
         doc = orjson.loads(proc.stdout)
         assert "\\xff" in str(doc.get("run_dir") or doc.get("out_dir")), (args, doc)
+
+
+def test_an_export_window_that_misses_the_run_says_so(offline_run, tmp_path):
+    summary = orjson.loads(run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "x"), "--tables",
+                                   "frames,trades", "--from-wall", "2001-01-01T00:00:00Z", "--to-wall", "2001-01-02T00:00:00Z",
+                                   "--json").stdout)
+    assert summary["frames"] == 0
+    assert any(w.startswith("the receive-time window 2001-01-01T00:00:00") and "selects no frame" in w for w in summary["warnings"])
