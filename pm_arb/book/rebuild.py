@@ -193,6 +193,8 @@ class BookFold:
         return self
 
     def _new_token(self, tok: str, shard: int, since: Where | None, order: tuple) -> _Token | None:
+        if type(tok) is not str:  # JSON that is not the documented shape: a message, not a token
+            raise TypeError(f"asset_id {tok!r} is not a string")
         only = self.only_tokens
         if only is not None and tok not in only:
             return None

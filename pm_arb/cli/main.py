@@ -16,6 +16,7 @@ import click
 import orjson
 
 from pm_arb import __version__
+from pm_arb.events import json_text
 from pm_arb.commands import cli_params as P
 from pm_arb.commands.cli_params import FiniteFloat
 from pm_arb.config import FIELDS, MAX_SHARDS, Config, flag_name, load_config
@@ -27,7 +28,7 @@ CONFIG_GROUP_ORDER = ("capture", "refresh", "endpoints", "discovery", "websocket
 def _emit_json(doc: dict[str, Any]) -> None:
     from pm_arb.store.vocabulary import document
 
-    click.echo(orjson.dumps(document(doc), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+    click.echo(json_text.dumps(document(doc), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -665,5 +666,5 @@ def capture_bench(frames: int, shards: int, fixtures: Path | None, rounds: int, 
     if out_path is not None:
         from pm_arb.store.vocabulary import document
 
-        out_path.write_bytes(orjson.dumps(document(result), option=orjson.OPT_INDENT_2) + b"\n")
+        out_path.write_bytes(json_text.dumps(document(result), option=orjson.OPT_INDENT_2) + b"\n")
     _emit_json(result) if as_json else click.echo(render_bench(result))

@@ -268,6 +268,7 @@ def run_books(run_dir: Path, tokens: list[str] | None = None, silent_after_s: fl
     per core; 1: this process only); the report is the same either way."""
     run = open_run(run_dir)
     markers, warnings = _runlog_markers(run_dir, skip_bad_lines)
+    warnings += run.missing_shard_warnings()
     if not any(isinstance(m, Connect) for m in markers):
         warnings.append("runlog.ndjson has no shard_connected: reconnects cannot be placed, delta_before_snapshot counts from the first frame")
     is_slice = isinstance(run.manifest, dict) and bool(run.manifest.get("slice_of"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pm_arb.store.layout import require_run_dir
+from pm_arb.store.layout import require_outside, require_run_dir
 from pm_arb.commands.time_input import parse_time, resolve
 from pm_arb.commands.token_option import parse_tokens, unknown_tokens_warnings
 from pm_arb.errors import UserError
@@ -20,12 +20,16 @@ def build_request(run_dir: Path, out: Path, fmt: str, tables: tuple[str, ...], f
     from pm_arb.export.run_export import ExportRequest
 
     require_run_dir(run_dir)
+    require_outside(run_dir, out)
     chosen: list[str] = []
     for item in tables:
         for name in item.split(","):
             name = name.strip()
             if name and name not in chosen:
                 chosen.append(name)
+    if tables and not chosen:  # given but empty (an unset shell variable): not "every table"
+        raise UserError(f"--tables was given but names no table: pass some of {', '.join(ALL_TABLES)}, "
+                        "or drop the option to export every table", 2)
     unknown = [t for t in chosen if t not in ALL_TABLES]
     if unknown:
         raise UserError(f"unknown table {unknown[0]!r} for --tables: choose from {', '.join(ALL_TABLES)}", 2)

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from pm_arb.store.layout import CAPTURE_DIR, METRICS_DIR, read_manifest, require_run_dir
+from pm_arb.commands.reports import is_metrics_record
 from pm_arb.clock import wall_iso
 from pm_arb.metrics.units import human_bytes
 from pm_arb.store.frames_format import HeaderProblem
@@ -29,9 +30,11 @@ def _tail(path: Path, n: int) -> list[Any]:
     out: list[Any] = []
     for ln in lines[-n:]:
         try:
-            out.append(orjson.loads(ln))
+            rec = orjson.loads(ln)
         except orjson.JSONDecodeError:
-            out.append(ln.decode("utf-8", "replace"))
+            rec = None
+        # Shown as text when it is not a metrics record (not JSON, or figures of another type).
+        out.append(rec if is_metrics_record(rec) else ln.decode("utf-8", "replace"))
     return out
 
 

@@ -33,11 +33,31 @@ def _read_ndjson(path: Path) -> tuple[list[dict[str, Any]], int]:
         except orjson.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(obj, dict):
+        if is_metrics_record(obj):
             recs.append(obj)
         else:
             bad += 1
     return recs, bad
+
+
+# The figures of a metrics line (actors/metrics.py), numbers or null; a line where one is
+# anything else is unreadable like one that is not JSON: the reports do arithmetic on them.
+_METRIC_NUMBERS = ("mono_ns", "wall_ns_utc", "interval_s", "frames", "bytes", "frames_total", "bytes_total", "frames_per_s",
+                   "ws_in_q_depth", "parse_q_depth", "write_q_depth", "dropped", "dropped_total", "connected", "loop_lag_ms", "shard")
+
+
+def _number(v: Any) -> bool:
+    return v is None or type(v) in (int, float)
+
+
+def is_metrics_record(obj: Any) -> bool:
+    """Whether a decoded metrics line has the shape the metrics actor writes."""
+    if type(obj) is not dict or not all(_number(obj.get(k)) for k in _METRIC_NUMBERS):
+        return False
+    lat, hist = obj.get("ws_rx_to_applied_ms"), obj.get("ws_rx_to_applied_hist_us")
+    if lat is not None and not (type(lat) is dict and all(map(_number, lat.values()))):
+        return False
+    return hist is None or (type(hist) is dict and all(k.isascii() and k.isdigit() and type(n) is int for k, n in hist.items()))
 
 
 def slice_of(run_dir: Path) -> dict[str, Any] | None:

@@ -46,6 +46,9 @@ def resolve_run_dir(text: str, data_dir: Path | None = None) -> Path:
     as_path = Path(text)
     if as_path.exists():
         return as_path
+    if as_path.is_symlink():  # exists() follows links: a dangling one or a loop is not "no such path"
+        raise UserError(f"run dir {text} is a symbolic link that leads to no directory (dangling, or a loop): "
+                        "point it at a run dir, or pass the run dir itself", 2)
     data_dir = data_dir_from_env() if data_dir is None else data_dir
     root = bundle.runs_root(data_dir)
     known = run_dirs(data_dir)

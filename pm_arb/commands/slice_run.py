@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from pm_arb.store.layout import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_run_dir, write_json
+from pm_arb.store.layout import CAPTURE_DIR, MANIFEST, METRICS_DIR, RUNLOG, read_manifest, require_outside, require_run_dir, write_json
 from pm_arb.clock import wall_iso
 from pm_arb.commands.time_input import I64_MAX, I64_MIN, TimeSpec, resolve
 from pm_arb.errors import UserError
@@ -43,6 +43,7 @@ def slice_run(
     for flag, value, lo, hi in (("--from-seq", from_seq, 0, U64_MAX), ("--to-seq", to_seq, 0, U64_MAX)):
         if value is not None and not lo <= value <= hi:
             raise UserError(f"invalid value {value} for {flag}: expected {lo} to {hi}; nothing was written", 2)
+    require_outside(run_dir, out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out {out_dir} exists and is not an empty directory: choose a new path (nothing was written)", 2)
     capture_dir = run_dir / CAPTURE_DIR

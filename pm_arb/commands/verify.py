@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from pm_arb.store.layout import CAPTURE_DIR, read_manifest, require_run_dir
+from pm_arb.store.layout import CAPTURE_DIR, MANIFEST, ManifestError, read_manifest, require_run_dir
 from pm_arb.errors import UserError
 from pm_arb.events.folds.written import written_floor
 from pm_arb.events.runlog_file import read_runlog
@@ -42,15 +42,18 @@ def runlog_floor(run_dir: Path) -> dict[str, Any]:
     slice, whose runlog is a window of its source's, or when there is no readable runlog."""
     try:
         manifest = read_manifest(run_dir)
-    except UserError:
-        return {"checked": False, "reason": "manifest.json is not readable JSON, so whether this run is a slice is unknown", "shards": {}}
+    except ManifestError as exc:
+        return {"checked": False, "reason": f"{MANIFEST} {exc.problem}, so whether this run is a slice is unknown", "shards": {}}
     if "slice_of" in manifest:
         return {"checked": False, "reason": "a slice holds part of its source run's frames", "shards": {}}
     try:
-        records = read_runlog(run_dir, skip_bad_lines=True).records
+        read = read_runlog(run_dir, skip_bad_lines=True)
     except UserError as exc:
         return {"checked": False, "reason": str(exc), "shards": {}}
-    return written_floor(records)
+    floor = written_floor(read.records)
+    # A line lost there may be the run_stop that holds the writer's counts: say the check used the rest.
+    floor["skipped_lines"] = [{"line_no": b.line_no, "reason": b.reason, "torn_tail": b.torn_tail} for b in read.bad_lines]
+    return floor
 
 
 def verify_shard(
@@ -195,7 +198,13 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None,
             partial = (idx_file.size - FILE_HEADER_SIZE) % IDX_ENTRY_SIZE
             if partial and not live:
                 defect(kind="idx_partial_entry", bytes=partial)
-            extra = sum(1 for e in idx_entries if e.offset not in known)
+            # An entry for no record, or a second entry for one (a repeated entry): the idx holds
+            # more than the frames do, so it needs rebuilding like one that lacks an entry.
+            listed: set[int] = set()
+            extra = 0
+            for e in idx_entries:
+                extra += e.offset not in known or e.offset in listed
+                listed.add(e.offset)
             if extra:
                 defect(kind="idx_extra_entries", entries=extra)
             result["idx_mismatch"] = mismatched + extra
@@ -238,6 +247,8 @@ def verify_run(run_dir: Path, repair: bool = False, show_progress: bool | None =
     }
     ok = not any(totals[k] for k in DEFECT_TOTALS)
     runlog_check = {"checked": floor["checked"], "reason": floor["reason"]}
+    if floor.get("skipped_lines"):
+        runlog_check["skipped_lines"] = floor["skipped_lines"]
     out = {"run_dir": str(run_dir), "ok": ok, "live": live, "totals": totals, "runlog_check": runlog_check, "shards": per_shard}
     if live:
         totals["growing_tail_bytes"] = sum(r["growing_tail_bytes"] for r in per_shard)
@@ -305,6 +316,11 @@ def render_verify(result: dict[str, Any], summary_only: bool) -> str:
     check = result.get("runlog_check", {})
     if check and not check["checked"]:
         lines.append(f"note: files not checked against the runlog's frame counts: {check['reason']}")
+    skipped = check.get("skipped_lines") if check else None
+    if skipped and check["checked"]:
+        first = skipped[0]
+        lines.append(f"note: the runlog's frame counts were read past {len(skipped)} unreadable line(s) of runlog.ndjson "
+                     f"(line {first['line_no']}: {first['reason']}); a count on such a line was not checked")
     if t["frames_missing"]:
         lines.append(
             "hint: the runlog says more frames were written than the files hold: a file was deleted, truncated "

@@ -8,9 +8,14 @@ Fields hold only JSON-native values so the codec is a plain dict round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
 EVENT_TYPES: dict[str, type] = {}
+
+# A dict key that is a shard number written as decimal text (JSON keys are strings); the codec
+# refuses any other key, since every reader of these dicts takes int() of it.
+SHARD_NUMBER = "shard number"
+ShardKey = Annotated[str, SHARD_NUMBER]
 
 
 def event(name: str):
@@ -47,7 +52,7 @@ class UniverseAssigned(Event):
     """The token set of every shard, at start and after each applied refresh."""
 
     reason: str  # "start" | "refresh"
-    shard_tokens: dict[str, list[str]]  # shard number (as text) -> token ids
+    shard_tokens: dict[ShardKey, list[str]]  # shard number (as text) -> token ids
     markets: int
     tokens: int
     grace_tokens: list[str] = field(default_factory=list)  # excluded from coverage until grace_until_mono_ns
@@ -147,7 +152,7 @@ class RunConfirmed(Event):
 @dataclass(frozen=True)
 class Heartbeat(Event):
     phase: str
-    shards: dict[str, dict[str, Any]]  # shard -> counters (frames, bytes, market_events, control, dropped, connected)
+    shards: dict[ShardKey, dict[str, int | bool]]  # shard -> counters (frames, bytes, market_events, control, dropped, connected)
     frames_total: int
     dropped_total: int
     coverage_pct: float
@@ -169,7 +174,7 @@ class RunStop(Event):
     duration_seconds: float
     # shard -> frames the writer had appended to its file when the run stopped (after its last
     # flush); empty when the writer did not answer. capture-verify checks the files against it.
-    frames_written: dict[str, int] = field(default_factory=dict)
+    frames_written: dict[ShardKey, int] = field(default_factory=dict)
 
 
 @event("fatal")

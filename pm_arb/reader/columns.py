@@ -85,11 +85,16 @@ class _ShardCursor:
             self.entries = np.zeros(0, IDX_DTYPE)
             self.pos = self.hi = 0
         self._tail_done = False
+        self._slow = None  # the record-by-record walk over a chunk the bulk path could not take
+        self.at: int | None = None  # where the next record starts, once a walk got there (None: as the idx says)
+        self.last_seq: int | None = None
 
     def fill(self) -> bool:
         """Make `pending` hold at least one frame if any remain; False when the shard is done."""
         while self.pending is None or not len(self.pending):
-            if self.pos < self.hi:
+            if self._slow is not None:
+                self.pending = self._from_slow()
+            elif self.pos < self.hi:
                 self.pending = self._from_idx()
             elif not self._tail_done:
                 self._tail_done = True
@@ -114,18 +119,39 @@ class _ShardCursor:
         if not within.all():
             b = a + max(1, int(within.sum()))
             e, lens = e[:b - a], lens[:b - a]
-        self.pos = b
         cols = self._bulk(a, e, lens)
-        self.view.release(int(e["offset"][-1]), a)
         if cols is None:  # something does not add up: let the record-by-record path name it
-            recs = list(self.view.records_between(a, b, self.start, self.end, self.verify, self.on_damage))
-            return _Columns.of_records(self.view.shard, recs)
+            self._slow = self.view.records_between(a, b, self.start, self.end, self.verify, self.on_damage, self.at, self.last_seq)
+            return self._from_slow()
+        self.pos = b
+        self.at, self.last_seq = int(e["offset"][-1]) + RECORD_OVERHEAD + int(lens[-1]), int(e["seq"][-1])
+        self.view.release(int(e["offset"][-1]), a)
         return cols
+
+    def _from_slow(self) -> _Columns:
+        """The next records of the record-by-record walk, at most a chunk at a time (where the
+        idx disagrees with the frames it scans the frames file, possibly to its end)."""
+        recs = []
+        try:
+            while len(recs) < self.chunk:
+                recs.append(next(self._slow))
+        except StopIteration as done:
+            self._slow = None
+            resume, self.at, self.last_seq = done.value
+            if resume is None:  # read to the end of the frames file: no idx entry and no tail left
+                self.pos = self.hi = self.view.entries
+                self._tail_done = True
+            else:
+                self.pos = max(self.pos, resume)
+        return _Columns.of_records(self.view.shard, recs)
 
     def _bulk(self, a: int, e: np.ndarray, lens: np.ndarray) -> _Columns | None:
         offs = e["offset"].astype(np.int64)
         ends = offs + RECORD_OVERHEAD + lens
-        first = FILE_HEADER_SIZE if a == 0 else int(self.entries[a - 1]["offset"]) + RECORD_OVERHEAD + int(self.entries[a - 1]["payload_len"])
+        if self.at is not None:
+            first = self.at
+        else:
+            first = FILE_HEADER_SIZE if a == 0 else int(self.entries[a - 1]["offset"]) + RECORD_OVERHEAD + int(self.entries[a - 1]["payload_len"])
         if offs[0] != first or (offs[1:] != ends[:-1]).any() or ends[-1] > len(self._buf):
             return None
         # The records are back to back, so one Arrow binary array over the mapped bytes holds

@@ -12,6 +12,7 @@ import orjson
 
 from pm_arb.store.layout import CAPTURE_DIR, RUNLOG, read_manifest, require_run_dir
 from pm_arb.errors import UserError
+from pm_arb.events.folds.written import written_floor
 from pm_arb.events.runlog_file import read_runlog
 from pm_arb.events.types import MarketAssigned, UniverseAssigned
 from pm_arb.reader.records import Event, FrameRecord, Market
@@ -88,6 +89,19 @@ class Run:
     @property
     def shards(self) -> list[int]:
         return shard_numbers(self.capture_dir) if self.capture_dir.is_dir() else []
+
+    def missing_shard_warnings(self) -> list[str]:
+        """One line per shard the runlog says frames were written to (the writer's count in
+        run_stop, or a heartbeat's lower bound) whose frames file is gone: reads of the run
+        do not hold those frames, and should say so. None for a slice (its runlog is a window)."""
+        if "slice_of" in self.manifest:
+            return []
+        have = set(self.shards)
+        floor = written_floor(self._runlog_records())["shards"]
+        return [f"shard {s:02d}: the runlog says at least {f['frames_at_least']:,} frames were written to it "
+                f"({f['source']}, seq {f['runlog_seq']}), but {CAPTURE_DIR}/shard_{s:02d}.frames is missing: none of them "
+                "are read; `pm_arb capture-verify` lists what is lost"
+                for s, f in sorted(floor.items()) if s not in have and f["frames_at_least"] > 0]
 
     def frames(
         self,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from pm_arb.events import json_text
 from pm_arb.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -41,19 +42,95 @@ def require_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def require_outside(run_dir: Path, out: Path, flag: str = "--out") -> None:
+    """A command's output may not go inside the run it reads: the bundle is the evidence, and a
+    directory there (named like a shard's frames file, say) changes what every reader finds."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents:
+        raise UserError(f"{flag} {out} is inside the run dir {run_dir}: writing there would change the run's own bundle; "
+                        "choose a path outside it (nothing was written)", 2)
+
+
 def read_manifest(run_dir: Path) -> dict:
+    """The run's manifest as capture wrote it ({} when there is none), or UserError naming what
+    is wrong with it: every reader takes its fields as written, so one check here stands for all."""
     path = run_dir / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():
+        raise ManifestError(path, "is not a file")
     try:
         doc = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not readable JSON ({exc}); the frames can still be checked with capture-verify", 1) from None
-    return doc if isinstance(doc, dict) else {}
+        raise ManifestError(path, f"is not readable JSON ({exc})") from None
+    problem = manifest_problem(doc)
+    if problem:
+        raise ManifestError(path, f"is not a pm_arb manifest: {problem}")
+    return doc
+
+
+class ManifestError(UserError):
+    """manifest.json cannot be used; `problem` says why (exit 1: the run's own file is damaged)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} {problem}; restore it from a copy of the run; the frames can still be checked with capture-verify", 1)
+        self.problem = problem
+
+# The fields readers use, as run_capture.build_manifest writes them (a slice adds slice_of);
+# a field may be absent (older runs), never of another type.
+_MANIFEST_FIELDS = {"run_id": str, "mode": str, "started_wall_ns_utc": int, "started_mono_ns": int, "started_utc": str,
+                    "config": dict, "universe": dict, "host": dict, "versions": dict, "sim": dict, "slice_of": dict}
+_UNIVERSE_FIELDS = {"markets": list, "shard_token_counts": dict, "placement": dict}
+_MARKET_FIELDS = {"condition_id": str, "question": str, "shard": int, "id": str, "slug": str}
+_JSON_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "an array"}
+
+
+def manifest_problem(doc) -> str | None:
+    """What makes a decoded manifest.json other than what capture writes, or None."""
+    if not isinstance(doc, dict):
+        return f"the top level is {_json_kind(doc)}, not an object"
+    universe = doc.get("universe", {})
+    problem = _fields_problem(doc, _MANIFEST_FIELDS, "") or _fields_problem(universe, _UNIVERSE_FIELDS, "universe.")
+    if problem:
+        return problem
+    for shard, count in universe.get("shard_token_counts", {}).items():
+        if not (shard.isascii() and shard.isdigit() and _fits(count, int)):
+            return f"'universe.shard_token_counts' maps {shard!r} to {_json_kind(count)}, not a shard number to a count"
+    for i, market in enumerate(universe.get("markets", [])):
+        where = f"universe.markets[{i}]"
+        if not isinstance(market, dict):
+            return f"{where!r} is {_json_kind(market)}, not an object"
+        for token in ("yes_token", "no_token"):
+            if not (isinstance(market.get(token), str) and market[token]):
+                return f"'{where}.{token}' is {_json_kind(market.get(token))}, not a token id"
+        problem = _fields_problem(market, _MARKET_FIELDS, f"{where}.", optional_null=("id", "slug"))
+        if problem:
+            return problem
+    return None
+
+
+def _fields_problem(doc: dict, fields: dict[str, type], prefix: str, optional_null: tuple[str, ...] = ()) -> str | None:
+    for name, kind in fields.items():
+        if name in doc and not _fits(doc[name], kind) and not (doc[name] is None and name in optional_null):
+            return f"'{prefix}{name}' is {_json_kind(doc[name])}, not {_JSON_NAMES[kind]}"
+    return None
+
+
+def _fits(value, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def write_json(path: Path, doc) -> None:
-    write_file(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    write_file(path, json_text.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -63,6 +140,10 @@ def write_file(path: Path, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        # Named by the file the caller asked for, not the temp file nobody knows of.
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

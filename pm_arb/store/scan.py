@@ -100,10 +100,10 @@ def _is_prefix_of_record(buf, pos: int, size: int) -> bool:
 
 
 def scan(
-    buf, summary: ScanSummary | None = None, vouched_until: int = 0, start: int = FILE_HEADER_SIZE
+    buf, summary: ScanSummary | None = None, vouched_until: int = 0, start: int = FILE_HEADER_SIZE, stop: int | None = None
 ) -> Iterator[FrameRecord]:
-    """Yield every valid record in order from `start` (a record boundary); fill `summary` with
-    what else was found.
+    """Yield every valid record in order from `start` (a record boundary) to `stop` (the end of
+    the file unless given); fill `summary` with what else was found.
 
     `vouched_until` is the furthest record end the idx lists (shard_files.idx_vouched_until).
     An idx entry is written only after its record was fully written, so no byte before it can
@@ -111,7 +111,7 @@ def scan(
     record the idx lists, or zeroed), is corruption or loss, never a torn tail.
     """
     s = summary if summary is not None else ScanSummary()
-    size = len(buf)
+    size = len(buf) if stop is None else min(stop, len(buf))
     pos = start
     while pos < size:
         rec, reason = _record_at(buf, pos, size)
@@ -138,3 +138,8 @@ def scan(
             return
         s.corrupt.append(CorruptRegion(pos, nxt - pos, reason if reason != "short" else "truncated record", _claimed_seq(buf, pos, size)))
         pos = nxt
+
+
+def valid_record_at(buf, pos: int) -> FrameRecord | None:
+    """The record at `pos` when one that passes its checksum starts there, else None."""
+    return _record_at(buf, pos, len(buf))[0] if 0 <= pos else None
