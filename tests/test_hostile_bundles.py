@@ -363,9 +363,17 @@ def test_a_run_dir_whose_name_is_not_utf8_is_reported_in_json_with_escapes(offli
         assert "\\xff" in str(doc.get("run_dir") or doc.get("out_dir")), (args, doc)
 
 
-def test_an_export_window_that_misses_the_run_says_so(offline_run, tmp_path):
-    summary = orjson.loads(run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "x"), "--tables",
-                                   "frames,trades", "--from-wall", "2001-01-01T00:00:00Z", "--to-wall", "2001-01-02T00:00:00Z",
-                                   "--json").stdout)
-    assert summary["frames"] == 0
-    assert any(w.startswith("the receive-time window 2001-01-01T00:00:00") and "selects no frame" in w for w in summary["warnings"])
+def test_an_export_window_that_misses_the_run_is_refused_and_writes_nothing(offline_run, tmp_path):
+    """As capture-slice: exit 1, one line naming the window, no output dir."""
+    proc = run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "x"), "--tables",
+                   "frames,trades", "--from-wall", "2001-01-01T00:00:00Z", "--to-wall", "2001-01-02T00:00:00Z", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "the receive-time window 2001-01-01T00:00:00" in proc.stderr and "selects no frame" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    from pm_arb.reader import open_run
+
+    walls = sorted(f.rx_wall_ns_utc for f in open_run(offline_run).frames(verify=False))
+    inside = run_cli("capture-export", "--run-dir", str(offline_run), "--out", str(tmp_path / "y"), "--tables", "frames",
+                     "--from-wall", str(walls[len(walls) // 2]), "--json")  # a window inside the run still exports
+    assert inside.returncode == 0, inside.stderr
+    assert orjson.loads(inside.stdout)["frames"] == sum(w >= walls[len(walls) // 2] for w in walls)

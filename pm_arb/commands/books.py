@@ -45,7 +45,7 @@ def _runlog_markers(run_dir: Path, skip_bad_lines: bool) -> tuple[list[Connect |
         if isinstance(e, ev.ShardConnected):
             out.append(Connect(e.shard, rec.mono_ns, rec.wall_ns_utc))
         elif isinstance(e, ev.UniverseAssigned):
-            shard_tokens = {int(s): list(toks) for s, toks in e.shard_tokens.items() if str(s).lstrip("-").isdigit()}
+            shard_tokens = {int(s): list(toks) for s, toks in e.shard_tokens.items() if str(s).isascii() and str(s).lstrip("-").isdigit()}
             out.append(Assign(shard_tokens, rec.mono_ns, rec.wall_ns_utc))
     out.sort(key=lambda m: m.mono_ns)
     return out, warnings

@@ -136,7 +136,7 @@ def record_check(run_dir: Path, report: dict[str, Any]) -> str | None:
 def shards_without_tokens(manifest: dict[str, Any]) -> list[int]:
     """Shards the universe at start left empty: no connection, no files (few markets, many shards)."""
     counts = (manifest.get("universe") or {}).get("shard_token_counts") or {}
-    return sorted(int(s) for s, n in counts.items() if str(s).isdigit() and n == 0)
+    return sorted(int(s) for s, n in counts.items() if str(s).isascii() and str(s).isdigit() and n == 0)
 
 
 def empty_shards_note(manifest: dict[str, Any]) -> str | None:

@@ -192,9 +192,11 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
     shards = run.shards
     if not shards:
         raise UserError(f"no capture/*.frames in {req.run_dir}: confirm the run dir path and that capture/*.frames exists", 2)
+    reads_frames = any(t == "frames" or t in NORMALIZED for t in req.tables)
+    if reads_frames and (req.start is not None or req.end is not None):
+        _require_a_frame_in_window(run, req)
     _prepare_out(req, force)
     workers = req.workers or min(os.cpu_count() or 1, len(shards))
-    reads_frames = any(t == "frames" or t in NORMALIZED for t in req.tables)
     results = _run_shards(req, shards, workers, progress) if reads_frames else []
     errors = [r["error"] for r in results if r["error"]]
     if errors:
@@ -238,6 +240,16 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
     # Written last, whole or not at all: an export dir without it was interrupted.
     write_json(req.out / SUMMARY, document(summary))
     return summary
+
+
+def _require_a_frame_in_window(run, req: ExportRequest) -> None:
+    """A window that misses the run (a wrong date, say) is refused before anything is written,
+    as capture-slice refuses it: an empty export looks like an answer. Found by bisection on
+    each shard's idx, so it costs a few reads, not a scan."""
+    first = next(iter(run.frames(start=req.start, end=req.end, verify=False, on_damage=lambda _d: None)), None)
+    if first is None:
+        raise UserError(f"the receive-time window {wall_iso(req.start) or 'start'} .. {wall_iso(req.end) or 'end'} selects no frame of "
+                        "this run; nothing was written: `pm_arb capture-inspect` shows each shard's first and last receive time", 1)
 
 
 def _empty_window(req: ExportRequest, frames: int, reads_frames: bool) -> list[str]:
