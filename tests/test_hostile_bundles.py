@@ -319,7 +319,9 @@ def test_reads_of_a_run_whose_shard_file_is_gone_say_so(run_copy, tmp_path):
     books = orjson.loads(run_cli("capture-books", "--run-dir", str(run_copy), "--workers", "1", "--json").stdout)
     summary = orjson.loads(run_cli("capture-export", "--run-dir", str(run_copy), "--out", str(tmp_path / "x"),
                                    "--tables", "frames", "--json").stdout)
-    for warnings in (books["warnings"], summary["warnings"]):
+    cut = orjson.loads(run_cli("capture-slice", "--run-dir", str(run_copy), "--out", str(tmp_path / "s"),
+                               "--from-seq", "0", "--json").stdout)
+    for warnings in (books["warnings"], summary["warnings"], cut["warnings"]):
         assert any(w.startswith("shard 00: the runlog says at least ") and "shard_00.frames is missing" in w for w in warnings), warnings
 
 

@@ -74,6 +74,8 @@ def slice_run(
             r.close()
         raise
     warnings = [f"{r.header_damage}; its records were still read and copied" for r in readers if r.header_damage]
+    if shards is None:  # a whole-run slice of a run that lost a shard's file says so, as books and export do
+        warnings += _missing_shards(run_dir)
     if by_time:  # the window as resolved, beside what was typed
         rng = {
             "from_wall_ns_utc": lo_w if from_wall is not None else None,
@@ -315,3 +317,13 @@ def _copy_window(src: Path, dst: Path, by_time: bool, lo_w: int, hi_w: int, mono
                 fout.write(line if line.endswith(b"\n") else line + b"\n")
                 kept += 1
     return kept
+
+
+def _missing_shards(run_dir: Path) -> list[str]:
+    from pm_arb.reader import open_run
+
+    try:
+        return open_run(run_dir).missing_shard_warnings()
+    except UserError:  # a runlog unreadable without --skip-bad-lines: the slice copies it and verify names it
+        return []
+
