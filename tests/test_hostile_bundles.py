@@ -379,3 +379,28 @@ def test_an_export_window_that_misses_the_run_is_refused_and_writes_nothing(offl
                      "--from-wall", str(walls[len(walls) // 2]), "--json")  # a window inside the run still exports
     assert inside.returncode == 0, inside.stderr
     assert orjson.loads(inside.stdout)["frames"] == sum(w >= walls[len(walls) // 2] for w in walls)
+
+
+def _drop_idx_entry(run_dir, entry: int) -> None:
+    path = _idx(run_dir)
+    data = path.read_bytes()
+    at = FILE_HEADER_SIZE + entry * IDX_ENTRY_SIZE
+    path.write_bytes(data[:at] + data[at + IDX_ENTRY_SIZE:])
+
+
+@pytest.mark.parametrize("before", [0, 3])
+def test_a_window_ending_at_a_record_the_idx_does_not_list_still_holds_it(offline_run, run_copy, before):
+    """An idx that lacks an entry (the record is intact in the frames file): a time window that
+    ends at that record's receive time bisects to the entry after it, which agrees with the frames
+    file and confirms the bound, so the walk stopped before the gap and lost the record silently."""
+    intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
+    k = next(i for i in range(100, len(intact) - 1) if intact[i - 1 - before].rx_wall_ns_utc < intact[i].rx_wall_ns_utc < intact[i + 1].rx_wall_ns_utc)
+    _drop_idx_entry(run_copy, k)
+    start, end = intact[k - before].rx_wall_ns_utc, intact[k].rx_wall_ns_utc
+    expected = [f for f in intact if start <= f.rx_wall_ns_utc <= end]
+    assert intact[k] in expected
+    run = open_run(run_copy)
+    seen: list = []
+    assert list(run.frames(shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append)) == expected
+    assert _batch_rows(run, shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append) == [tuple(f) for f in expected]
+    assert seen == []

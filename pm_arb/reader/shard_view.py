@@ -100,7 +100,16 @@ class ShardView:
             return 0, self.entries
         if hi < self.entries and not _is_before(end, self._stored_wall(hi)):
             return 0, self.entries
+        if 0 < hi < self.entries and not self._follows_on(hi):
+            # Entry hi does not start where entry hi - 1 ends: the frames between them (records
+            # the idx does not list) may lie inside the window. Walking entry hi too makes the
+            # walk rescan that gap; entry hi's own record is outside the window and filtered.
+            hi += 1
         return lo, max(lo, hi)
+
+    def _follows_on(self, i: int) -> bool:
+        prev, e = self.entry(i - 1), self.entry(i)
+        return e.offset == prev.offset + RECORD_OVERHEAD + prev.payload_len
 
     def _stored_wall(self, i: int) -> int | None:
         """The receive wall time of idx entry i's record as the frames file holds it, when the
