@@ -381,21 +381,34 @@ def test_an_export_window_that_misses_the_run_is_refused_and_writes_nothing(offl
     assert orjson.loads(inside.stdout)["frames"] == sum(w >= walls[len(walls) // 2] for w in walls)
 
 
-def _drop_idx_entry(run_dir, entry: int) -> None:
+
+def _drop_idx_entry(run_dir, k: int) -> None:
     path = _idx(run_dir)
     data = path.read_bytes()
-    at = FILE_HEADER_SIZE + entry * IDX_ENTRY_SIZE
+    at = FILE_HEADER_SIZE + k * IDX_ENTRY_SIZE
     path.write_bytes(data[:at] + data[at + IDX_ENTRY_SIZE:])
 
 
+def _swap_idx_entries(run_dir, k: int) -> None:
+    """Entries k and k + 1 in each other's place (capture-verify passes such an idx)."""
+    path = _idx(run_dir)
+    data = bytearray(path.read_bytes())
+    at = FILE_HEADER_SIZE + k * IDX_ENTRY_SIZE
+    data[at:at + 2 * IDX_ENTRY_SIZE] = data[at + IDX_ENTRY_SIZE:at + 2 * IDX_ENTRY_SIZE] + data[at:at + IDX_ENTRY_SIZE]
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("before", [0, 3])
-def test_a_window_ending_at_a_record_the_idx_does_not_list_still_holds_it(offline_run, run_copy, before):
-    """An idx that lacks an entry (the record is intact in the frames file): a time window that
-    ends at that record's receive time bisects to the entry after it, which agrees with the frames
-    file and confirms the bound, so the walk stopped before the gap and lost the record silently."""
+@pytest.mark.parametrize("damage", [_drop_idx_entry, _swap_idx_entries])
+def test_a_window_ending_at_a_record_the_idx_does_not_list_in_place_still_holds_it(offline_run, run_copy, damage, before):
+    """Record k is intact in the frames file, but the idx lacks its entry or lists it after the
+    next one. A time window ending at its receive time bisects to an entry that agrees with the
+    frames file and is past the end, so the walk stopped there and lost record k silently: the
+    window's end must be confirmed where the walk got to in the frames file."""
     intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
-    k = next(i for i in range(100, len(intact) - 1) if intact[i - 1 - before].rx_wall_ns_utc < intact[i].rx_wall_ns_utc < intact[i + 1].rx_wall_ns_utc)
-    _drop_idx_entry(run_copy, k)
+    k = next(i for i in range(100, len(intact) - 2)
+             if intact[i - 1 - before].rx_wall_ns_utc < intact[i].rx_wall_ns_utc < intact[i + 1].rx_wall_ns_utc < intact[i + 2].rx_wall_ns_utc)
+    damage(run_copy, k)
     start, end = intact[k - before].rx_wall_ns_utc, intact[k].rx_wall_ns_utc
     expected = [f for f in intact if start <= f.rx_wall_ns_utc <= end]
     assert intact[k] in expected

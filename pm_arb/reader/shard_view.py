@@ -100,16 +100,17 @@ class ShardView:
             return 0, self.entries
         if hi < self.entries and not _is_before(end, self._stored_wall(hi)):
             return 0, self.entries
-        if 0 < hi < self.entries and not self._follows_on(hi):
-            # Entry hi does not start where entry hi - 1 ends: the frames between them (records
-            # the idx does not list) may lie inside the window. Walking entry hi too makes the
-            # walk rescan that gap; entry hi's own record is outside the window and filtered.
-            hi += 1
         return lo, max(lo, hi)
 
-    def _follows_on(self, i: int) -> bool:
-        prev, e = self.entry(i - 1), self.entry(i)
-        return e.offset == prev.offset + RECORD_OVERHEAD + prev.payload_len
+    def closes_window(self, i: int, at: int, hi_w: int) -> bool:
+        """Whether a walk that reached frames offset `at` may stop before entry i: entry i starts
+        there, agrees with the frames file, and its record is past the window's end. Entry hi
+        confirming the end bound is not enough: records the idx does not list, or lists out of
+        order, may lie between where the walk got to and entry hi, inside the window."""
+        if i >= self.entries or hi_w == 2**63 - 1:
+            return True
+        e = self.entry(i)
+        return e.offset == at and e.rx_wall_ns_utc > hi_w and self._agrees(e)
 
     def _stored_wall(self, i: int) -> int | None:
         """The receive wall time of idx entry i's record as the frames file holds it, when the
@@ -130,12 +131,12 @@ class ShardView:
             yield from self.records_after(0, start, end, on_damage)
             return
         lo, hi = self.index_range(start, end)
-        resume, at, last_seq = yield from self.records_between(lo, hi, start, end, verify, on_damage)
+        resume, at, last_seq = yield from self.records_between(lo, hi, start, end, verify, on_damage, confirm_end=True)
         if resume == self.entries and at < len(self._buf):  # records written after the idx was read
             yield from self._scanned(at, _lo(start), _hi(end), on_damage, last_seq)
 
     def records_between(self, lo: int, hi: int, start: int | None, end: int | None, verify: bool, on_damage: OnDamage,
-                        at: int | None = None, last_seq: int | None = None) -> Generator[FrameRecord, None, tuple[int | None, int, int | None]]:
+                        at: int | None = None, last_seq: int | None = None, confirm_end: bool = False) -> Generator[FrameRecord, None, tuple[int | None, int, int | None]]:
         """The records of idx entries [lo, hi) inside the time bounds, one at a time. Returns
         (the entry the walk stopped at: hi, or further; None when it read to the end of the file,
         the frames offset it reached, the seq of the last record before it).
@@ -145,7 +146,9 @@ class ShardView:
         other than the record header it points at) the frames decide: they are scanned from the
         last record that agreed up to the next entry that agrees again, or to the end of the file.
         Only records that fail their own checks are damage. The walk starts where entry lo - 1
-        ends, or at `at` (after `last_seq`) when the caller walked there itself."""
+        ends, or at `at` (after `last_seq`) when the caller walked there itself. With
+        `confirm_end`, [lo, hi) came from index_range and the walk goes on past hi until the
+        frames file confirms the window's end (closes_window)."""
         lo_w, hi_w = _lo(start), _hi(end)
         size = len(self._buf)
         if at is not None:
@@ -160,7 +163,7 @@ class ShardView:
         entry = self.entry
         after_seq = -1 if last_seq is None else last_seq
         i = lo
-        while i < hi:
+        while i < hi or (confirm_end and not self.closes_window(i, expected_offset, hi_w)):
             e = entry(i)
             end_at = e.offset + RECORD_OVERHEAD + e.payload_len
             if e.offset == expected_offset and end_at <= size and e.seq > after_seq:
