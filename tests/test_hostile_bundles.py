@@ -417,3 +417,23 @@ def test_a_window_ending_at_a_record_the_idx_does_not_list_in_place_still_holds_
     assert list(run.frames(shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append)) == expected
     assert _batch_rows(run, shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append) == [tuple(f) for f in expected]
     assert seen == []
+
+
+def test_bytes_cut_out_of_the_middle_of_a_frames_file_lose_only_the_records_they_held(offline_run, run_copy):
+    """A hole in the frames file (bytes from inside record k to inside record k + 1 gone, the rest
+    moved up): each later idx entry points at the wrong bytes, so the walk called every record after
+    the hole damaged, under a seq read from the hole's bytes. The frames decide: the records after the
+    hole are intact and read, and one damage names seq k."""
+    intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
+    recs = records_by_shard(offline_run)[IDX_SHARD]
+    k = 40
+    path = run_copy / "capture" / f"shard_{IDX_SHARD:02d}.frames"
+    data = path.read_bytes()
+    path.write_bytes(data[:recs[k].offset + 5] + data[recs[k + 1].offset + 3:])
+    expected = [tuple(f) for f in intact if f.seq not in (recs[k].seq, recs[k + 1].seq)]
+    run = open_run(run_copy)
+    for read in (lambda **kw: [tuple(f) for f in run.frames(shards=[IDX_SHARD], **kw)],
+                 lambda **kw: _batch_rows(run, shards=[IDX_SHARD], **kw)):
+        seen: list = []
+        assert read(on_damage=seen.append) == expected
+        assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, recs[k].seq)]

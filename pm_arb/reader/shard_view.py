@@ -184,7 +184,9 @@ class ShardView:
                             _report(on_damage, Damage(shard, e.seq, e.offset, "checksum mismatch"))
                     expected_offset, after_seq, i = end_at, e.seq, i + 1
                     continue
-                if valid_record_at(buf, e.offset) is None:  # where the idx chain says, and damaged
+                # Where the idx chain says, and damaged; the frames after it are where the next
+                # entry says (else bytes went missing or were added here: the frames decide).
+                if valid_record_at(buf, e.offset) is None and (i + 1 >= self.entries or self._agrees(entry(i + 1))):
                     _report(on_damage, Damage(shard, e.seq, e.offset, "the record's header does not match its idx entry"))
                     expected_offset, after_seq, i = end_at, e.seq, i + 1
                     continue
@@ -275,7 +277,9 @@ def _drop(view, released: int, end: int) -> int:
 
 
 def _region(shard: int, region, last_seq: int | None) -> Damage:
-    seq = region.seq if region.seq is not None else (last_seq + 1 if last_seq is not None else None)
+    # The seq after the last intact record is the first one lost; a damaged region's own header
+    # may claim any seq (bytes cut out of the file leave a header's first bytes before others').
+    seq = last_seq + 1 if last_seq is not None else region.seq
     return Damage(shard, seq, region.offset, f"{region.reason} ({region.length} bytes)")
 
 
