@@ -437,3 +437,23 @@ def test_bytes_cut_out_of_the_middle_of_a_frames_file_lose_only_the_records_they
         seen: list = []
         assert read(on_damage=seen.append) == expected
         assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, recs[k].seq)]
+
+
+@pytest.mark.parametrize("where", ["middle", "after the last"])
+def test_a_record_written_twice_is_read_once_and_named(offline_run, run_copy, where):
+    """The frames file holds record k's bytes twice (the idx lists it once): the scan from the last
+    agreeing record found both copies and returned seq k twice (an export held the frame twice)."""
+    intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
+    recs = records_by_shard(offline_run)[IDX_SHARD]
+    k = 40 if where == "middle" else 5
+    path = run_copy / "capture" / f"shard_{IDX_SHARD:02d}.frames"
+    data = path.read_bytes()
+    copy = data[recs[k].offset:recs[k + 1].offset]
+    at = recs[k + 1].offset if where == "middle" else len(data)
+    path.write_bytes(data[:at] + copy + data[at:])
+    run = open_run(run_copy)
+    for read in (lambda **kw: [tuple(f) for f in run.frames(shards=[IDX_SHARD], **kw)],
+                 lambda **kw: _batch_rows(run, shards=[IDX_SHARD], **kw)):
+        seen: list = []
+        assert read(on_damage=seen.append) == [tuple(f) for f in intact]
+        assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, recs[k].seq)]

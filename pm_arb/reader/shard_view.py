@@ -246,6 +246,10 @@ class ShardView:
             while reported < len(summary.corrupt):
                 _report(on_damage, _region(shard, summary.corrupt[reported], last_seq))
                 reported += 1
+            if last_seq is not None and rec.seq <= last_seq:
+                # Intact, but a seq already read (bytes written twice): read once, and said.
+                _report(on_damage, Damage(shard, rec.seq, rec.offset, f"seq {rec.seq} again, after seq {last_seq}: skipped"))
+                continue
             last_seq = rec.seq
             if lo_w <= rec.rx_wall_ns_utc <= hi_w:
                 yield FrameRecord(shard, rec.seq, rec.rx_mono_ns, rec.rx_wall_ns_utc, rec.flags, rec.opcode, rec.payload)
