@@ -379,3 +379,96 @@ def test_an_export_window_that_misses_the_run_is_refused_and_writes_nothing(offl
                      "--from-wall", str(walls[len(walls) // 2]), "--json")  # a window inside the run still exports
     assert inside.returncode == 0, inside.stderr
     assert orjson.loads(inside.stdout)["frames"] == sum(w >= walls[len(walls) // 2] for w in walls)
+
+
+
+def _drop_idx_entry(run_dir, k: int) -> None:
+    path = _idx(run_dir)
+    data = path.read_bytes()
+    at = FILE_HEADER_SIZE + k * IDX_ENTRY_SIZE
+    path.write_bytes(data[:at] + data[at + IDX_ENTRY_SIZE:])
+
+
+def _swap_idx_entries(run_dir, k: int) -> None:
+    """Entries k and k + 1 in each other's place (capture-verify passes such an idx)."""
+    path = _idx(run_dir)
+    data = bytearray(path.read_bytes())
+    at = FILE_HEADER_SIZE + k * IDX_ENTRY_SIZE
+    data[at:at + 2 * IDX_ENTRY_SIZE] = data[at + IDX_ENTRY_SIZE:at + 2 * IDX_ENTRY_SIZE] + data[at:at + IDX_ENTRY_SIZE]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("before", [0, 3])
+@pytest.mark.parametrize("damage", [_drop_idx_entry, _swap_idx_entries])
+def test_a_window_ending_at_a_record_the_idx_does_not_list_in_place_still_holds_it(offline_run, run_copy, damage, before):
+    """Record k is intact in the frames file, but the idx lacks its entry or lists it after the
+    next one. A time window ending at its receive time bisects to an entry that agrees with the
+    frames file and is past the end, so the walk stopped there and lost record k silently: the
+    window's end must be confirmed where the walk got to in the frames file."""
+    intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
+    k = next(i for i in range(100, len(intact) - 2)
+             if intact[i - 1 - before].rx_wall_ns_utc < intact[i].rx_wall_ns_utc < intact[i + 1].rx_wall_ns_utc < intact[i + 2].rx_wall_ns_utc)
+    damage(run_copy, k)
+    start, end = intact[k - before].rx_wall_ns_utc, intact[k].rx_wall_ns_utc
+    expected = [f for f in intact if start <= f.rx_wall_ns_utc <= end]
+    assert intact[k] in expected
+    run = open_run(run_copy)
+    seen: list = []
+    assert list(run.frames(shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append)) == expected
+    assert _batch_rows(run, shards=[IDX_SHARD], start=start, end=end, on_damage=seen.append) == [tuple(f) for f in expected]
+    assert seen == []
+
+
+def test_bytes_cut_out_of_the_middle_of_a_frames_file_lose_only_the_records_they_held(offline_run, run_copy):
+    """A hole in the frames file (bytes from inside record k to inside record k + 1 gone, the rest
+    moved up): each later idx entry points at the wrong bytes, so the walk called every record after
+    the hole damaged, under a seq read from the hole's bytes. The frames decide: the records after the
+    hole are intact and read, and one damage names seq k."""
+    intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
+    recs = records_by_shard(offline_run)[IDX_SHARD]
+    k = 40
+    path = run_copy / "capture" / f"shard_{IDX_SHARD:02d}.frames"
+    data = path.read_bytes()
+    path.write_bytes(data[:recs[k].offset + 5] + data[recs[k + 1].offset + 3:])
+    expected = [tuple(f) for f in intact if f.seq not in (recs[k].seq, recs[k + 1].seq)]
+    run = open_run(run_copy)
+    for read in (lambda **kw: [tuple(f) for f in run.frames(shards=[IDX_SHARD], **kw)],
+                 lambda **kw: _batch_rows(run, shards=[IDX_SHARD], **kw)):
+        seen: list = []
+        assert read(on_damage=seen.append) == expected
+        assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, recs[k].seq)]
+
+
+@pytest.mark.parametrize("where", ["middle", "after the last"])
+def test_a_record_written_twice_is_read_once_and_named(offline_run, run_copy, where):
+    """The frames file holds record k's bytes twice (the idx lists it once): the scan from the last
+    agreeing record found both copies and returned seq k twice (an export held the frame twice)."""
+    intact = list(open_run(offline_run).frames(shards=[IDX_SHARD]))
+    recs = records_by_shard(offline_run)[IDX_SHARD]
+    k = 40 if where == "middle" else 5
+    path = run_copy / "capture" / f"shard_{IDX_SHARD:02d}.frames"
+    data = path.read_bytes()
+    copy = data[recs[k].offset:recs[k + 1].offset]
+    at = recs[k + 1].offset if where == "middle" else len(data)
+    path.write_bytes(data[:at] + copy + data[at:])
+    run = open_run(run_copy)
+    for read in (lambda **kw: [tuple(f) for f in run.frames(shards=[IDX_SHARD], **kw)],
+                 lambda **kw: _batch_rows(run, shards=[IDX_SHARD], **kw)):
+        seen: list = []
+        assert read(on_damage=seen.append) == [tuple(f) for f in intact]
+        assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, recs[k].seq)]
+
+
+def test_an_idx_whose_entries_are_out_of_order_fails_verify_and_repair_rebuilds_it(run_copy):
+    """Two entries in each other's place: every offset known and listed once, so verify passed,
+    while readers bisect the idx by receive time and need it in file order."""
+    idx = _idx(run_copy)
+    data = idx.read_bytes()
+    _swap_idx_entries(run_copy, 7)
+    proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--json")
+    doc = orjson.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["totals"]["idx_mismatch"] >= 1, doc["totals"]
+    row = next(r for r in doc["shards"] if r["shard"] == IDX_SHARD)
+    assert any(d["kind"] == "idx_out_of_order" for d in row["defects"]), row["defects"]
+    assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 0
+    assert idx.read_bytes() == data

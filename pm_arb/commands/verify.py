@@ -202,12 +202,20 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None,
             # more than the frames do, so it needs rebuilding like one that lacks an entry.
             listed: set[int] = set()
             extra = 0
+            out_of_order = 0
+            prev_offset = -1
             for e in idx_entries:
-                extra += e.offset not in known or e.offset in listed
+                repeated = e.offset in listed
+                extra += e.offset not in known or repeated
+                # Readers bisect the idx by receive time: its entries must be in file order.
+                out_of_order += not repeated and e.offset < prev_offset
+                prev_offset = max(prev_offset, e.offset)
                 listed.add(e.offset)
             if extra:
                 defect(kind="idx_extra_entries", entries=extra)
-            result["idx_mismatch"] = mismatched + extra
+            if out_of_order:
+                defect(kind="idx_out_of_order", entries=out_of_order)
+            result["idx_mismatch"] = mismatched + extra + out_of_order
     finally:
         close_view(buf)
     return result, last_damaged_seq

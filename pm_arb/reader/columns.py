@@ -85,6 +85,7 @@ class _ShardCursor:
             self.entries = np.zeros(0, IDX_DTYPE)
             self.pos = self.hi = 0
         self._tail_done = False
+        self._end_confirmed = False
         self._slow = None  # the record-by-record walk over a chunk the bulk path could not take
         self.at: int | None = None  # where the next record starts, once a walk got there (None: as the idx says)
         self.last_seq: int | None = None
@@ -96,12 +97,28 @@ class _ShardCursor:
                 self.pending = self._from_slow()
             elif self.pos < self.hi:
                 self.pending = self._from_idx()
+            elif not self._end_confirmed:
+                self._end_confirmed = True
+                self.pending = self._past_hi()
             elif not self._tail_done:
                 self._tail_done = True
                 self.pending = self._tail()
             else:
                 return False
         return True
+
+    def _past_hi(self) -> _Columns:
+        """The walk reached the window's last entry: unless the frames file confirms the window
+        ends there (ShardView.closes_window), walk on record by record until it does."""
+        at = self.at
+        if at is None:
+            prev = self.entries[self.pos - 1] if self.pos else None
+            at = FILE_HEADER_SIZE if prev is None else int(prev["offset"]) + RECORD_OVERHEAD + int(prev["payload_len"])
+        if self.view.closes_window(self.pos, at, self.hi_w):
+            return _Columns.of_records(self.view.shard, [])
+        self._slow = self.view.records_between(self.pos, self.pos, self.start, self.end, self.verify, self.on_damage,
+                                               self.at, self.last_seq, confirm_end=True)
+        return self._from_slow()
 
     def _tail(self) -> _Columns:
         """Records after the idx's last entry (a live run), or all of them without a usable idx."""

@@ -102,6 +102,16 @@ class ShardView:
             return 0, self.entries
         return lo, max(lo, hi)
 
+    def closes_window(self, i: int, at: int, hi_w: int) -> bool:
+        """Whether a walk that reached frames offset `at` may stop before entry i: entry i starts
+        there, agrees with the frames file, and its record is past the window's end. Entry hi
+        confirming the end bound is not enough: records the idx does not list, or lists out of
+        order, may lie between where the walk got to and entry hi, inside the window."""
+        if i >= self.entries or hi_w == 2**63 - 1:
+            return True
+        e = self.entry(i)
+        return e.offset == at and e.rx_wall_ns_utc > hi_w and self._agrees(e)
+
     def _stored_wall(self, i: int) -> int | None:
         """The receive wall time of idx entry i's record as the frames file holds it, when the
         record's header there agrees with the entry; None when it does not."""
@@ -121,12 +131,12 @@ class ShardView:
             yield from self.records_after(0, start, end, on_damage)
             return
         lo, hi = self.index_range(start, end)
-        resume, at, last_seq = yield from self.records_between(lo, hi, start, end, verify, on_damage)
+        resume, at, last_seq = yield from self.records_between(lo, hi, start, end, verify, on_damage, confirm_end=True)
         if resume == self.entries and at < len(self._buf):  # records written after the idx was read
             yield from self._scanned(at, _lo(start), _hi(end), on_damage, last_seq)
 
     def records_between(self, lo: int, hi: int, start: int | None, end: int | None, verify: bool, on_damage: OnDamage,
-                        at: int | None = None, last_seq: int | None = None) -> Generator[FrameRecord, None, tuple[int | None, int, int | None]]:
+                        at: int | None = None, last_seq: int | None = None, confirm_end: bool = False) -> Generator[FrameRecord, None, tuple[int | None, int, int | None]]:
         """The records of idx entries [lo, hi) inside the time bounds, one at a time. Returns
         (the entry the walk stopped at: hi, or further; None when it read to the end of the file,
         the frames offset it reached, the seq of the last record before it).
@@ -136,7 +146,9 @@ class ShardView:
         other than the record header it points at) the frames decide: they are scanned from the
         last record that agreed up to the next entry that agrees again, or to the end of the file.
         Only records that fail their own checks are damage. The walk starts where entry lo - 1
-        ends, or at `at` (after `last_seq`) when the caller walked there itself."""
+        ends, or at `at` (after `last_seq`) when the caller walked there itself. With
+        `confirm_end`, [lo, hi) came from index_range and the walk goes on past hi until the
+        frames file confirms the window's end (closes_window)."""
         lo_w, hi_w = _lo(start), _hi(end)
         size = len(self._buf)
         if at is not None:
@@ -151,7 +163,7 @@ class ShardView:
         entry = self.entry
         after_seq = -1 if last_seq is None else last_seq
         i = lo
-        while i < hi:
+        while i < hi or (confirm_end and not self.closes_window(i, expected_offset, hi_w)):
             e = entry(i)
             end_at = e.offset + RECORD_OVERHEAD + e.payload_len
             if e.offset == expected_offset and end_at <= size and e.seq > after_seq:
@@ -172,7 +184,9 @@ class ShardView:
                             _report(on_damage, Damage(shard, e.seq, e.offset, "checksum mismatch"))
                     expected_offset, after_seq, i = end_at, e.seq, i + 1
                     continue
-                if valid_record_at(buf, e.offset) is None:  # where the idx chain says, and damaged
+                # Where the idx chain says, and damaged; the frames after it are where the next
+                # entry says (else bytes went missing or were added here: the frames decide).
+                if valid_record_at(buf, e.offset) is None and (i + 1 >= self.entries or self._agrees(entry(i + 1))):
                     _report(on_damage, Damage(shard, e.seq, e.offset, "the record's header does not match its idx entry"))
                     expected_offset, after_seq, i = end_at, e.seq, i + 1
                     continue
@@ -232,6 +246,10 @@ class ShardView:
             while reported < len(summary.corrupt):
                 _report(on_damage, _region(shard, summary.corrupt[reported], last_seq))
                 reported += 1
+            if last_seq is not None and rec.seq <= last_seq:
+                # Intact, but a seq already read (bytes written twice): read once, and said.
+                _report(on_damage, Damage(shard, rec.seq, rec.offset, f"seq {rec.seq} again, after seq {last_seq}: skipped"))
+                continue
             last_seq = rec.seq
             if lo_w <= rec.rx_wall_ns_utc <= hi_w:
                 yield FrameRecord(shard, rec.seq, rec.rx_mono_ns, rec.rx_wall_ns_utc, rec.flags, rec.opcode, rec.payload)
@@ -263,7 +281,9 @@ def _drop(view, released: int, end: int) -> int:
 
 
 def _region(shard: int, region, last_seq: int | None) -> Damage:
-    seq = region.seq if region.seq is not None else (last_seq + 1 if last_seq is not None else None)
+    # The seq after the last intact record is the first one lost; a damaged region's own header
+    # may claim any seq (bytes cut out of the file leave a header's first bytes before others').
+    seq = last_seq + 1 if last_seq is not None else region.seq
     return Damage(shard, seq, region.offset, f"{region.reason} ({region.length} bytes)")
 
 
