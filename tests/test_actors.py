@@ -426,3 +426,36 @@ def test_refreshes_keep_their_interval_when_ticks_and_fetches_are_not_on_its_gri
     refreshes = fetch_started[1:]
     gaps = [round(b - a, 3) for a, b in zip(refreshes, refreshes[1:])]
     assert len(refreshes) == 9 and all(g == 2.0 for g in gaps), refreshes  # was 6 refreshes, 3 s apart
+
+
+def test_after_a_fetch_slower_than_the_interval_the_next_refresh_waits_half_an_interval():
+    """A Gamma that hangs up to the refresh timeout (longer than the interval) is not asked again
+    back to back: the next refresh is due half an interval after the slow one ended."""
+    from pm_arb.actors.universe import UniverseActor
+
+    clock = ManualClock()
+    start = clock.mono_ns()
+    fetch_started = []
+    rows = [{"conditionId": "c1", "clobTokenIds": '["y1","n1"]', "outcomes": '["Yes","No"]', "active": True,
+             "closed": False, "enableOrderBook": True, "acceptingOrders": True, "question": "q", "slug": "s"}]
+
+    class Supervisor:
+        def tell(self, msg):
+            pass
+
+    def fetch(_deadline):
+        fetch_started.append(round((clock.mono_ns() - start) / 1e9, 3))
+        if len(fetch_started) == 2:
+            clock.advance(5.0)  # the first refresh hangs 5 s, past the 2 s interval
+        return rows, 1
+
+    actor = UniverseActor.start(cfg(capture_universe_refresh_interval_seconds=2.0), clock, Supervisor(), fetch, True)
+    try:
+        actor.ask(m.LoadUniverse())
+        for k in range(1, 11):
+            clock.advance(max(0.0, start / 1e9 + k - clock.mono_ns() / 1e9))
+            actor.ask(m.Tick(start + k * 1_000_000_000))
+    finally:
+        actor.stop()
+    # load at 0; refresh due at 2 hangs until 7; the next waits until 8 (not 7), then every 2 s
+    assert fetch_started == [0.0, 2.0, 8.0, 10.0], fetch_started

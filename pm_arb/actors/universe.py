@@ -66,8 +66,11 @@ class UniverseActor(PlantActor):
 
     def _next_due(self, due: int) -> int:
         """The next refresh, an interval after this one was due (not after it ran, which would
-        add the fetch time and up to a tick to every interval); never in the past."""
-        return max(due + int(self.interval_s * 1e9), self.clock.mono_ns())
+        add the fetch time and up to a tick to every interval); after a fetch slower than the
+        interval (a Gamma hanging up to the refresh timeout), half an interval from now, so a
+        hanging Gamma is not asked again back to back."""
+        interval_ns = int(self.interval_s * 1e9)
+        return max(due + interval_ns, self.clock.mono_ns() + interval_ns // 2)
 
     def _refresh(self, due: int) -> None:
         cfg = self.config

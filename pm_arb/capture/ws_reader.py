@@ -479,6 +479,8 @@ def _close(ws: websocket.WebSocket) -> None:
     websocket-client answers a server's close frame inside recv and marks itself disconnected,
     after which its close() returns without closing the socket: shutdown() is what frees it.
     """
+    if isinstance(ws, BufferedWebSocket):
+        ws.read_deadline_ns = None  # the pump's deadline is stale here: the close handshake has its own 1 s
     try:
         ws.close(timeout=1)
     except Exception:
