@@ -31,6 +31,7 @@ MAX_RECV_TIMEOUT_S = 1.0  # bounds how late a token change (set from another thr
 MIN_RECV_TIMEOUT_S = 0.0005
 RCVBUF_BYTES = 4 * 1024 * 1024
 RECV_CHUNK = 256 * 1024
+CLOSE_WAIT_NS = 1_000_000_000  # the close handshake's whole budget
 CONNECT_WATCH_S = 0.05  # how often a connect in progress looks at its deadline and the stop
 
 
@@ -480,7 +481,9 @@ def _close(ws: websocket.WebSocket) -> None:
     after which its close() returns without closing the socket: shutdown() is what frees it.
     """
     if isinstance(ws, BufferedWebSocket):
-        ws.read_deadline_ns = None  # the pump's deadline is stale here: the close handshake has its own 1 s
+        # The close handshake gets its own second, as a deadline over all its reads: a peer
+        # trickling bytes would keep a per-read timeout from ever expiring.
+        ws.read_deadline_ns = ws.mono() + CLOSE_WAIT_NS
     try:
         ws.close(timeout=1)
     except Exception:
