@@ -301,13 +301,7 @@ def test_an_idx_that_lists_a_record_twice_fails_verify_and_repair_rebuilds_it(ru
     count = (len(data) - FILE_HEADER_SIZE) // IDX_ENTRY_SIZE
     at = FILE_HEADER_SIZE + (repeated % count) * IDX_ENTRY_SIZE
     idx.write_bytes(data[:at + IDX_ENTRY_SIZE] + data[at:])
-    proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--json")
-    doc = orjson.loads(proc.stdout)
-    assert proc.returncode == 1 and doc["totals"]["idx_mismatch"] >= 1, doc["totals"]
-    row = next(r for r in doc["shards"] if r["shard"] == IDX_SHARD)
-    assert any(d["kind"] == "idx_extra_entries" for d in row["defects"]), row["defects"]
-    assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 0
-    assert idx.read_bytes() == data
+    _assert_verify_names_then_repair_rebuilds(run_copy, idx, data, "idx_extra_entries")
 
 
 def test_reads_of_a_run_whose_shard_file_is_gone_say_so(run_copy, tmp_path):
@@ -465,10 +459,15 @@ def test_an_idx_whose_entries_are_out_of_order_fails_verify_and_repair_rebuilds_
     idx = _idx(run_copy)
     data = idx.read_bytes()
     _swap_idx_entries(run_copy, 7)
+    _assert_verify_names_then_repair_rebuilds(run_copy, idx, data, "idx_out_of_order")
+
+
+def _assert_verify_names_then_repair_rebuilds(run_copy, idx, original: bytes, kind: str) -> None:
+    """verify fails the idx with a defect of `kind`, and --repair rebuilds it byte for byte."""
     proc = run_cli("capture-verify", "--run-dir", str(run_copy), "--json")
     doc = orjson.loads(proc.stdout)
     assert proc.returncode == 1 and doc["totals"]["idx_mismatch"] >= 1, doc["totals"]
     row = next(r for r in doc["shards"] if r["shard"] == IDX_SHARD)
-    assert any(d["kind"] == "idx_out_of_order" for d in row["defects"]), row["defects"]
+    assert any(d["kind"] == kind for d in row["defects"]), row["defects"]
     assert run_cli("capture-verify", "--run-dir", str(run_copy), "--repair").returncode == 0
-    assert idx.read_bytes() == data
+    assert idx.read_bytes() == original
