@@ -451,6 +451,11 @@ def test_a_record_written_twice_is_read_once_and_named(offline_run, run_copy, wh
         seen: list = []
         assert read(on_damage=seen.append) == [tuple(f) for f in intact]
         assert [(d.shard, d.seq) for d in seen] == [(IDX_SHARD, recs[k].seq)]
+    doc = orjson.loads(run_cli("capture-verify", "--run-dir", str(run_copy), "--json").stdout)
+    row = next(r for r in doc["shards"] if r["shard"] == IDX_SHARD)
+    # the copy is a defect, but the file still reaches its true last seq: nothing is "missing"
+    assert doc["verdict"] == "FAIL" and row["seq_gaps"] >= 1
+    assert (row["last_seq"], row["frames_missing"]) == (recs[-1].seq, 0), row
 
 
 def test_an_idx_whose_entries_are_out_of_order_fails_verify_and_repair_rebuilds_it(run_copy):

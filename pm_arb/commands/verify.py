@@ -164,8 +164,10 @@ def _verify_shard_file(capture_dir: Path, shard: int, progress: Progress | None,
             defect(kind="crc_mismatch", offset=region.offset, bytes=region.length, seq=seq, reason=region.reason)
             last_damaged_seq = seq if last_damaged_seq is None else max(last_damaged_seq, seq)
         if records:
-            result["first_seq"] = records[0].seq
-            result["last_seq"] = records[-1].seq
+            # The span the file holds: a record written again out of place (a copy of seq 5 after
+            # seq 639) is a seq gap, and must not make the file seem to end at seq 5.
+            result["first_seq"] = min(r.seq for r in records)
+            result["last_seq"] = max(r.seq for r in records)
         ci = 0
         for a, b in zip(records, records[1:]):
             while ci < len(corrupt_at) and corrupt_at[ci].offset < a.offset:
