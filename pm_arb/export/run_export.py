@@ -234,7 +234,7 @@ def export_run(req: ExportRequest, force: bool, progress=None) -> dict[str, Any]
         "frames_files_bytes": input_bytes, "payload_bytes": payload, "duration_s": round(seconds, 3),
         "frames_per_s": round(frames / seconds, 1) if seconds else None,
         "payload_mb_per_s": round(payload / 1e6 / seconds, 2) if seconds else None,
-        "workers": workers, "damaged_skipped": damaged, "warnings": list(req.warnings) + run.missing_shard_warnings() + _empty_window(req, frames, reads_frames),
+        "workers": workers, "damaged_skipped": damaged, "warnings": list(req.warnings) + run.missing_shard_warnings(),
         "book_changes_rejected": sum(r["book_changes_rejected"] for r in results),
     }
     # Written last, whole or not at all: an export dir without it was interrupted.
@@ -250,14 +250,6 @@ def _require_a_frame_in_window(run, req: ExportRequest) -> None:
     if first is None:
         raise UserError(f"the receive-time window {wall_iso(req.start) or 'start'} .. {wall_iso(req.end) or 'end'} selects no frame of "
                         "this run; nothing was written: `pm_arb capture-inspect` shows each shard's first and last receive time", 1)
-
-
-def _empty_window(req: ExportRequest, frames: int, reads_frames: bool) -> list[str]:
-    """A time window that selects nothing (a wrong date, say) is named, not an empty export alone."""
-    if not reads_frames or frames or (req.start is None and req.end is None):
-        return []
-    return [f"the receive-time window {wall_iso(req.start) or 'start'} .. {wall_iso(req.end) or 'end'} selects no frame of "
-            "this run, so the frame tables are empty: `pm_arb capture-inspect` shows each shard's first and last receive time"]
 
 
 def _prepare_out(req: ExportRequest, force: bool) -> None:
