@@ -474,16 +474,15 @@ def recv_timeout_s(remaining_s: float) -> float:
     return max(level, MIN_RECV_TIMEOUT_S)
 
 
-def _close(ws: websocket.WebSocket) -> None:
+def _close(ws: BufferedWebSocket) -> None:
     """Close handshake when still possible, then always release the socket.
 
     websocket-client answers a server's close frame inside recv and marks itself disconnected,
     after which its close() returns without closing the socket: shutdown() is what frees it.
     """
-    if isinstance(ws, BufferedWebSocket):
-        # The close handshake gets its own second, as a deadline over all its reads: a peer
-        # trickling bytes would keep a per-read timeout from ever expiring.
-        ws.read_deadline_ns = ws.mono() + CLOSE_WAIT_NS
+    # The close handshake gets its own second, as a deadline over all its reads: a peer trickling
+    # bytes would keep a per-read timeout from ever expiring.
+    ws.read_deadline_ns = ws.mono() + CLOSE_WAIT_NS
     try:
         ws.close(timeout=1)
     except Exception:

@@ -15,6 +15,7 @@ from pm_arb.commands.time_input import I64_MAX, I64_MIN, TimeSpec, resolve
 from pm_arb.errors import UserError
 from pm_arb.events.folds.placement import token_shards_between
 from pm_arb.events.runlog_file import read_runlog
+from pm_arb.reader import open_run
 from pm_arb.cli.progress import Progress
 from pm_arb.store.frames_format import HeaderProblem
 from pm_arb.store.shard_files import ShardFileWriter, ShardReader, shard_numbers
@@ -320,8 +321,6 @@ def _copy_window(src: Path, dst: Path, by_time: bool, lo_w: int, hi_w: int, mono
 
 
 def _missing_shards(run_dir: Path) -> list[str]:
-    from pm_arb.reader import open_run
-
     try:
         return open_run(run_dir).missing_shard_warnings()
     except UserError:  # a runlog unreadable without --skip-bad-lines: the slice copies it and verify names it
