@@ -394,36 +394,43 @@ def test_a_refresh_past_capacity_opens_a_shard_records_why_and_touches_only_chan
     assert fold(recs).shards[2].tokens == ["n4", "y4"]
 
 
-def test_refreshes_keep_their_interval_when_ticks_and_fetches_are_not_on_its_grid():
-    """A refresh is due an interval after the previous one was due, not after it finished: with
-    a 1 s ticker, scheduling from the end of each fetch made a 2 s interval run every 3 s."""
+def refresh_fetch_times(fetch_seconds, ticks: int, handled_late_s: float) -> list[float]:
+    """Drive a UniverseActor (2 s refresh interval) with `ticks` ticks on the ticker's own 1 s
+    grid, each handled `handled_late_s` late; the n-th Gamma read (0: the load) takes
+    `fetch_seconds(n)` of the clock. Returns when each read started, in s from the start."""
     from pm_arb.actors.universe import UniverseActor
 
     clock = ManualClock()
     start = clock.mono_ns()
-    fetch_started = []
+    started: list[float] = []
+    rows = [{"conditionId": "c1", "clobTokenIds": '["y1","n1"]', "outcomes": '["Yes","No"]', "active": True,
+             "closed": False, "enableOrderBook": True, "acceptingOrders": True, "question": "q", "slug": "s"}]
 
     class Supervisor:
         def tell(self, msg):
             pass
 
-    rows = [{"conditionId": "c1", "clobTokenIds": '["y1","n1"]', "outcomes": '["Yes","No"]', "active": True,
-             "closed": False, "enableOrderBook": True, "acceptingOrders": True, "question": "q", "slug": "s"}]
-
     def fetch(_deadline):
-        fetch_started.append((clock.mono_ns() - start) / 1e9)
-        clock.advance(0.35)  # every Gamma read takes 350 ms
+        started.append(round((clock.mono_ns() - start) / 1e9, 3))
+        clock.advance(fetch_seconds(len(started) - 1))
         return rows, 1
 
     actor = UniverseActor.start(cfg(capture_universe_refresh_interval_seconds=2.0), clock, Supervisor(), fetch, True)
     try:
         assert actor.ask(m.LoadUniverse())["markets"]
-        for k in range(1, 21):  # 20 s of ticks on the ticker's own 1 s grid, each handled 5 ms late
-            clock.advance(start / 1e9 + k + 0.005 - clock.mono_ns() / 1e9)
+        for k in range(1, ticks + 1):
+            clock.advance(max(0.0, start / 1e9 + k + handled_late_s - clock.mono_ns() / 1e9))
             actor.ask(m.Tick(start + k * 1_000_000_000))
     finally:
         actor.stop()
-    refreshes = fetch_started[1:]
+    return started
+
+
+def test_refreshes_keep_their_interval_when_ticks_and_fetches_are_not_on_its_grid():
+    """A refresh is due an interval after the previous one was due, not after it finished: with
+    a 1 s ticker, scheduling from the end of each fetch made a 2 s interval run every 3 s."""
+    # every Gamma read takes 350 ms; 20 s of ticks, each handled 5 ms late
+    refreshes = refresh_fetch_times(lambda _n: 0.35, ticks=20, handled_late_s=0.005)[1:]
     gaps = [round(b - a, 3) for a, b in zip(refreshes, refreshes[1:])]
     assert len(refreshes) == 9 and all(g == 2.0 for g in gaps), refreshes  # was 6 refreshes, 3 s apart
 
@@ -431,31 +438,7 @@ def test_refreshes_keep_their_interval_when_ticks_and_fetches_are_not_on_its_gri
 def test_after_a_fetch_slower_than_the_interval_the_next_refresh_waits_half_an_interval():
     """A Gamma that hangs up to the refresh timeout (longer than the interval) is not asked again
     back to back: the next refresh is due half an interval after the slow one ended."""
-    from pm_arb.actors.universe import UniverseActor
-
-    clock = ManualClock()
-    start = clock.mono_ns()
-    fetch_started = []
-    rows = [{"conditionId": "c1", "clobTokenIds": '["y1","n1"]', "outcomes": '["Yes","No"]', "active": True,
-             "closed": False, "enableOrderBook": True, "acceptingOrders": True, "question": "q", "slug": "s"}]
-
-    class Supervisor:
-        def tell(self, msg):
-            pass
-
-    def fetch(_deadline):
-        fetch_started.append(round((clock.mono_ns() - start) / 1e9, 3))
-        if len(fetch_started) == 2:
-            clock.advance(5.0)  # the first refresh hangs 5 s, past the 2 s interval
-        return rows, 1
-
-    actor = UniverseActor.start(cfg(capture_universe_refresh_interval_seconds=2.0), clock, Supervisor(), fetch, True)
-    try:
-        actor.ask(m.LoadUniverse())
-        for k in range(1, 11):
-            clock.advance(max(0.0, start / 1e9 + k - clock.mono_ns() / 1e9))
-            actor.ask(m.Tick(start + k * 1_000_000_000))
-    finally:
-        actor.stop()
+    # the first refresh hangs 5 s, past the 2 s interval
+    started = refresh_fetch_times(lambda n: 5.0 if n == 1 else 0.0, ticks=10, handled_late_s=0.0)
     # load at 0; refresh due at 2 hangs until 7; the next waits until 8 (not 7), then every 2 s
-    assert fetch_started == [0.0, 2.0, 8.0, 10.0], fetch_started
+    assert started == [0.0, 2.0, 8.0, 10.0], started
